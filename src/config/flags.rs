@@ -1,0 +1,112 @@
+//! Command-line interface. Flag names follow the issue tracker's contract (other tests and the
+//! Helm chart depend on them); every flag can also come from `ANOMALY_SIDECAR_<FLAG>`.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Scrapes Prometheus exporters, detects anomalies per series and exports them as gauges.
+#[derive(Debug, Parser)]
+#[command(name = "anomaly-sidecar", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Scrape targets, detect anomalies and serve /metrics.
+    Run(RunArgs),
+    /// Validate a rules file: prints `ok: N rules` or every error, exits 0 or 1.
+    Check(CheckArgs),
+    /// Run everything on loopback against a built-in synthetic exporter.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Rules file to validate.
+    #[arg(long, env = "ANOMALY_SIDECAR_RULES", default_value = "./rules.yaml")]
+    pub rules: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Rules file (reloaded on SIGHUP, on POST /-/reload and when its content changes).
+    #[arg(long, env = "ANOMALY_SIDECAR_RULES", default_value = "./rules.yaml")]
+    pub rules: PathBuf,
+    /// Exporter URL to scrape, e.g. http://127.0.0.1:9100/metrics (repeatable; comma-separated in the environment).
+    #[arg(
+        long = "target",
+        env = "ANOMALY_SIDECAR_TARGET",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub targets: Vec<String>,
+    /// Address to serve /metrics, /-/healthy, /-/ready and /-/reload on.
+    #[arg(long, env = "ANOMALY_SIDECAR_LISTEN", default_value = "0.0.0.0:9477")]
+    pub listen: SocketAddr,
+    /// Directory of the sled history store.
+    #[arg(long, env = "ANOMALY_SIDECAR_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// How often each target is scraped.
+    #[arg(long, env = "ANOMALY_SIDECAR_SCRAPE_INTERVAL", default_value = "15s", value_parser = duration)]
+    pub scrape_interval: Duration,
+    /// Scrape timeout; defaults to the smaller of 10s and the interval.
+    #[arg(long, env = "ANOMALY_SIDECAR_SCRAPE_TIMEOUT", value_parser = duration)]
+    pub scrape_timeout: Option<Duration>,
+    /// Series not seen for this long are removed from the store.
+    #[arg(long, env = "ANOMALY_SIDECAR_RETENTION", default_value = "1h", value_parser = duration)]
+    pub retention: Duration,
+    /// Series kept per target; beyond it a target's new series are dropped and counted.
+    #[arg(long, env = "ANOMALY_SIDECAR_MAX_SERIES", default_value_t = 100_000)]
+    pub max_series: usize,
+    /// Largest scrape body accepted, in bytes; a larger one fails the scrape.
+    #[arg(long, env = "ANOMALY_SIDECAR_MAX_SCRAPE_BYTES", default_value_t = 64 << 20)]
+    pub max_scrape_bytes: u64,
+    /// Serve POST /-/reload (off by default, as in Prometheus).
+    #[arg(
+        long = "web.enable-lifecycle",
+        env = "ANOMALY_SIDECAR_WEB_ENABLE_LIFECYCLE"
+    )]
+    pub web_enable_lifecycle: bool,
+    /// How often the rules file is checked for changes (covers ConfigMap symlink swaps).
+    #[arg(long, env = "ANOMALY_SIDECAR_RULES_CHECK_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub rules_check_interval: Duration,
+    /// sled page cache size in bytes (sled's own default of 1 GiB is far too much for a sidecar).
+    #[arg(long, env = "ANOMALY_SIDECAR_STORE_CACHE_BYTES", default_value_t = 16 << 20)]
+    pub store_cache_bytes: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Rules file; defaults to the rules.yaml built into the binary (the repo's file).
+    #[arg(long, env = "ANOMALY_SIDECAR_RULES")]
+    pub rules: Option<PathBuf>,
+    /// Address to serve the sidecar's /metrics on.
+    #[arg(long, env = "ANOMALY_SIDECAR_LISTEN", default_value = "127.0.0.1:9477")]
+    pub listen: SocketAddr,
+    /// Scrape interval of the demo (short, so anomalies show within a minute or two).
+    #[arg(long, env = "ANOMALY_SIDECAR_SCRAPE_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub scrape_interval: Duration,
+    /// Stop after this long (runs until Ctrl-C when absent).
+    #[arg(long, value_parser = duration)]
+    pub duration: Option<Duration>,
+}
+
+impl RunArgs {
+    /// The effective scrape timeout.
+    pub fn effective_scrape_timeout(&self) -> Duration {
+        self.scrape_timeout
+            .unwrap_or_else(|| self.scrape_interval.min(Duration::from_secs(10)))
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 500ms, 15s, 1m)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}

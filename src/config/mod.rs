@@ -1,0 +1,10 @@
+//! Configuration: command-line flags (each also an `ANOMALY_SIDECAR_*` variable) and the
+//! validated rules file.
+
+pub mod flags;
+pub mod glob;
+pub mod rules;
+pub mod selector;
+pub mod template;
+
+pub use rules::{Rule, RuleErrors, RuleSet, Severity, Transform};

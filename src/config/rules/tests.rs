@@ -1,0 +1,159 @@
+//! Loader tests: every failure mode is an error with its place and rule name.
+
+use super::*;
+
+fn errors(text: &str) -> Vec<RuleError> {
+    parse("rules.yaml", text).expect_err("should fail").0
+}
+
+#[test]
+fn full_rule_with_defaults() {
+    let text = r#"
+defaults:
+  window: 30
+  min_samples: 5
+  for: 1m
+  severity: info
+rules:
+  - name: cpu_spike
+    match: 'process_cpu_seconds_total{job=~"api.*"}'
+    source: '10.0.*'
+    transform: auto
+    method: zscore
+    z_threshold: 3.5
+    severity: critical
+    labels: {team: infra}
+    annotations: {summary: '{{ $labels.instance }} {{ $labels.rule }} z={{ $value }}'}
+  - name: low_disk
+    match: node_filesystem_avail_bytes
+    method: threshold
+    threshold: 1e9
+    op: lt
+"#;
+    let set = parse("rules.yaml", text).unwrap();
+    assert_eq!(set.rules.len(), 2);
+    let r = &set.rules[0];
+    assert_eq!(r.window, 30);
+    assert_eq!(r.min_samples, 5);
+    assert_eq!(r.for_duration, Duration::from_secs(60));
+    assert_eq!(r.severity, Severity::Critical);
+    assert_eq!(r.method, Method::ZScore { z_threshold: 3.5 });
+    assert!(r.selects(
+        "10.0.0.1:80",
+        "process_cpu_seconds_total",
+        &[("job".into(), "api".into())]
+    ));
+    assert!(!r.selects(
+        "10.1.0.1:80",
+        "process_cpu_seconds_total",
+        &[("job".into(), "api".into())]
+    ));
+    assert_eq!(set.rules[1].severity, Severity::Info);
+    assert_eq!(
+        set.rules[1].method,
+        Method::Threshold {
+            threshold: 1e9,
+            op: Op::Lt
+        }
+    );
+}
+
+#[test]
+fn empty_rules_list_is_allowed_but_empty_file_is_not() {
+    assert!(parse("r", "rules: []\n").unwrap().rules.is_empty());
+    let e = errors("");
+    assert!(e[0].message.contains("empty"), "{e:?}");
+    let e = errors("# only a comment\n\n");
+    assert!(e[0].message.contains("empty"), "{e:?}");
+}
+
+#[test]
+fn unknown_key_names_place_and_rule() {
+    let text = "rules:\n  - name: a\n    match: x\n    method: zscore\n    z_treshold: 3\n";
+    let e = errors(text);
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].line, 5, "{e:?}");
+    assert_eq!(e[0].rule.as_deref(), Some("a"));
+    assert!(e[0].message.contains("z_treshold"), "{}", e[0]);
+}
+
+#[test]
+fn every_semantic_error_is_reported() {
+    let text = r#"rules:
+  - name: bad_threshold
+    match: x
+    method: threshold
+  - name: bad_selector
+    match: 'x{job=~"("}'
+    method: zscore
+  - name: negative_window
+    match: x
+    method: zscore
+    window: -5
+  - name: wrong_param
+    match: x
+    method: iqr
+    z_threshold: 2
+  - name: 9bad
+    match: x
+    method: magic
+  - name: bad_duration
+    match: x
+    method: zscore
+    for: soon
+"#;
+    let e = errors(text);
+    let find = |rule: &str| {
+        e.iter()
+            .find(|x| x.rule.as_deref() == Some(rule))
+            .unwrap_or_else(|| panic!("no error for {rule}: {e:?}"))
+            .clone()
+    };
+    let t = find("bad_threshold");
+    assert_eq!((t.line, t.column), (4, 13), "{t}");
+    assert!(t.message.contains("needs `threshold`"));
+    let s = find("bad_selector");
+    assert_eq!(s.line, 6);
+    assert!(s.message.contains("bad regex"), "{s}");
+    let w = find("negative_window");
+    assert_eq!(w.line, 11);
+    assert!(w.message.contains("window must be a positive integer"));
+    assert!(find("wrong_param")
+        .message
+        .contains("z_threshold does not apply"));
+    assert!(e
+        .iter()
+        .any(|x| x.rule.as_deref() == Some("9bad") && x.message.contains("name must match")));
+    assert!(e
+        .iter()
+        .any(|x| x.rule.as_deref() == Some("9bad") && x.message.contains("unknown method")));
+    assert!(find("bad_duration").message.contains("bad duration"));
+    let shown = e[0].to_string();
+    assert!(
+        shown.starts_with("rules.yaml:4:13: rule \"bad_threshold\": "),
+        "{shown}"
+    );
+}
+
+#[test]
+fn duplicate_names_and_reserved_labels() {
+    let text = "rules:\n  - {name: a, match: x, method: zscore}\n  - {name: a, match: y, method: zscore, labels: {rule: z}}\n";
+    let e = errors(text);
+    assert!(e.iter().any(|x| x.message.contains("duplicate rule name")));
+    assert!(e.iter().any(|x| x.message.contains("cannot be overridden")));
+}
+
+#[test]
+fn syntax_error_has_location() {
+    let e = errors("rules:\n  - name: a\n    match: [unclosed\n");
+    assert!(e[0].line >= 3, "{e:?}");
+    let e = errors("rules: {a: 1}\n");
+    assert_eq!(e.len(), 1);
+}
+
+#[test]
+fn the_shipped_rules_file_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules.yaml");
+    let set = load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!set.rules.is_empty());
+}

@@ -1,0 +1,260 @@
+//! Pure anomaly detectors: a history window and the current value in, a verdict with what
+//! explains it out. No I/O, no clock, no logging, so every rule is testable with worked numbers.
+//!
+//! Semantics follow the engine this project grew from (history = the previous `window`
+//! values, current excluded):
+//! - zscore: anomalous when |x − mean| / std > z_threshold (sample std, n − 1).
+//! - iqr: q1 = s[n/4], q3 = s[3n/4] of the sorted history; anomalous outside q1 − k·iqr, q3 + k·iqr.
+//! - threshold: x compared with a fixed value by gt | lt | gte | lte.
+//! - trend: the last `trend_window` values strictly rising (falling), first > 0, and
+//!   |last − first| / first · 100 ≥ deviation_pct.
+//!
+//! `score` puts every method on one scale where ≥ 1 means past the rule's threshold:
+//! zscore |z| / z_threshold; iqr distance beyond the nearer quartile / (k·iqr);
+//! threshold 1 + signed distance past the threshold / max(|threshold|, 1) (0 when far inside);
+//! trend (relative change in % / deviation_pct) when the run is monotone, else 0.
+
+pub mod window;
+
+pub use window::Window;
+
+/// Below this the history is considered flat and z-scores are meaningless.
+const MIN_STDDEV: f64 = 1e-6;
+
+/// Comparison of a threshold rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Gt,
+    Lt,
+    Gte,
+    Lte,
+}
+
+impl Op {
+    /// The name used in rules.yaml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Gt => "gt",
+            Op::Lt => "lt",
+            Op::Gte => "gte",
+            Op::Lte => "lte",
+        }
+    }
+}
+
+/// A detection method with its validated parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Method {
+    ZScore {
+        z_threshold: f64,
+    },
+    Iqr {
+        iqr_factor: f64,
+    },
+    Threshold {
+        threshold: f64,
+        op: Op,
+    },
+    Trend {
+        trend_window: usize,
+        deviation_pct: f64,
+    },
+}
+
+impl Method {
+    /// The name used in rules.yaml and in the `method` label.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::ZScore { .. } => "zscore",
+            Method::Iqr { .. } => "iqr",
+            Method::Threshold { .. } => "threshold",
+            Method::Trend { .. } => "trend",
+        }
+    }
+
+    /// Whether the window must keep a sorted copy for this method.
+    pub fn needs_sorted(&self) -> bool {
+        matches!(self, Method::Iqr { .. })
+    }
+}
+
+/// Direction of a trend, or of a deviation from the baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Rising,
+    Falling,
+}
+
+impl Direction {
+    /// Upper-case name as the reference engine reported it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Rising => "RISING",
+            Direction::Falling => "FALLING",
+        }
+    }
+}
+
+/// The outcome of evaluating one value, with what explains it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Verdict {
+    pub anomalous: bool,
+    /// ≥ 1 means past the rule's threshold; see the module doc for each method.
+    pub score: f64,
+    pub baseline_mean: Option<f64>,
+    pub baseline_stddev: Option<f64>,
+    pub zscore: Option<f64>,
+    pub lower_bound: Option<f64>,
+    pub upper_bound: Option<f64>,
+    pub direction: Option<Direction>,
+}
+
+/// Evaluates `x` against `history` (which does not yet contain `x`).
+/// Returns None for a non-finite `x`: NaN and ±Inf are skipped, never judged.
+pub fn evaluate(method: &Method, history: &Window, x: f64, min_samples: usize) -> Option<Verdict> {
+    if !x.is_finite() {
+        return None;
+    }
+    let mean = history.mean();
+    let std = history.stddev();
+    let mut v = Verdict {
+        baseline_mean: mean,
+        baseline_stddev: std,
+        zscore: match (mean, std) {
+            (Some(m), Some(s)) if s >= MIN_STDDEV => Some((x - m) / s),
+            _ => None,
+        },
+        ..Verdict::default()
+    };
+    match *method {
+        Method::ZScore { z_threshold } => zscore(&mut v, history, x, min_samples, z_threshold),
+        Method::Iqr { iqr_factor } => iqr(&mut v, history, x, min_samples, iqr_factor),
+        Method::Threshold { threshold, op } => threshold_cmp(&mut v, x, threshold, op),
+        Method::Trend {
+            trend_window,
+            deviation_pct,
+        } => trend(&mut v, history, x, trend_window, deviation_pct),
+    }
+    Some(v)
+}
+
+fn zscore(v: &mut Verdict, history: &Window, x: f64, min_samples: usize, z_threshold: f64) {
+    if history.len() < min_samples {
+        return;
+    }
+    let (Some(mean), Some(std)) = (v.baseline_mean, v.baseline_stddev) else {
+        return;
+    };
+    v.lower_bound = Some(mean - z_threshold * std);
+    v.upper_bound = Some(mean + z_threshold * std);
+    if std < MIN_STDDEV {
+        return;
+    }
+    let z = (x - mean).abs() / std;
+    v.score = z / z_threshold;
+    v.anomalous = z > z_threshold;
+    v.direction = Some(if x >= mean {
+        Direction::Rising
+    } else {
+        Direction::Falling
+    });
+}
+
+fn iqr(v: &mut Verdict, history: &Window, x: f64, min_samples: usize, k: f64) {
+    if history.len() < min_samples {
+        return;
+    }
+    let Some(s) = history.sorted() else {
+        return;
+    };
+    let n = s.len();
+    if n == 0 {
+        return;
+    }
+    let (q1, q3) = (s[n / 4], s[(3 * n / 4).min(n - 1)]);
+    let spread = k * (q3 - q1);
+    let (lower, upper) = (q1 - spread, q3 + spread);
+    v.lower_bound = Some(lower);
+    v.upper_bound = Some(upper);
+    v.anomalous = x < lower || x > upper;
+    let beyond = if x > q3 {
+        x - q3
+    } else if x < q1 {
+        q1 - x
+    } else {
+        0.0
+    };
+    v.score = if spread > 0.0 {
+        beyond / spread
+    } else if v.anomalous {
+        // Zero spread: any value off the plateau is past the fence; stay monotone in distance.
+        1.0 + beyond / q1.abs().max(q3.abs()).max(1.0)
+    } else {
+        0.0
+    };
+    if v.anomalous {
+        v.direction = Some(if x > upper {
+            Direction::Rising
+        } else {
+            Direction::Falling
+        });
+    }
+}
+
+fn threshold_cmp(v: &mut Verdict, x: f64, t: f64, op: Op) {
+    let scale = if t.abs() > 0.0 { t.abs() } else { 1.0 };
+    let (anomalous, past) = match op {
+        Op::Gt => (x > t, x - t),
+        Op::Gte => (x >= t, x - t),
+        Op::Lt => (x < t, t - x),
+        Op::Lte => (x <= t, t - x),
+    };
+    match op {
+        Op::Gt | Op::Gte => v.upper_bound = Some(t),
+        Op::Lt | Op::Lte => v.lower_bound = Some(t),
+    }
+    v.anomalous = anomalous;
+    v.score = (1.0 + past / scale).max(0.0);
+    if anomalous {
+        v.direction = Some(match op {
+            Op::Gt | Op::Gte => Direction::Rising,
+            Op::Lt | Op::Lte => Direction::Falling,
+        });
+    }
+}
+
+fn trend(v: &mut Verdict, history: &Window, x: f64, trend_window: usize, deviation_pct: f64) {
+    let need = trend_window.saturating_sub(1);
+    if trend_window < 2 || history.len() < need {
+        return;
+    }
+    let run: Vec<f64> = history
+        .values()
+        .rev()
+        .take(need)
+        .rev()
+        .chain(std::iter::once(x))
+        .collect();
+    let first = run[0];
+    let rising = run.windows(2).all(|p| p[1] > p[0]);
+    let falling = run.windows(2).all(|p| p[1] < p[0]);
+    if first > 0.0 {
+        let band = first * deviation_pct / 100.0;
+        v.lower_bound = Some(first - band);
+        v.upper_bound = Some(first + band);
+    }
+    if !(rising || falling) || first <= 0.0 {
+        return;
+    }
+    let change_pct = (x - first).abs() / first * 100.0;
+    v.score = change_pct / deviation_pct;
+    v.direction = Some(if rising {
+        Direction::Rising
+    } else {
+        Direction::Falling
+    });
+    v.anomalous = change_pct >= deviation_pct;
+}
+
+#[cfg(test)]
+mod tests;

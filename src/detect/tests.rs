@@ -1,0 +1,192 @@
+//! Worked numbers for every detector, and invariants as property tests.
+
+use super::*;
+use proptest::prelude::*;
+
+fn window(values: &[f64], sorted: bool) -> Window {
+    let mut w = Window::new(values.len().max(1), sorted);
+    for v in values {
+        w.push(*v);
+    }
+    w
+}
+
+const Z: Method = Method::ZScore { z_threshold: 3.0 };
+const HIST: [f64; 10] = [10.0, 12.0, 11.0, 13.0, 9.0, 10.0, 12.0, 11.0, 10.0, 12.0];
+
+#[test]
+fn zscore_worked_example() {
+    // mean 11, squared deviations sum to 14, sample variance 14/9, std 1.2472.
+    let h = window(&HIST, false);
+    let v = evaluate(&Z, &h, 15.0, 10).unwrap();
+    assert!((v.baseline_mean.unwrap() - 11.0).abs() < 1e-12);
+    assert!((v.baseline_stddev.unwrap() - (14.0f64 / 9.0).sqrt()).abs() < 1e-12);
+    let z = 4.0 / (14.0f64 / 9.0).sqrt(); // 3.207
+    assert!(v.anomalous);
+    assert!((v.zscore.unwrap() - z).abs() < 1e-12);
+    assert!((v.score - z / 3.0).abs() < 1e-12);
+    assert_eq!(v.direction, Some(Direction::Rising));
+    let std = (14.0f64 / 9.0).sqrt();
+    assert!((v.upper_bound.unwrap() - (11.0 + 3.0 * std)).abs() < 1e-12);
+    assert!((v.lower_bound.unwrap() - (11.0 - 3.0 * std)).abs() < 1e-12);
+
+    let v = evaluate(&Z, &h, 14.0, 10).unwrap(); // z = 2.405
+    assert!(!v.anomalous);
+    assert!(v.score < 1.0);
+    let v = evaluate(&Z, &h, 7.0, 10).unwrap(); // z = -3.207
+    assert!(v.anomalous);
+    assert_eq!(v.direction, Some(Direction::Falling));
+}
+
+#[test]
+fn zscore_needs_min_samples_and_spread() {
+    let h = window(&HIST[..9], false);
+    let v = evaluate(&Z, &h, 1e9, 10).unwrap();
+    assert!(!v.anomalous, "9 history values < min_samples 10");
+    let flat = window(&[5.0; 20], false);
+    let v = evaluate(&Z, &flat, 1e9, 10).unwrap();
+    assert!(!v.anomalous, "std < 1e-6 is normal");
+    assert_eq!(v.zscore, None);
+}
+
+#[test]
+fn iqr_worked_example() {
+    // sorted [1..9, 100], n = 10: q1 = s[2] = 3, q3 = s[7] = 8, fences -4.5 and 15.5.
+    let h = window(&[9.0, 1.0, 100.0, 2.0, 8.0, 3.0, 7.0, 4.0, 6.0, 5.0], true);
+    let m = Method::Iqr { iqr_factor: 1.5 };
+    let v = evaluate(&m, &h, 16.0, 10).unwrap();
+    assert!(v.anomalous);
+    assert_eq!(v.lower_bound, Some(-4.5));
+    assert_eq!(v.upper_bound, Some(15.5));
+    assert!((v.score - 8.0 / 7.5).abs() < 1e-12);
+    assert!(!evaluate(&m, &h, 15.5, 10).unwrap().anomalous);
+    assert!(!evaluate(&m, &h, -4.5, 10).unwrap().anomalous);
+    assert!(evaluate(&m, &h, -5.0, 10).unwrap().anomalous);
+    assert!(!evaluate(&m, &h, 1e9, 11).unwrap().anomalous, "min_samples");
+}
+
+#[test]
+fn iqr_zero_spread_is_monotone() {
+    let h = window(&[4.0; 12], true);
+    let m = Method::Iqr { iqr_factor: 1.5 };
+    let a = evaluate(&m, &h, 5.0, 10).unwrap();
+    let b = evaluate(&m, &h, 50.0, 10).unwrap();
+    assert!(a.anomalous && b.anomalous);
+    assert!(a.score >= 1.0 && b.score > a.score);
+    assert!(!evaluate(&m, &h, 4.0, 10).unwrap().anomalous);
+}
+
+#[test]
+fn threshold_ops() {
+    let h = window(&[], false);
+    let t = |op, x| {
+        evaluate(
+            &Method::Threshold {
+                threshold: 90.0,
+                op,
+            },
+            &h,
+            x,
+            10,
+        )
+        .unwrap()
+        .anomalous
+    };
+    assert!(t(Op::Gt, 95.0) && !t(Op::Gt, 90.0) && t(Op::Gte, 90.0) && !t(Op::Gte, 89.9));
+    assert!(t(Op::Lt, 10.0) && !t(Op::Lt, 90.0) && t(Op::Lte, 90.0) && !t(Op::Lte, 90.1));
+    let v = evaluate(
+        &Method::Threshold {
+            threshold: 90.0,
+            op: Op::Gt,
+        },
+        &h,
+        99.0,
+        10,
+    )
+    .unwrap();
+    assert!((v.score - 1.1).abs() < 1e-12);
+    assert_eq!(v.upper_bound, Some(90.0));
+}
+
+#[test]
+fn trend_worked_examples() {
+    let m = Method::Trend {
+        trend_window: 5,
+        deviation_pct: 20.0,
+    };
+    // 10 → 14 strictly rising: +40 % ≥ 20 %.
+    let v = evaluate(
+        &m,
+        &window(&[50.0, 10.0, 11.0, 12.0, 13.0], false),
+        14.0,
+        10,
+    )
+    .unwrap();
+    assert!(v.anomalous);
+    assert_eq!(v.direction, Some(Direction::Rising));
+    assert!((v.score - 2.0).abs() < 1e-12);
+    // +19 % is not enough.
+    let v = evaluate(&m, &window(&[10.0, 10.5, 11.0, 11.5], false), 11.9, 10).unwrap();
+    assert!(!v.anomalous);
+    // Not strictly monotone.
+    let v = evaluate(&m, &window(&[10.0, 12.0, 11.0, 13.0], false), 14.0, 10).unwrap();
+    assert!(!v.anomalous);
+    // Falling by 40 %.
+    let v = evaluate(&m, &window(&[100.0, 90.0, 80.0, 70.0], false), 60.0, 10).unwrap();
+    assert!(v.anomalous);
+    assert_eq!(v.direction, Some(Direction::Falling));
+    // First value must be > 0.
+    let v = evaluate(&m, &window(&[0.0, 1.0, 2.0, 3.0], false), 4.0, 10).unwrap();
+    assert!(!v.anomalous);
+    // Too little history.
+    let v = evaluate(&m, &window(&[1.0, 2.0, 3.0], false), 4.0, 10).unwrap();
+    assert!(!v.anomalous);
+}
+
+#[test]
+fn non_finite_values_are_skipped() {
+    let h = window(&HIST, true);
+    for x in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        assert_eq!(evaluate(&Z, &h, x, 10), None);
+    }
+}
+
+proptest! {
+    /// A constant series never fires a zscore or iqr rule.
+    #[test]
+    fn constant_never_fires(c in -1e9f64..1e9, n in 10usize..100) {
+        let h = window(&vec![c; n], true);
+        prop_assert!(!evaluate(&Z, &h, c, 10).unwrap().anomalous);
+        let iqr = Method::Iqr { iqr_factor: 1.5 };
+        prop_assert!(!evaluate(&iqr, &h, c, 10).unwrap().anomalous);
+    }
+
+    /// Shifting a series by a constant changes no z-score.
+    #[test]
+    fn zscore_shift_invariant(
+        values in prop::collection::vec(-1e3f64..1e3, 12..60),
+        x in -1e4f64..1e4,
+        shift in -1e6f64..1e6,
+    ) {
+        let a = evaluate(&Z, &window(&values, false), x, 10).unwrap();
+        let shifted: Vec<f64> = values.iter().map(|v| v + shift).collect();
+        let b = evaluate(&Z, &window(&shifted, false), x + shift, 10).unwrap();
+        match (a.zscore, b.zscore) {
+            (Some(za), Some(zb)) => prop_assert!((za - zb).abs() <= 1e-6 * (1.0 + za.abs())),
+            (None, None) => {}
+            (za, zb) => prop_assert!(false, "{:?} vs {:?}", za, zb),
+        }
+    }
+
+    /// The score grows with the deviation and never panics on any finite input.
+    #[test]
+    fn score_is_monotone(values in prop::collection::vec(-1e3f64..1e3, 12..60), d in 0.0f64..1e4) {
+        let h = window(&values, true);
+        let mean = h.mean().unwrap();
+        for m in [Z, Method::Iqr { iqr_factor: 1.5 }] {
+            let a = evaluate(&m, &h, mean + d, 10).unwrap().score;
+            let b = evaluate(&m, &h, mean + d + 1.0, 10).unwrap().score;
+            prop_assert!(b >= a);
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The history window of one (rule, series): the previous `capacity` values with running
+//! statistics, so a new sample costs O(1) (plus an O(window) memmove for the sorted copy
+//! that only IQR rules ask for).
+
+use std::collections::VecDeque;
+
+/// The previous values of one series under one rule's transform, oldest first.
+#[derive(Debug, Clone)]
+pub struct Window {
+    capacity: usize,
+    values: VecDeque<f64>,
+    /// Running sums of `v - shift`; shifting keeps the variance numerically stable when
+    /// values are large and close together (e.g. a byte counter near 1e12).
+    shift: f64,
+    sum: f64,
+    sum_sq: f64,
+    /// Pushes since the sums were last recomputed exactly; bounds rounding drift.
+    pushes_since_exact: usize,
+    /// Sorted copy of `values`, kept only when a detector needs quantiles.
+    sorted: Option<Vec<f64>>,
+}
+
+impl Window {
+    /// An empty window keeping at most `capacity` values; `sorted` keeps a sorted copy.
+    pub fn new(capacity: usize, sorted: bool) -> Self {
+        let capacity = capacity.max(1);
+        Self {
+            capacity,
+            values: VecDeque::with_capacity(capacity),
+            shift: 0.0,
+            sum: 0.0,
+            sum_sq: 0.0,
+            pushes_since_exact: 0,
+            sorted: sorted.then(|| Vec::with_capacity(capacity)),
+        }
+    }
+
+    /// How many values the window keeps at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Number of values held.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// True when no value is held.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The values, oldest first.
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = f64> + ExactSizeIterator + '_ {
+        self.values.iter().copied()
+    }
+
+    /// Values sorted ascending, when the window was built with `sorted`.
+    pub fn sorted(&self) -> Option<&[f64]> {
+        self.sorted.as_deref()
+    }
+
+    /// Appends a finite value, evicting the oldest when full. Non-finite values are ignored:
+    /// NaN and ±Inf carry no statistical information and would poison the sums.
+    pub fn push(&mut self, value: f64) {
+        if !value.is_finite() {
+            return;
+        }
+        if self.values.is_empty() {
+            self.shift = value;
+        }
+        if self.values.len() == self.capacity {
+            if let Some(old) = self.values.pop_front() {
+                let d = old - self.shift;
+                self.sum -= d;
+                self.sum_sq -= d * d;
+                if let Some(sorted) = &mut self.sorted {
+                    if let Ok(i) = sorted.binary_search_by(|p| p.total_cmp(&old)) {
+                        sorted.remove(i);
+                    }
+                }
+            }
+        }
+        self.values.push_back(value);
+        let d = value - self.shift;
+        self.sum += d;
+        self.sum_sq += d * d;
+        if let Some(sorted) = &mut self.sorted {
+            let i = sorted.partition_point(|p| p.total_cmp(&value).is_lt());
+            sorted.insert(i, value);
+        }
+        self.pushes_since_exact += 1;
+        if self.pushes_since_exact >= self.capacity {
+            self.recompute();
+        }
+    }
+
+    /// Recomputes the sums exactly around the current mean.
+    fn recompute(&mut self) {
+        self.pushes_since_exact = 0;
+        let n = self.values.len();
+        if n == 0 {
+            self.sum = 0.0;
+            self.sum_sq = 0.0;
+            return;
+        }
+        self.shift = self.values.iter().sum::<f64>() / n as f64;
+        let (mut s, mut s2) = (0.0, 0.0);
+        for v in &self.values {
+            let d = v - self.shift;
+            s += d;
+            s2 += d * d;
+        }
+        self.sum = s;
+        self.sum_sq = s2;
+    }
+
+    /// Arithmetic mean, None when empty.
+    pub fn mean(&self) -> Option<f64> {
+        let n = self.values.len();
+        (n > 0).then(|| self.shift + self.sum / n as f64)
+    }
+
+    /// Sample standard deviation (n − 1), None with fewer than two values.
+    pub fn stddev(&self) -> Option<f64> {
+        let n = self.values.len();
+        if n < 2 {
+            return None;
+        }
+        let nf = n as f64;
+        let var = (self.sum_sq - self.sum * self.sum / nf) / (nf - 1.0);
+        Some(var.max(0.0).sqrt())
+    }
+
+    /// Changes the capacity, dropping the oldest values when it shrinks.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+        while self.values.len() > self.capacity {
+            if let Some(old) = self.values.pop_front() {
+                if let Some(sorted) = &mut self.sorted {
+                    if let Ok(i) = sorted.binary_search_by(|p| p.total_cmp(&old)) {
+                        sorted.remove(i);
+                    }
+                }
+            }
+        }
+        self.recompute();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn naive(values: &[f64]) -> (f64, f64) {
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / (n - 1.0);
+        (mean, var.sqrt())
+    }
+
+    #[test]
+    fn evicts_oldest() {
+        let mut w = Window::new(3, true);
+        for v in [1.0, 2.0, 3.0, 4.0] {
+            w.push(v);
+        }
+        assert_eq!(w.values().collect::<Vec<_>>(), vec![2.0, 3.0, 4.0]);
+        assert_eq!(w.sorted().unwrap(), &[2.0, 3.0, 4.0]);
+        assert_eq!(w.mean(), Some(3.0));
+        assert_eq!(w.stddev(), Some(1.0));
+    }
+
+    #[test]
+    fn ignores_non_finite() {
+        let mut w = Window::new(3, false);
+        w.push(f64::NAN);
+        w.push(f64::INFINITY);
+        w.push(1.0);
+        assert_eq!(w.len(), 1);
+    }
+
+    #[test]
+    fn shrinking_keeps_newest() {
+        let mut w = Window::new(5, true);
+        for v in [5.0, 1.0, 4.0, 2.0, 3.0] {
+            w.push(v);
+        }
+        w.set_capacity(2);
+        assert_eq!(w.values().collect::<Vec<_>>(), vec![2.0, 3.0]);
+        assert_eq!(w.sorted().unwrap(), &[2.0, 3.0]);
+    }
+
+    proptest! {
+        /// Incremental statistics agree with the naive formula over the same window.
+        #[test]
+        fn incremental_matches_naive(
+            values in prop::collection::vec(-1e6f64..1e6, 2..300),
+            offset in prop::sample::select(vec![0.0, 1e9, -1e9, 1e12]),
+            cap in 2usize..80,
+        ) {
+            let mut w = Window::new(cap, true);
+            let shifted: Vec<f64> = values.iter().map(|v| v + offset).collect();
+            for (i, v) in shifted.iter().enumerate() {
+                w.push(*v);
+                let start = (i + 1).saturating_sub(cap);
+                let slice = &shifted[start..=i];
+                if slice.len() >= 2 {
+                    let (mean, std) = naive(slice);
+                    let tol = 1e-6 * (1.0 + mean.abs());
+                    prop_assert!((w.mean().unwrap() - mean).abs() <= tol);
+                    prop_assert!((w.stddev().unwrap() - std).abs() <= 1e-6 * (1.0 + std) + 1e-9 * offset.abs());
+                    let mut sorted = slice.to_vec();
+                    sorted.sort_by(f64::total_cmp);
+                    prop_assert_eq!(w.sorted().unwrap(), &sorted[..]);
+                }
+            }
+        }
+    }
+}
