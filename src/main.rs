@@ -1,4 +1,68 @@
+//! anomaly-sidecar: parse flags, set up logging, dispatch, map errors to exit codes.
+
+mod alert;
+mod app;
 mod config;
+mod demo;
 mod detect;
+mod export;
+mod pipeline;
 mod scrape;
-fn main() {}
+mod server;
+mod store;
+
+use clap::Parser;
+use config::flags::{Cli, Command};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Check(args) => match config::rules::load_file(&args.rules) {
+            Ok(set) => {
+                println!("ok: {} rules", set.rules.len());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in &errors.0 {
+                    println!("{e}");
+                }
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => runtime_then(|| async move {
+            let app = app::start(&args).await?;
+            app.wait(app::termination()).await;
+            Ok(())
+        }),
+        Command::Demo(args) => runtime_then(|| demo::run(args)),
+    }
+}
+
+fn runtime_then<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

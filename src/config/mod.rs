@@ -7,4 +7,4 @@ pub mod rules;
 pub mod selector;
 pub mod template;
 
-pub use rules::{Rule, RuleErrors, RuleSet, Severity, Transform};
+pub use rules::{Rule, RuleSet, Transform};

@@ -30,18 +30,6 @@ pub enum Op {
     Lte,
 }
 
-impl Op {
-    /// The name used in rules.yaml.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Gt => "gt",
-            Op::Lt => "lt",
-            Op::Gte => "gte",
-            Op::Lte => "lte",
-        }
-    }
-}
-
 /// A detection method with its validated parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Method {
@@ -161,7 +149,7 @@ fn zscore(v: &mut Verdict, history: &Window, x: f64, min_samples: usize, z_thres
 }
 
 fn iqr(v: &mut Verdict, history: &Window, x: f64, min_samples: usize, k: f64) {
-    if history.len() < min_samples {
+    if history.len() < min_samples || history.is_empty() {
         return;
     }
     let Some(s) = history.sorted() else {

@@ -35,11 +35,6 @@ impl Window {
         }
     }
 
-    /// How many values the window keeps at most.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// Number of values held.
     pub fn len(&self) -> usize {
         self.values.len()
@@ -132,20 +127,6 @@ impl Window {
         Some(var.max(0.0).sqrt())
     }
 
-    /// Changes the capacity, dropping the oldest values when it shrinks.
-    pub fn set_capacity(&mut self, capacity: usize) {
-        self.capacity = capacity.max(1);
-        while self.values.len() > self.capacity {
-            if let Some(old) = self.values.pop_front() {
-                if let Some(sorted) = &mut self.sorted {
-                    if let Ok(i) = sorted.binary_search_by(|p| p.total_cmp(&old)) {
-                        sorted.remove(i);
-                    }
-                }
-            }
-        }
-        self.recompute();
-    }
 }
 
 #[cfg(test)]
@@ -179,17 +160,6 @@ mod tests {
         w.push(f64::INFINITY);
         w.push(1.0);
         assert_eq!(w.len(), 1);
-    }
-
-    #[test]
-    fn shrinking_keeps_newest() {
-        let mut w = Window::new(5, true);
-        for v in [5.0, 1.0, 4.0, 2.0, 3.0] {
-            w.push(v);
-        }
-        w.set_capacity(2);
-        assert_eq!(w.values().collect::<Vec<_>>(), vec![2.0, 3.0]);
-        assert_eq!(w.sorted().unwrap(), &[2.0, 3.0]);
     }
 
     proptest! {

@@ -1,4 +1,218 @@
-//! Fetching targets: one loop per target, scrapes never overlap, each result (samples or the
-//! reason it failed) goes to the pipeline. Never touches the store.
+//! Fetching targets: one loop per target, scrapes never overlap, each result (samples or why
+//! the scrape failed) goes to the pipeline over a channel. Never touches the store.
 
 pub mod parse;
+
+pub use parse::Sample;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+
+/// A target to scrape.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: reqwest::Url,
+    /// `host:port`, the `target` label and what a rule's `source` glob matches.
+    pub name: String,
+}
+
+/// Why a target's URL was refused at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("bad target URL {0:?}: {1}")]
+    Url(String, String),
+    #[error("target {0:?} is given twice")]
+    Duplicate(String),
+}
+
+impl Target {
+    /// Parses a full http(s) URL.
+    pub fn parse(text: &str) -> Result<Self, TargetError> {
+        let url = reqwest::Url::parse(text).map_err(|e| TargetError::Url(text.into(), e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(TargetError::Url(text.into(), "scheme must be http or https".into()));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| TargetError::Url(text.into(), "no host".into()))?;
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| TargetError::Url(text.into(), "no port".into()))?;
+        let mut name = format!("{host}:{port}");
+        if url.path() != "/metrics" {
+            name.push_str(url.path());
+        }
+        Ok(Self { url, name })
+    }
+}
+
+/// Parses every target, refusing duplicates.
+pub fn parse_targets(texts: &[String]) -> Result<Vec<Target>, TargetError> {
+    let mut out: Vec<Target> = Vec::new();
+    for t in texts {
+        let target = Target::parse(t)?;
+        if out.iter().any(|o| o.name == target.name) {
+            return Err(TargetError::Duplicate(target.name));
+        }
+        out.push(target);
+    }
+    Ok(out)
+}
+
+/// Why one scrape failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    #[error("request failed: {0}")]
+    Request(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected HTTP status {0}")]
+    Status(u16),
+    #[error("body larger than --max-scrape-bytes ({0} bytes)")]
+    TooLarge(u64),
+    #[error("body is not UTF-8")]
+    NotUtf8,
+    #[error("malformed exposition text: {0}")]
+    Parse(#[from] parse::ParseError),
+}
+
+/// The outcome of one scrape.
+#[derive(Debug)]
+pub struct ScrapeResult {
+    /// Index of the target in the configured list.
+    pub target: usize,
+    /// When the scrape started, in milliseconds since the epoch: the samples' timestamp.
+    pub at_ms: i64,
+    pub duration: Duration,
+    pub outcome: Result<Vec<Sample>, ScrapeError>,
+}
+
+/// Settings shared by every scrape loop.
+#[derive(Debug, Clone)]
+pub struct ScrapeSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub max_bytes: u64,
+}
+
+/// Builds the HTTP client used for every target.
+pub fn client() -> Result<reqwest::Client, ScrapeError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("anomaly-sidecar/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ScrapeError::Request(e.to_string()))
+}
+
+/// Now in milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Scrapes `target` every interval until shutdown. A scrape that outlasts the interval delays
+/// the next one instead of overlapping it.
+pub async fn run_target(
+    index: usize,
+    target: Target,
+    client: reqwest::Client,
+    settings: ScrapeSettings,
+    results: mpsc::Sender<ScrapeResult>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(settings.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let at_ms = now_ms();
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            r = scrape_once(&client, &target, &settings) => r,
+            _ = shutdown.changed() => return,
+        };
+        let result = ScrapeResult {
+            target: index,
+            at_ms,
+            duration: started.elapsed(),
+            outcome,
+        };
+        if results.send(result).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Fetches and parses one body.
+pub async fn scrape_once(
+    client: &reqwest::Client,
+    target: &Target,
+    settings: &ScrapeSettings,
+) -> Result<Vec<Sample>, ScrapeError> {
+    let fetch = fetch(client, target, settings.max_bytes);
+    let body = tokio::time::timeout(settings.timeout, fetch)
+        .await
+        .map_err(|_| ScrapeError::Timeout(settings.timeout))??;
+    let text = String::from_utf8(body).map_err(|_| ScrapeError::NotUtf8)?;
+    Ok(parse::parse(&text)?)
+}
+
+async fn fetch(client: &reqwest::Client, target: &Target, max_bytes: u64) -> Result<Vec<u8>, ScrapeError> {
+    let mut resp = client
+        .get(target.url.clone())
+        .header(
+            reqwest::header::ACCEPT,
+            "text/plain;version=0.0.4;q=0.9,*/*;q=0.1",
+        )
+        .send()
+        .await
+        .map_err(|e| ScrapeError::Request(error_chain(&e)))?;
+    if resp.status() != reqwest::StatusCode::OK {
+        return Err(ScrapeError::Status(resp.status().as_u16()));
+    }
+    if resp.content_length().is_some_and(|n| n > max_bytes) {
+        return Err(ScrapeError::TooLarge(max_bytes));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| ScrapeError::Request(error_chain(&e)))?
+    {
+        if body.len() as u64 + chunk.len() as u64 > max_bytes {
+            return Err(ScrapeError::TooLarge(max_bytes));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// reqwest's Display hides the cause ("error sending request"); operators need the cause.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_names() {
+        assert_eq!(Target::parse("http://127.0.0.1:9100/metrics").unwrap().name, "127.0.0.1:9100");
+        assert_eq!(Target::parse("http://svc/metrics").unwrap().name, "svc:80");
+        assert_eq!(Target::parse("https://svc:8443/stats").unwrap().name, "svc:8443/stats");
+        assert!(Target::parse("127.0.0.1:9100").is_err());
+        assert!(Target::parse("ftp://x/metrics").is_err());
+        assert!(parse_targets(&["http://a:1/metrics".into(), "http://a:1/metrics".into()]).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! The alert state machine of one (rule, series): inactive → pending (condition true, `for`
+//! not yet elapsed) → firing → resolved (back to inactive) when the condition clears.
+//! One alert per rule and series at a time: a firing alert never fires again until resolved.
+
+use crate::detect::Verdict;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Where an alert stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlertState {
+    #[default]
+    Inactive,
+    Pending {
+        since_ms: i64,
+    },
+    Firing {
+        since_ms: i64,
+    },
+}
+
+/// A change of state worth counting (and, for firing and resolved, announcing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Condition true, waiting for `for`.
+    Pending,
+    /// Condition cleared before `for` elapsed.
+    Cancelled,
+    Firing,
+    Resolved,
+}
+
+impl Transition {
+    /// The `to` label of `anomaly_sidecar_transitions_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transition::Pending => "pending",
+            Transition::Cancelled => "inactive",
+            Transition::Firing => "firing",
+            Transition::Resolved => "resolved",
+        }
+    }
+}
+
+impl AlertState {
+    /// Advances on one evaluation at `now_ms`; `for_ms` is the rule's `for`.
+    pub fn step(&mut self, anomalous: bool, now_ms: i64, for_ms: i64) -> Option<Transition> {
+        let (next, t) = match (*self, anomalous) {
+            (AlertState::Inactive, true) if for_ms <= 0 => (AlertState::Firing { since_ms: now_ms }, Some(Transition::Firing)),
+            (AlertState::Inactive, true) => (AlertState::Pending { since_ms: now_ms }, Some(Transition::Pending)),
+            (AlertState::Pending { since_ms }, true) if now_ms - since_ms >= for_ms => {
+                (AlertState::Firing { since_ms: now_ms }, Some(Transition::Firing))
+            }
+            (AlertState::Pending { .. }, false) => (AlertState::Inactive, Some(Transition::Cancelled)),
+            (AlertState::Firing { .. }, false) => (AlertState::Inactive, Some(Transition::Resolved)),
+            (state, _) => (state, None),
+        };
+        *self = next;
+        t
+    }
+
+    /// Ends the alert because its series or rule went away.
+    pub fn end(&mut self) -> Option<Transition> {
+        let t = match *self {
+            AlertState::Firing { .. } => Some(Transition::Resolved),
+            AlertState::Pending { .. } => Some(Transition::Cancelled),
+            AlertState::Inactive => None,
+        };
+        *self = AlertState::Inactive;
+        t
+    }
+
+    pub fn is_firing(&self) -> bool {
+        matches!(self, AlertState::Firing { .. })
+    }
+
+    pub fn is_pending(&self) -> bool {
+        matches!(self, AlertState::Pending { .. })
+    }
+}
+
+/// A firing or a resolution, as announced on stdout/logs now and to receivers later.
+#[derive(Debug, Clone)]
+pub struct AlertEvent {
+    pub firing: bool,
+    pub at_ms: i64,
+    /// Since when the alert fired (equals `at_ms` on a firing event).
+    pub fired_at_ms: i64,
+    pub rule: Arc<str>,
+    pub severity: &'static str,
+    pub method: &'static str,
+    pub target: Arc<str>,
+    pub metric: String,
+    /// The series' own labels.
+    pub series_labels: Vec<(String, String)>,
+    /// The rule's extra labels.
+    pub rule_labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub value: f64,
+    pub verdict: Verdict,
+}
+
+impl AlertEvent {
+    /// One human-readable line: what, where, how far off, and the summary.
+    pub fn line(&self) -> String {
+        use crate::config::template::format_value as f;
+        let labels: Vec<String> = self
+            .series_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v:?}"))
+            .collect();
+        let mut s = format!(
+            "{} {} rule={} severity={} method={} target={} series={}{{{}}} value={}",
+            crate::export::rfc3339(self.at_ms),
+            if self.firing { "FIRING  " } else { "RESOLVED" },
+            self.rule,
+            self.severity,
+            self.method,
+            self.target,
+            self.metric,
+            labels.join(","),
+            f(self.value),
+        );
+        let v = &self.verdict;
+        if let Some(m) = v.baseline_mean {
+            s.push_str(&format!(" mean={}", f(m)));
+        }
+        if let Some(z) = v.zscore {
+            s.push_str(&format!(" z={}", f(z)));
+        }
+        if let (Some(lo), Some(hi)) = (v.lower_bound, v.upper_bound) {
+            s.push_str(&format!(" band=[{}, {}]", f(lo), f(hi)));
+        }
+        if let Some(d) = v.direction {
+            s.push_str(&format!(" direction={}", d.as_str()));
+        }
+        if !self.firing {
+            let secs = (self.at_ms - self.fired_at_ms).max(0) / 1000;
+            s.push_str(&format!(" fired_for={secs}s"));
+        }
+        for (k, v) in &self.rule_labels {
+            s.push_str(&format!(" {k}={v:?}"));
+        }
+        if let Some(summary) = self.annotations.get("summary") {
+            s.push_str(&format!(" summary={summary:?}"));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fires_at_once_without_for() {
+        let mut s = AlertState::default();
+        assert_eq!(s.step(true, 0, 0), Some(Transition::Firing));
+        assert_eq!(s.step(true, 1, 0), None, "no duplicate firing");
+        assert_eq!(s.step(false, 2, 0), Some(Transition::Resolved));
+        assert_eq!(s.step(false, 3, 0), None);
+    }
+
+    #[test]
+    fn waits_for_for() {
+        let mut s = AlertState::default();
+        assert_eq!(s.step(true, 0, 1000), Some(Transition::Pending));
+        assert_eq!(s.step(true, 500, 1000), None);
+        assert!(s.is_pending());
+        assert_eq!(s.step(true, 1000, 1000), Some(Transition::Firing));
+        assert_eq!(s.step(false, 1500, 1000), Some(Transition::Resolved));
+        assert_eq!(s.step(true, 2000, 1000), Some(Transition::Pending));
+        assert_eq!(s.step(false, 2500, 1000), Some(Transition::Cancelled));
+    }
+
+    #[test]
+    fn end_resolves_firing() {
+        let mut s = AlertState::Firing { since_ms: 0 };
+        assert_eq!(s.end(), Some(Transition::Resolved));
+        assert_eq!(s.end(), None);
+    }
+}

@@ -1,0 +1,249 @@
+//! The one place that spawns tasks: scrape loops, the pipeline, the rules reloader and the
+//! HTTP server, and that owns shutdown (SIGTERM/SIGINT → stop scraping, finish the write,
+//! flush sled).
+
+use crate::alert::AlertEvent;
+use crate::config::flags::RunArgs;
+use crate::config::{rules, RuleSet};
+use crate::export::Exporter;
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::scrape::{self, ScrapeSettings};
+use crate::server::{self, ReloadRequest, ServerState};
+use crate::store::{Store, StoreError};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid rules:\n{0}")]
+    Rules(#[from] rules::RuleErrors),
+    #[error(transparent)]
+    Target(#[from] scrape::TargetError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("cannot set up: {0}")]
+    Setup(String),
+}
+
+/// A started sidecar; `wait` runs it until `shutdown` resolves.
+pub struct App {
+    pub listen_addr: std::net::SocketAddr,
+    pub events: broadcast::Sender<AlertEvent>,
+    shutdown_tx: watch::Sender<bool>,
+    pipeline: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ready: Arc<AtomicBool>,
+}
+
+/// Loads config, opens the store and binds the port (all before any task runs), then spawns.
+pub async fn start(args: &RunArgs) -> Result<App, StartError> {
+    let targets = scrape::parse_targets(&args.targets)?;
+    let rules = Arc::new(rules::load_file(&args.rules)?);
+    let exporter = Arc::new(Exporter::new().map_err(|e| StartError::Setup(e.to_string()))?);
+    set_reload_metrics(&exporter, true);
+    let dir = args.data_dir.clone();
+    let cache = args.store_cache_bytes;
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir, cache))
+        .await
+        .map_err(|e| StartError::Setup(e.to_string()))??;
+    tracing::info!(series = store.len(), dir = %args.data_dir.display(), "Store opened");
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: args.listen.to_string(),
+            source,
+        })?;
+    let listen_addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Setup(e.to_string()))?;
+    let client = scrape::client().map_err(|e| StartError::Setup(e.to_string()))?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (events, _) = broadcast::channel(1024);
+    let (results_tx, results_rx) = mpsc::channel(targets.len().max(1) * 2);
+    let (rules_tx, rules_rx) = watch::channel(rules.clone());
+    let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(8);
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let settings = ScrapeSettings {
+        interval: args.scrape_interval,
+        timeout: args.effective_scrape_timeout(),
+        max_bytes: args.max_scrape_bytes,
+    };
+    let mut tasks = Vec::new();
+    for (i, target) in targets.iter().cloned().enumerate() {
+        tracing::info!(target = %target.name, url = %target.url, "Scraping target");
+        tasks.push(tokio::spawn(scrape::run_target(
+            i,
+            target,
+            client.clone(),
+            settings.clone(),
+            results_tx.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+    drop(results_tx);
+    let pipeline = Pipeline::new(
+        targets,
+        PipelineSettings {
+            max_series: args.max_series,
+            retention: args.retention,
+        },
+        rules,
+        store,
+        exporter.clone(),
+        events.clone(),
+    );
+    let pipeline = tokio::spawn(pipeline.run(results_rx, rules_rx, shutdown_rx.clone()));
+    let reloader = Reloader {
+        path: args.rules.clone(),
+        exporter: exporter.clone(),
+        rules: rules_tx,
+        check_interval: args.rules_check_interval,
+    };
+    tasks.push(tokio::spawn(reloader.run(reload_rx, shutdown_rx.clone())));
+    let state = Arc::new(ServerState {
+        exporter,
+        ready: ready.clone(),
+        reload: args.web_enable_lifecycle.then_some(reload_tx),
+    });
+    tasks.push(tokio::spawn(server::serve(listener, state, shutdown_rx)));
+    ready.store(true, Ordering::Relaxed);
+    tracing::info!(listen = %listen_addr, "Serving /metrics");
+    Ok(App {
+        listen_addr,
+        events,
+        shutdown_tx,
+        pipeline,
+        tasks,
+        ready,
+    })
+}
+
+impl App {
+    /// Runs until `stop` completes, then shuts down in order: no new scrapes, the pipeline
+    /// finishes its write and flushes, the server stops. Bounded by a drain timeout.
+    pub async fn wait(self, stop: impl std::future::Future<Output = ()>) {
+        stop.await;
+        tracing::info!("Shutting down");
+        self.ready.store(false, Ordering::Relaxed);
+        let _ = self.shutdown_tx.send(true);
+        let drain = async {
+            let _ = self.pipeline.await;
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(20), drain).await.is_err() {
+            tracing::warn!("Shutdown drain timed out");
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn set_reload_metrics(exporter: &Exporter, ok: bool) {
+    let m = &exporter.metrics;
+    m.rules_last_reload_successful.set(i64::from(ok));
+    if ok {
+        m.rules_last_reload_success_timestamp_seconds
+            .set(scrape::now_ms() as f64 / 1000.0);
+    }
+}
+
+/// Reloads rules on SIGHUP, on POST /-/reload and when the file's content changes.
+struct Reloader {
+    path: PathBuf,
+    exporter: Arc<Exporter>,
+    rules: watch::Sender<Arc<RuleSet>>,
+    check_interval: Duration,
+}
+
+impl Reloader {
+    async fn run(self, mut requests: mpsc::Receiver<ReloadRequest>, mut shutdown: watch::Receiver<bool>) {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut last = std::fs::read(&self.path).ok();
+        let mut ticker = tokio::time::interval(self.check_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            #[cfg(unix)]
+            let sighup = async {
+                match hup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let sighup = std::future::pending::<()>();
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = sighup => {
+                    tracing::info!("SIGHUP: reloading rules");
+                    last = std::fs::read(&self.path).ok();
+                    let _ = self.reload();
+                }
+                req = requests.recv() => {
+                    let Some(reply) = req else { return };
+                    last = std::fs::read(&self.path).ok();
+                    let _ = reply.send(self.reload());
+                }
+                _ = ticker.tick() => {
+                    // Reads through symlinks, so a ConfigMap's ..data swap shows as new content.
+                    let now = std::fs::read(&self.path).ok();
+                    if now.is_some() && now != last {
+                        last = now;
+                        tracing::info!(file = %self.path.display(), "Rules file changed: reloading");
+                        let _ = self.reload();
+                    }
+                }
+            }
+        }
+    }
+
+    fn reload(&self) -> Result<usize, String> {
+        match rules::load_file(&self.path) {
+            Ok(set) => {
+                let n = set.rules.len();
+                let _ = self.rules.send(Arc::new(set));
+                set_reload_metrics(&self.exporter, true);
+                tracing::info!(rules = n, "Rules reloaded");
+                Ok(n)
+            }
+            Err(e) => {
+                set_reload_metrics(&self.exporter, false);
+                tracing::error!(file = %self.path.display(), errors = %e, "Reload failed; keeping the last good rules");
+                Err(e.to_string())
+            }
+        }
+    }
+}

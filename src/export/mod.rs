@@ -1,0 +1,161 @@
+//! Renders /metrics: the anomaly gauges of every (rule, series) and the self-monitoring
+//! registry.
+//!
+//! The anomaly families carry each series' own labels, so their label names differ from series
+//! to series; the `prometheus` crate's vectors need fixed label names, so these families are
+//! rendered here directly (escaping per the text format, checked by `promtool check metrics`
+//! in the tests), and the fixed-label self metrics go through a `prometheus::Registry`.
+
+pub mod self_metrics;
+
+pub use self_metrics::SelfMetrics;
+
+use crate::detect::Verdict;
+use crate::store::SeriesId;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// The exported state of one (rule, series).
+#[derive(Debug, Clone)]
+pub struct AnomalyRow {
+    /// Rendered label set without braces: `rule="…",severity="…",…`.
+    pub labels: Arc<str>,
+    pub active: bool,
+    pub pending: bool,
+    pub value: f64,
+    pub verdict: Verdict,
+}
+
+type RowKey = (Arc<str>, SeriesId);
+
+/// Shared between the pipeline (the only writer) and the HTTP server (readers).
+pub struct Exporter {
+    rows: RwLock<BTreeMap<RowKey, AnomalyRow>>,
+    registry: prometheus::Registry,
+    pub metrics: SelfMetrics,
+}
+
+/// Gauge families: name, help, how to read the value from a row.
+type Getter = fn(&AnomalyRow) -> Option<f64>;
+const FAMILIES: [(&str, &str, Getter); 9] = [
+    ("anomaly_active", "1 while the rule's alert for the series is firing, else 0.", |r| Some(f64::from(u8::from(r.active)))),
+    ("anomaly_pending", "1 while the condition holds but the rule's `for` has not elapsed.", |r| Some(f64::from(u8::from(r.pending)))),
+    ("anomaly_score", "Distance from normal on a common scale: >= 1 means past the rule's threshold.", |r| Some(r.verdict.score)),
+    ("anomaly_value", "Last evaluated value (after the rule's transform).", |r| Some(r.value)),
+    ("anomaly_baseline_mean", "Mean of the history window.", |r| r.verdict.baseline_mean),
+    ("anomaly_baseline_stddev", "Sample standard deviation of the history window.", |r| r.verdict.baseline_stddev),
+    ("anomaly_lower_bound", "Lower edge of the normal band.", |r| r.verdict.lower_bound),
+    ("anomaly_upper_bound", "Upper edge of the normal band.", |r| r.verdict.upper_bound),
+    ("anomaly_zscore", "Signed z-score of the last value against the history window.", |r| r.verdict.zscore),
+];
+
+impl Exporter {
+    /// A new exporter with its self metrics registered.
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = prometheus::Registry::new();
+        let metrics = SelfMetrics::register(&registry)?;
+        Ok(Self {
+            rows: RwLock::new(BTreeMap::new()),
+            registry,
+            metrics,
+        })
+    }
+
+    /// Applies the pipeline's changes of one scrape in a single write lock.
+    pub fn apply(&self, upserts: Vec<(RowKey, AnomalyRow)>, removals: &[RowKey]) {
+        if upserts.is_empty() && removals.is_empty() {
+            return;
+        }
+        let mut rows = self.rows.write().unwrap_or_else(|p| p.into_inner());
+        for k in removals {
+            rows.remove(k);
+        }
+        rows.extend(upserts);
+    }
+
+    /// Drops every row of a rule (the rule was removed or changed).
+    pub fn remove_rule(&self, rule: &str) {
+        let mut rows = self.rows.write().unwrap_or_else(|p| p.into_inner());
+        rows.retain(|(r, _), _| &**r != rule);
+    }
+
+    /// The full /metrics body.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        {
+            let rows = self.rows.read().unwrap_or_else(|p| p.into_inner());
+            for (name, help, get) in FAMILIES {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for row in rows.values() {
+                    if let Some(v) = get(row) {
+                        let _ = writeln!(out, "{name}{{{}}} {}", row.labels, format_float(v));
+                    }
+                }
+            }
+        }
+        let encoder = prometheus::TextEncoder::new();
+        match encoder.encode_to_string(&self.registry.gather()) {
+            Ok(text) => out.push_str(&text),
+            Err(e) => tracing::error!(error = %e, "Cannot encode self metrics"),
+        }
+        out
+    }
+}
+
+/// Renders a label set for the exposition format, escaping values.
+pub fn render_labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out
+}
+
+/// A float as the exposition format spells it.
+pub fn format_float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        // Debug keeps full precision and uses exponents for extremes (1e-300, not 300 zeros).
+        format!("{v:?}")
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 (UTC, seconds).
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_and_floats() {
+        assert_eq!(render_labels(&[("a", "x\"y\\z\nw")]), r#"a="x\"y\\z\nw""#);
+        assert_eq!(format_float(1.0), "1.0");
+        assert_eq!(format_float(1e-300), "1e-300");
+        assert_eq!(format_float(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    }
+}

@@ -1,0 +1,85 @@
+//! The sidecar's own health metrics, on a registry passed in (no global registry). Labels are
+//! bounded: target, rule, transition; never raw series labels.
+
+use prometheus::{Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Every self-monitoring metric.
+#[derive(Clone)]
+pub struct SelfMetrics {
+    pub up: IntGaugeVec,
+    pub scrape_duration_seconds: GaugeVec,
+    pub scrape_samples: IntGaugeVec,
+    pub series: IntGaugeVec,
+    pub dropped_series_total: IntCounterVec,
+    pub rule_evaluations_total: IntCounterVec,
+    pub transitions_total: IntCounterVec,
+    pub rules_last_reload_successful: IntGauge,
+    pub rules_last_reload_success_timestamp_seconds: Gauge,
+    pub store_errors_total: IntCounterVec,
+    pub store_size_bytes: IntGauge,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("anomaly_sidecar")
+}
+
+impl SelfMetrics {
+    /// Creates the metrics and registers them (and build info) on `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Self {
+            up: IntGaugeVec::new(opts("up", "1 if the target's last scrape succeeded, 0 otherwise."), &["target"])?,
+            scrape_duration_seconds: GaugeVec::new(
+                opts("scrape_duration_seconds", "Duration of the target's last scrape."),
+                &["target"],
+            )?,
+            scrape_samples: IntGaugeVec::new(
+                opts("scrape_samples", "Samples in the target's last successful scrape."),
+                &["target"],
+            )?,
+            series: IntGaugeVec::new(opts("series", "Series of the target kept in the store."), &["target"])?,
+            dropped_series_total: IntCounterVec::new(
+                opts("dropped_series_total", "New series of the target dropped because --max-series was reached."),
+                &["target"],
+            )?,
+            rule_evaluations_total: IntCounterVec::new(
+                opts("rule_evaluations_total", "Samples evaluated by the rule."),
+                &["rule"],
+            )?,
+            transitions_total: IntCounterVec::new(
+                opts("transitions_total", "Alert state transitions of the rule, by new state."),
+                &["rule", "to"],
+            )?,
+            rules_last_reload_successful: IntGauge::with_opts(opts(
+                "rules_last_reload_successful",
+                "1 if the last load of the rules file succeeded.",
+            ))?,
+            rules_last_reload_success_timestamp_seconds: Gauge::with_opts(opts(
+                "rules_last_reload_success_timestamp_seconds",
+                "Time of the last successful load of the rules file.",
+            ))?,
+            store_errors_total: IntCounterVec::new(
+                opts("store_errors_total", "Failed writes to the history store."),
+                &["operation"],
+            )?,
+            store_size_bytes: IntGauge::with_opts(opts("store_size_bytes", "Bytes the history store uses on disk."))?,
+        };
+        registry.register(Box::new(m.up.clone()))?;
+        registry.register(Box::new(m.scrape_duration_seconds.clone()))?;
+        registry.register(Box::new(m.scrape_samples.clone()))?;
+        registry.register(Box::new(m.series.clone()))?;
+        registry.register(Box::new(m.dropped_series_total.clone()))?;
+        registry.register(Box::new(m.rule_evaluations_total.clone()))?;
+        registry.register(Box::new(m.transitions_total.clone()))?;
+        registry.register(Box::new(m.rules_last_reload_successful.clone()))?;
+        registry.register(Box::new(m.rules_last_reload_success_timestamp_seconds.clone()))?;
+        registry.register(Box::new(m.store_errors_total.clone()))?;
+        registry.register(Box::new(m.store_size_bytes.clone()))?;
+        let build_info = IntGaugeVec::new(
+            opts("build_info", "Always 1; labels give the version of the running binary."),
+            &["version"],
+        )?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build_info))?;
+        Ok(m)
+    }
+}

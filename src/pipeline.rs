@@ -1,0 +1,512 @@
+//! The evaluation pipeline: takes each scrape result, keeps the store's windows, runs every
+//! matching rule's detector on every new sample, steps the alert state machines, and hands the
+//! exporter its rows and the world its alert events. The one owner of store and rule state.
+
+use crate::alert::{AlertEvent, AlertState, Transition};
+use crate::config::{Rule, RuleSet, Transform};
+use crate::detect::{self, Verdict, Window};
+use crate::export::{render_labels, AnomalyRow, Exporter};
+use crate::scrape::{Sample, ScrapeResult, Target};
+use crate::store::{series_id, SeriesId, SeriesIdentity, Store};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// State of one rule on one series.
+struct RuleSeries {
+    window: Window,
+    alert: AlertState,
+    /// Rendered export labels, computed once.
+    labels: Arc<str>,
+}
+
+/// What the pipeline needs besides its inputs.
+pub struct PipelineSettings {
+    pub max_series: usize,
+    pub retention: Duration,
+}
+
+/// Owns the store and all rule state; driven by `run`.
+pub struct Pipeline {
+    targets: Vec<Target>,
+    settings: PipelineSettings,
+    rules: Arc<RuleSet>,
+    /// Parallel to `rules.rules`.
+    states: Vec<HashMap<SeriesId, RuleSeries>>,
+    /// Indices of the rules that select a series, cached until the rules change.
+    matches: HashMap<SeriesId, Arc<[usize]>>,
+    store: Store,
+    /// Per target: series present in its last successful scrape.
+    seen: Vec<HashSet<SeriesId>>,
+    /// Per target: last scrape outcome, so up/down is logged once per change.
+    up: Vec<Option<bool>>,
+    exporter: Arc<Exporter>,
+    events: broadcast::Sender<AlertEvent>,
+    last_expiry_ms: i64,
+}
+
+impl Pipeline {
+    pub fn new(
+        targets: Vec<Target>,
+        settings: PipelineSettings,
+        rules: Arc<RuleSet>,
+        store: Store,
+        exporter: Arc<Exporter>,
+        events: broadcast::Sender<AlertEvent>,
+    ) -> Self {
+        let n = targets.len();
+        let states = rules.rules.iter().map(|_| HashMap::new()).collect();
+        for t in &targets {
+            exporter
+                .metrics
+                .series
+                .with_label_values(&[&t.name])
+                .set(store.target_series(&t.name) as i64);
+        }
+        Self {
+            targets,
+            settings,
+            rules,
+            states,
+            matches: HashMap::new(),
+            store,
+            seen: vec![HashSet::new(); n],
+            up: vec![None; n],
+            exporter,
+            events,
+            last_expiry_ms: 0,
+        }
+    }
+
+    /// Processes scrape results and rule changes until shutdown, then flushes the store.
+    pub async fn run(
+        mut self,
+        mut results: mpsc::Receiver<ScrapeResult>,
+        mut rules: watch::Receiver<Arc<RuleSet>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                changed = rules.changed() => {
+                    if changed.is_err() { break; }
+                    let new = rules.borrow_and_update().clone();
+                    self.set_rules(new);
+                }
+                r = results.recv() => match r {
+                    Some(r) => {
+                        self.process(r);
+                        self.persist().await;
+                    }
+                    None => break,
+                },
+            }
+        }
+        self.persist().await;
+        tracing::info!("Pipeline stopped; store flushed");
+    }
+
+    async fn persist(&mut self) {
+        let (writer, batch) = self.store.take_batch();
+        let result = tokio::task::spawn_blocking(move || writer.write(batch)).await;
+        let err = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.exporter
+            .metrics
+            .store_errors_total
+            .with_label_values(&["write"])
+            .inc();
+        tracing::error!(error = %err, "Cannot write to the history store; keeping windows in memory");
+    }
+
+    /// Evaluates one scrape.
+    pub fn process(&mut self, result: ScrapeResult) {
+        let t = result.target;
+        let Some(target) = self.targets.get(t).cloned() else {
+            return;
+        };
+        let m = self.exporter.metrics.clone();
+        m.scrape_duration_seconds
+            .with_label_values(&[&target.name])
+            .set(result.duration.as_secs_f64());
+        let samples = match result.outcome {
+            Err(e) => {
+                m.up.with_label_values(&[&target.name]).set(0);
+                if self.up[t] != Some(false) {
+                    tracing::warn!(target = %target.name, url = %target.url, error = %e, "Scrape failed");
+                }
+                self.up[t] = Some(false);
+                return;
+            }
+            Ok(s) => s,
+        };
+        m.up.with_label_values(&[&target.name]).set(1);
+        if self.up[t] == Some(false) {
+            tracing::info!(target = %target.name, "Scrape recovered");
+        }
+        self.up[t] = Some(true);
+        m.scrape_samples
+            .with_label_values(&[&target.name])
+            .set(samples.len() as i64);
+        let now = result.at_ms;
+        let target_name: Arc<str> = target.name.as_str().into();
+        let mut batch = Batch::default();
+        let mut current = HashSet::with_capacity(self.seen[t].len());
+        for sample in samples {
+            self.sample(&target_name, sample, now, &mut current, &mut batch);
+        }
+        let previous = std::mem::replace(&mut self.seen[t], current);
+        let gone: Vec<SeriesId> = previous.difference(&self.seen[t]).copied().collect();
+        for id in gone {
+            self.end_series(id, now, &mut batch);
+        }
+        if now - self.last_expiry_ms >= 60_000 {
+            self.expire(now, &mut batch);
+        }
+        for (rule, n) in batch.evaluations {
+            m.rule_evaluations_total.with_label_values(&[&rule]).inc_by(n);
+        }
+        if batch.dropped > 0 {
+            m.dropped_series_total
+                .with_label_values(&[&target.name])
+                .inc_by(batch.dropped);
+        }
+        for tgt in &self.targets {
+            m.series
+                .with_label_values(&[&tgt.name])
+                .set(self.store.target_series(&tgt.name) as i64);
+        }
+        self.exporter.apply(batch.upserts, &batch.removals);
+        for ev in batch.events {
+            self.announce(ev);
+        }
+    }
+
+    fn rules_for(&mut self, id: SeriesId, target: &str, s: &Sample) -> Arc<[usize]> {
+        if let Some(r) = self.matches.get(&id) {
+            return r.clone();
+        }
+        let r: Arc<[usize]> = self
+            .rules
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| rule.selects(target, &s.name, &s.labels))
+            .map(|(i, _)| i)
+            .collect();
+        self.matches.insert(id, r.clone());
+        r
+    }
+
+    fn sample(&mut self, target: &Arc<str>, s: Sample, now: i64, current: &mut HashSet<SeriesId>, b: &mut Batch) {
+        let id = series_id(target, &s.name, &s.labels);
+        let rules = self.rules_for(id, target, &s);
+        if rules.is_empty() || !current.insert(id) {
+            // Not selected by any rule, or a duplicate series in one scrape (first one wins).
+            return;
+        }
+        if !s.value.is_finite() {
+            // NaN and ±Inf carry no statistics; the series is still present.
+            self.store.touch(id, now);
+            return;
+        }
+        let identity = || SeriesIdentity {
+            target: target.clone(),
+            name: s.name.clone(),
+            labels: s.labels.clone(),
+            counter_like: s.counter_like,
+        };
+        let Ok(entry) = self.store.admit(id, identity, self.settings.max_series) else {
+            current.remove(&id);
+            b.dropped += 1;
+            return;
+        };
+        let identity = entry.identity.clone();
+        let prev = entry.samples().back().copied();
+        let capacity = rules
+            .iter()
+            .map(|&ri| self.rules.rules[ri].window + 1)
+            .max()
+            .unwrap_or(1);
+        for &ri in rules.iter() {
+            let rule = &self.rules.rules[ri];
+            if !self.states[ri].contains_key(&id) {
+                let st = new_state(rule, &identity, entry.samples().iter().copied());
+                self.states[ri].insert(id, st);
+            }
+        }
+        self.store.append(id, now, s.value, capacity);
+        for &ri in rules.iter() {
+            let rule = self.rules.rules[ri].clone();
+            let Some(state) = self.states[ri].get_mut(&id) else {
+                continue;
+            };
+            let Some(x) = transform(rule.transform, identity.counter_like, prev, (now, s.value)) else {
+                continue;
+            };
+            let Some(verdict) = detect::evaluate(&rule.method, &state.window, x, rule.min_samples) else {
+                continue;
+            };
+            state.window.push(x);
+            *b.evaluations.entry(rule.name.clone()).or_default() += 1;
+            let for_ms = rule.for_duration.as_millis() as i64;
+            let before = state.alert;
+            let transition = state.alert.step(verdict.anomalous, now, for_ms);
+            let since = match (before, state.alert) {
+                (AlertState::Firing { since_ms }, _) | (_, AlertState::Firing { since_ms }) => since_ms,
+                _ => now,
+            };
+            b.upserts.push((
+                (rule.name.as_str().into(), id),
+                AnomalyRow {
+                    labels: state.labels.clone(),
+                    active: state.alert.is_firing(),
+                    pending: state.alert.is_pending(),
+                    value: x,
+                    verdict: verdict.clone(),
+                },
+            ));
+            if let Some(tr) = transition {
+                b.transitions.push((rule.name.clone(), tr));
+                if matches!(tr, Transition::Firing | Transition::Resolved) {
+                    b.events.push(event(&rule, &identity, tr == Transition::Firing, now, since, x, verdict));
+                }
+            }
+        }
+        for (rule, tr) in b.transitions.drain(..) {
+            self.exporter
+                .metrics
+                .transitions_total
+                .with_label_values(&[&rule, tr.as_str()])
+                .inc();
+        }
+    }
+
+    /// A series left its target: its alerts resolve and its gauges go.
+    fn end_series(&mut self, id: SeriesId, now: i64, b: &mut Batch) {
+        for (ri, states) in self.states.iter_mut().enumerate() {
+            let Some(state) = states.get_mut(&id) else {
+                continue;
+            };
+            let rule = self.rules.rules[ri].clone();
+            let tr = state.alert.end();
+            if let Some(tr) = tr {
+                self.exporter
+                    .metrics
+                    .transitions_total
+                    .with_label_values(&[&rule.name, tr.as_str()])
+                    .inc();
+            }
+            if tr == Some(Transition::Resolved) {
+                if let Some(entry) = self.store.get(id) {
+                    let identity = entry.identity.clone();
+                    let value = entry.samples().back().map_or(f64::NAN, |s| s.1);
+                    b.events.push(event(&rule, &identity, false, now, now, value, Verdict::default()));
+                }
+            }
+            b.removals.push((rule.name.as_str().into(), id));
+        }
+    }
+
+    fn expire(&mut self, now: i64, b: &mut Batch) {
+        self.last_expiry_ms = now;
+        self.exporter
+            .metrics
+            .store_size_bytes
+            .set(self.store.size_on_disk() as i64);
+        let cutoff = now - self.settings.retention.as_millis() as i64;
+        for id in self.store.expire(cutoff) {
+            self.end_series(id, now, b);
+            for states in &mut self.states {
+                states.remove(&id);
+            }
+            self.matches.remove(&id);
+        }
+    }
+
+    /// Swaps in new rules. Rules whose definition did not change keep their windows and alert
+    /// state; removed or changed rules resolve their firing alerts and drop their gauges.
+    pub fn set_rules(&mut self, new: Arc<RuleSet>) {
+        let mut old: HashMap<String, (String, HashMap<SeriesId, RuleSeries>)> = HashMap::new();
+        let old_rules = std::mem::replace(&mut self.rules, new.clone());
+        for (rule, states) in old_rules.rules.iter().zip(std::mem::take(&mut self.states)) {
+            old.insert(rule.name.clone(), (rule.fingerprint(), states));
+        }
+        let mut kept = 0;
+        self.states = new
+            .rules
+            .iter()
+            .map(|rule| match old.remove(&rule.name) {
+                Some((fp, states)) if fp == rule.fingerprint() => {
+                    kept += 1;
+                    states
+                }
+                Some(other) => {
+                    old.insert(rule.name.clone(), other);
+                    HashMap::new()
+                }
+                None => HashMap::new(),
+            })
+            .collect();
+        let now = crate::scrape::now_ms();
+        let mut events = Vec::new();
+        for (name, (_, states)) in old {
+            let rule = old_rules.rules.iter().find(|r| r.name == name).cloned();
+            for (id, mut state) in states {
+                if state.alert.end() == Some(Transition::Resolved) {
+                    if let (Some(rule), Some(entry)) = (&rule, self.store.get(id)) {
+                        let value = entry.samples().back().map_or(f64::NAN, |s| s.1);
+                        events.push(event(rule, &entry.identity, false, now, now, value, Verdict::default()));
+                    }
+                }
+            }
+            self.exporter.remove_rule(&name);
+            if !new.rules.iter().any(|r| r.name == name) {
+                let _ = self.exporter.metrics.rule_evaluations_total.remove_label_values(&[&name]);
+            }
+        }
+        self.matches.clear();
+        tracing::info!(rules = new.rules.len(), unchanged = kept, "Rules applied");
+        for ev in events {
+            self.announce(ev);
+        }
+    }
+
+    fn announce(&self, ev: AlertEvent) {
+        tracing::info!("{}", ev.line());
+        // No receiver is fine: events go to logs regardless.
+        let _ = self.events.send(ev);
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    upserts: Vec<((Arc<str>, SeriesId), AnomalyRow)>,
+    removals: Vec<(Arc<str>, SeriesId)>,
+    events: Vec<AlertEvent>,
+    transitions: Vec<(String, Transition)>,
+    evaluations: HashMap<String, u64>,
+    dropped: u64,
+}
+
+/// Builds a rule's window from stored raw samples (so a restart or a new rule starts warm).
+fn new_state(rule: &Rule, identity: &SeriesIdentity, samples: impl Iterator<Item = (i64, f64)>) -> RuleSeries {
+    let mut window = Window::new(rule.window, rule.method.needs_sorted());
+    let mut prev = None;
+    for s in samples {
+        if let Some(x) = transform(rule.transform, identity.counter_like, prev, s) {
+            window.push(x);
+        }
+        prev = Some(s);
+    }
+    RuleSeries {
+        window,
+        alert: AlertState::Inactive,
+        labels: export_labels(rule, identity).into(),
+    }
+}
+
+/// The value a rule evaluates for sample `cur`, given the series' previous sample.
+pub fn transform(t: Transform, counter_like: bool, prev: Option<(i64, f64)>, cur: (i64, f64)) -> Option<f64> {
+    let t = match t {
+        Transform::Auto if counter_like => Transform::Rate,
+        Transform::Auto => Transform::Raw,
+        t => t,
+    };
+    let increase = |pv: f64| {
+        if counter_like && cur.1 < pv {
+            cur.1 // counter reset: it restarted from zero
+        } else {
+            cur.1 - pv
+        }
+    };
+    match t {
+        Transform::Raw | Transform::Auto => Some(cur.1),
+        Transform::Delta => prev.map(|(_, pv)| increase(pv)),
+        Transform::Rate => {
+            let (pt, pv) = prev?;
+            let dt = (cur.0 - pt) as f64 / 1000.0;
+            (dt > 0.0).then(|| increase(pv) / dt)
+        }
+    }
+}
+
+/// Label pairs of every anomaly gauge and event: ours first, then the series' own, renamed to
+/// `exported_<name>` when they collide with ours (as Prometheus does for target labels).
+fn label_pairs(rule: &Rule, identity: &SeriesIdentity) -> Vec<(String, String)> {
+    let mut pairs = vec![
+        ("rule".to_string(), rule.name.clone()),
+        ("severity".to_string(), rule.severity.as_str().to_string()),
+        ("method".to_string(), rule.method.name().to_string()),
+        ("target".to_string(), identity.target.to_string()),
+        ("metric".to_string(), identity.name.clone()),
+    ];
+    for (k, v) in &identity.labels {
+        let k = if crate::config::rules::RESERVED_LABELS.contains(&k.as_str()) {
+            format!("exported_{k}")
+        } else {
+            k.clone()
+        };
+        pairs.push((k, v.clone()));
+    }
+    pairs
+}
+
+fn export_labels(rule: &Rule, identity: &SeriesIdentity) -> String {
+    let pairs = label_pairs(rule, identity);
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    render_labels(&refs)
+}
+
+fn event(
+    rule: &Rule,
+    identity: &SeriesIdentity,
+    firing: bool,
+    at_ms: i64,
+    fired_at_ms: i64,
+    value: f64,
+    verdict: Verdict,
+) -> AlertEvent {
+    let labels: BTreeMap<String, String> = label_pairs(rule, identity).into_iter().collect();
+    let annotations = rule
+        .annotations
+        .iter()
+        .map(|(k, t)| (k.clone(), t.render(&labels, value)))
+        .collect();
+    AlertEvent {
+        firing,
+        at_ms,
+        fired_at_ms,
+        rule: rule.name.as_str().into(),
+        severity: rule.severity.as_str(),
+        method: rule.method.name(),
+        target: identity.target.clone(),
+        metric: identity.name.clone(),
+        series_labels: identity.labels.clone(),
+        rule_labels: rule.labels.clone(),
+        annotations,
+        value,
+        verdict,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transforms() {
+        assert_eq!(transform(Transform::Auto, false, None, (0, 5.0)), Some(5.0));
+        assert_eq!(transform(Transform::Auto, true, None, (0, 5.0)), None);
+        assert_eq!(transform(Transform::Auto, true, Some((0, 5.0)), (2000, 9.0)), Some(2.0));
+        // Counter reset: the new value is the increase since the restart.
+        assert_eq!(transform(Transform::Rate, true, Some((0, 50.0)), (1000, 3.0)), Some(3.0));
+        assert_eq!(transform(Transform::Delta, false, Some((0, 5.0)), (1000, 3.0)), Some(-2.0));
+        assert_eq!(transform(Transform::Rate, false, Some((1000, 5.0)), (1000, 6.0)), None);
+    }
+}
