@@ -19,14 +19,18 @@ use tokio::sync::{broadcast, mpsc, watch};
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    // Not #[from]: the errors are the message, and a source would print them twice.
     #[error("invalid rules:\n{0}")]
-    Rules(#[from] rules::RuleErrors),
+    Rules(rules::RuleErrors),
     #[error(transparent)]
     Target(#[from] scrape::TargetError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot set up: {0}")]
     Setup(String),
 }
@@ -44,7 +48,7 @@ pub struct App {
 /// Loads config, opens the store and binds the port (all before any task runs), then spawns.
 pub async fn start(args: &RunArgs) -> Result<App, StartError> {
     let targets = scrape::parse_targets(&args.targets)?;
-    let rules = Arc::new(rules::load_file(&args.rules)?);
+    let rules = Arc::new(rules::load_file(&args.rules).map_err(StartError::Rules)?);
     let exporter = Arc::new(Exporter::new().map_err(|e| StartError::Setup(e.to_string()))?);
     set_reload_metrics(&exporter, true);
     let dir = args.data_dir.clone();
@@ -140,7 +144,10 @@ impl App {
                 let _ = t.await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(20), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(20), drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("Shutdown drain timed out");
         }
     }
@@ -187,7 +194,11 @@ struct Reloader {
 }
 
 impl Reloader {
-    async fn run(self, mut requests: mpsc::Receiver<ReloadRequest>, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        self,
+        mut requests: mpsc::Receiver<ReloadRequest>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         #[cfg(unix)]
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut last = std::fs::read(&self.path).ok();
@@ -212,8 +223,7 @@ impl Reloader {
                     last = std::fs::read(&self.path).ok();
                     let _ = self.reload();
                 }
-                req = requests.recv() => {
-                    let Some(reply) = req else { return };
+                Some(reply) = requests.recv() => {
                     last = std::fs::read(&self.path).ok();
                     let _ = reply.send(self.reload());
                 }

@@ -55,7 +55,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         loop {
             match events.recv().await {
                 Ok(ev) => println!("{}", ev.line()),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => println!("({n} events skipped)"),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    println!("({n} events skipped)")
+                }
                 Err(_) => return,
             }
         }
@@ -90,7 +92,11 @@ async fn serve_synthetic() -> anyhow::Result<std::net::SocketAddr> {
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |_req| {
                     let body = state.lock().map(|mut s| s.render()).unwrap_or_default();
-                    async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(body)))) }
+                    async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -145,10 +151,22 @@ impl Synthetic {
         let rate = (50.0 + 8.0 * wave + 2.0 * self.noise()) * if spike { 5.0 } else { 1.0 };
         self.requests += rate * dt;
         self.cpu_user += (0.3 + 0.02 * self.noise()) * dt;
-        let p99 = if spike { 1.6 } else { 0.25 + 0.01 * wave + 0.01 * self.noise() };
+        let p99 = if spike {
+            1.6
+        } else {
+            0.25 + 0.01 * wave + 0.01 * self.noise()
+        };
         let rss = 200e6 + 1e6 * self.noise() + if shift { 80e6 } else { 0.0 };
-        let fds = if climb { 120.0 + 3.0 * (phase - 30.0).floor() } else { 120.0 + (2.0 * self.noise()).round() };
-        let load = if spike { 8.0 } else { 1.2 + 0.3 * wave + 0.05 * self.noise() };
+        let fds = if climb {
+            120.0 + 3.0 * (phase - 30.0).floor()
+        } else {
+            120.0 + (2.0 * self.noise()).round()
+        };
+        let load = if spike {
+            8.0
+        } else {
+            1.2 + 0.3 * wave + 0.05 * self.noise()
+        };
         let avail = 40e9 - 1e3 * t;
 
         let mut b = String::with_capacity(2048);
@@ -189,6 +207,8 @@ mod tests {
         let body = s.render();
         let samples = crate::scrape::parse::parse(&body).unwrap();
         assert_eq!(samples.len(), 9);
-        assert!(samples.iter().any(|x| x.name == "http_requests_total" && x.counter_like));
+        assert!(samples
+            .iter()
+            .any(|x| x.name == "http_requests_total" && x.counter_like));
     }
 }

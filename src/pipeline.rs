@@ -90,8 +90,7 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
-                changed = rules.changed() => {
-                    if changed.is_err() { break; }
+                Ok(()) = rules.changed() => {
                     let new = rules.borrow_and_update().clone();
                     self.set_rules(new);
                 }
@@ -169,7 +168,9 @@ impl Pipeline {
             self.expire(now, &mut batch);
         }
         for (rule, n) in batch.evaluations {
-            m.rule_evaluations_total.with_label_values(&[&rule]).inc_by(n);
+            m.rule_evaluations_total
+                .with_label_values(&[&rule])
+                .inc_by(n);
         }
         if batch.dropped > 0 {
             m.dropped_series_total
@@ -203,7 +204,14 @@ impl Pipeline {
         r
     }
 
-    fn sample(&mut self, target: &Arc<str>, s: Sample, now: i64, current: &mut HashSet<SeriesId>, b: &mut Batch) {
+    fn sample(
+        &mut self,
+        target: &Arc<str>,
+        s: Sample,
+        now: i64,
+        current: &mut HashSet<SeriesId>,
+        b: &mut Batch,
+    ) {
         let id = series_id(target, &s.name, &s.labels);
         let rules = self.rules_for(id, target, &s);
         if rules.is_empty() || !current.insert(id) {
@@ -235,10 +243,9 @@ impl Pipeline {
             .unwrap_or(1);
         for &ri in rules.iter() {
             let rule = &self.rules.rules[ri];
-            if !self.states[ri].contains_key(&id) {
-                let st = new_state(rule, &identity, entry.samples().iter().copied());
-                self.states[ri].insert(id, st);
-            }
+            self.states[ri]
+                .entry(id)
+                .or_insert_with(|| new_state(rule, &identity, entry.samples().iter().copied()));
         }
         self.store.append(id, now, s.value, capacity);
         for &ri in rules.iter() {
@@ -246,10 +253,12 @@ impl Pipeline {
             let Some(state) = self.states[ri].get_mut(&id) else {
                 continue;
             };
-            let Some(x) = transform(rule.transform, identity.counter_like, prev, (now, s.value)) else {
+            let Some(x) = transform(rule.transform, identity.counter_like, prev, (now, s.value))
+            else {
                 continue;
             };
-            let Some(verdict) = detect::evaluate(&rule.method, &state.window, x, rule.min_samples) else {
+            let Some(verdict) = detect::evaluate(&rule.method, &state.window, x, rule.min_samples)
+            else {
                 continue;
             };
             state.window.push(x);
@@ -258,7 +267,9 @@ impl Pipeline {
             let before = state.alert;
             let transition = state.alert.step(verdict.anomalous, now, for_ms);
             let since = match (before, state.alert) {
-                (AlertState::Firing { since_ms }, _) | (_, AlertState::Firing { since_ms }) => since_ms,
+                (AlertState::Firing { since_ms }, _) | (_, AlertState::Firing { since_ms }) => {
+                    since_ms
+                }
                 _ => now,
             };
             b.upserts.push((
@@ -274,7 +285,15 @@ impl Pipeline {
             if let Some(tr) = transition {
                 b.transitions.push((rule.name.clone(), tr));
                 if matches!(tr, Transition::Firing | Transition::Resolved) {
-                    b.events.push(event(&rule, &identity, tr == Transition::Firing, now, since, x, verdict));
+                    b.events.push(event(
+                        &rule,
+                        &identity,
+                        tr == Transition::Firing,
+                        now,
+                        since,
+                        x,
+                        verdict,
+                    ));
                 }
             }
         }
@@ -306,7 +325,15 @@ impl Pipeline {
                 if let Some(entry) = self.store.get(id) {
                     let identity = entry.identity.clone();
                     let value = entry.samples().back().map_or(f64::NAN, |s| s.1);
-                    b.events.push(event(&rule, &identity, false, now, now, value, Verdict::default()));
+                    b.events.push(event(
+                        &rule,
+                        &identity,
+                        false,
+                        now,
+                        now,
+                        value,
+                        Verdict::default(),
+                    ));
                 }
             }
             b.removals.push((rule.name.as_str().into(), id));
@@ -361,13 +388,25 @@ impl Pipeline {
                 if state.alert.end() == Some(Transition::Resolved) {
                     if let (Some(rule), Some(entry)) = (&rule, self.store.get(id)) {
                         let value = entry.samples().back().map_or(f64::NAN, |s| s.1);
-                        events.push(event(rule, &entry.identity, false, now, now, value, Verdict::default()));
+                        events.push(event(
+                            rule,
+                            &entry.identity,
+                            false,
+                            now,
+                            now,
+                            value,
+                            Verdict::default(),
+                        ));
                     }
                 }
             }
             self.exporter.remove_rule(&name);
             if !new.rules.iter().any(|r| r.name == name) {
-                let _ = self.exporter.metrics.rule_evaluations_total.remove_label_values(&[&name]);
+                let _ = self
+                    .exporter
+                    .metrics
+                    .rule_evaluations_total
+                    .remove_label_values(&[&name]);
             }
         }
         self.matches.clear();
@@ -395,7 +434,11 @@ struct Batch {
 }
 
 /// Builds a rule's window from stored raw samples (so a restart or a new rule starts warm).
-fn new_state(rule: &Rule, identity: &SeriesIdentity, samples: impl Iterator<Item = (i64, f64)>) -> RuleSeries {
+fn new_state(
+    rule: &Rule,
+    identity: &SeriesIdentity,
+    samples: impl Iterator<Item = (i64, f64)>,
+) -> RuleSeries {
     let mut window = Window::new(rule.window, rule.method.needs_sorted());
     let mut prev = None;
     for s in samples {
@@ -412,7 +455,12 @@ fn new_state(rule: &Rule, identity: &SeriesIdentity, samples: impl Iterator<Item
 }
 
 /// The value a rule evaluates for sample `cur`, given the series' previous sample.
-pub fn transform(t: Transform, counter_like: bool, prev: Option<(i64, f64)>, cur: (i64, f64)) -> Option<f64> {
+pub fn transform(
+    t: Transform,
+    counter_like: bool,
+    prev: Option<(i64, f64)>,
+    cur: (i64, f64),
+) -> Option<f64> {
     let t = match t {
         Transform::Auto if counter_like => Transform::Rate,
         Transform::Auto => Transform::Raw,
@@ -459,7 +507,10 @@ fn label_pairs(rule: &Rule, identity: &SeriesIdentity) -> Vec<(String, String)> 
 
 fn export_labels(rule: &Rule, identity: &SeriesIdentity) -> String {
     let pairs = label_pairs(rule, identity);
-    let refs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     render_labels(&refs)
 }
 
@@ -503,10 +554,22 @@ mod tests {
     fn transforms() {
         assert_eq!(transform(Transform::Auto, false, None, (0, 5.0)), Some(5.0));
         assert_eq!(transform(Transform::Auto, true, None, (0, 5.0)), None);
-        assert_eq!(transform(Transform::Auto, true, Some((0, 5.0)), (2000, 9.0)), Some(2.0));
+        assert_eq!(
+            transform(Transform::Auto, true, Some((0, 5.0)), (2000, 9.0)),
+            Some(2.0)
+        );
         // Counter reset: the new value is the increase since the restart.
-        assert_eq!(transform(Transform::Rate, true, Some((0, 50.0)), (1000, 3.0)), Some(3.0));
-        assert_eq!(transform(Transform::Delta, false, Some((0, 5.0)), (1000, 3.0)), Some(-2.0));
-        assert_eq!(transform(Transform::Rate, false, Some((1000, 5.0)), (1000, 6.0)), None);
+        assert_eq!(
+            transform(Transform::Rate, true, Some((0, 50.0)), (1000, 3.0)),
+            Some(3.0)
+        );
+        assert_eq!(
+            transform(Transform::Delta, false, Some((0, 5.0)), (1000, 3.0)),
+            Some(-2.0)
+        );
+        assert_eq!(
+            transform(Transform::Rate, false, Some((1000, 5.0)), (1000, 6.0)),
+            None
+        );
     }
 }

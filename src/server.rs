@@ -24,7 +24,11 @@ pub struct ServerState {
 }
 
 /// Serves until shutdown; open connections get a moment to finish.
-pub async fn serve(listener: TcpListener, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -98,7 +102,10 @@ async fn reload(state: &ServerState, method: &Method) -> Response<Full<Bytes>> {
         return text(StatusCode::FORBIDDEN, "Lifecycle API is not enabled.\n");
     };
     if *method != Method::POST && *method != Method::PUT {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "Only POST or PUT requests allowed.\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Only POST or PUT requests allowed.\n",
+        );
     }
     let (reply, answer) = oneshot::channel();
     if tx.send(reply).await.is_err() {
@@ -106,7 +113,10 @@ async fn reload(state: &ServerState, method: &Method) -> Response<Full<Bytes>> {
     }
     match answer.await {
         Ok(Ok(n)) => text(StatusCode::OK, format!("ok: {n} rules\n")),
-        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to reload rules: {e}\n")),
+        Ok(Err(e)) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("failed to reload rules: {e}\n"),
+        ),
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
     }
 }

@@ -46,13 +46,24 @@ impl AlertState {
     /// Advances on one evaluation at `now_ms`; `for_ms` is the rule's `for`.
     pub fn step(&mut self, anomalous: bool, now_ms: i64, for_ms: i64) -> Option<Transition> {
         let (next, t) = match (*self, anomalous) {
-            (AlertState::Inactive, true) if for_ms <= 0 => (AlertState::Firing { since_ms: now_ms }, Some(Transition::Firing)),
-            (AlertState::Inactive, true) => (AlertState::Pending { since_ms: now_ms }, Some(Transition::Pending)),
-            (AlertState::Pending { since_ms }, true) if now_ms - since_ms >= for_ms => {
-                (AlertState::Firing { since_ms: now_ms }, Some(Transition::Firing))
+            (AlertState::Inactive, true) if for_ms <= 0 => (
+                AlertState::Firing { since_ms: now_ms },
+                Some(Transition::Firing),
+            ),
+            (AlertState::Inactive, true) => (
+                AlertState::Pending { since_ms: now_ms },
+                Some(Transition::Pending),
+            ),
+            (AlertState::Pending { since_ms }, true) if now_ms - since_ms >= for_ms => (
+                AlertState::Firing { since_ms: now_ms },
+                Some(Transition::Firing),
+            ),
+            (AlertState::Pending { .. }, false) => {
+                (AlertState::Inactive, Some(Transition::Cancelled))
             }
-            (AlertState::Pending { .. }, false) => (AlertState::Inactive, Some(Transition::Cancelled)),
-            (AlertState::Firing { .. }, false) => (AlertState::Inactive, Some(Transition::Resolved)),
+            (AlertState::Firing { .. }, false) => {
+                (AlertState::Inactive, Some(Transition::Resolved))
+            }
             (state, _) => (state, None),
         };
         *self = next;

@@ -30,7 +30,7 @@ impl fmt::Display for RuleError {
         if let Some(rule) = &self.rule {
             write!(f, "rule {rule:?}: ")?;
         }
-        write!(f, "{}", self.message)
+        write!(f, "{}", self.message.replace('\n', " "))
     }
 }
 
@@ -277,8 +277,7 @@ fn rule_at_line(text: &str, line: u64) -> Option<String> {
     lenient
         .rules
         .iter()
-        .filter(|r| r.referenced.line() <= line)
-        .next_back()
+        .rfind(|r| r.referenced.line() <= line)
         .and_then(|r| r.value.name.clone())
 }
 

@@ -25,10 +25,11 @@ pub struct Matcher {
 impl Matcher {
     fn new(label: String, op: MatchOp, value: String) -> Result<Self, String> {
         let regex = match op {
-            MatchOp::Re | MatchOp::NotRe => Some(
-                Regex::new(&format!("^(?:{value})$"))
-                    .map_err(|e| format!("bad regex for label {label:?}: {e}"))?,
-            ),
+            MatchOp::Re | MatchOp::NotRe => {
+                Some(Regex::new(&format!("^(?:{value})$")).map_err(|e| {
+                    format!("bad regex {value:?} for label {label:?}: {}", one_line(&e))
+                })?)
+            }
             _ => None,
         };
         Ok(Self {
@@ -49,6 +50,17 @@ impl Matcher {
             _ => false,
         }
     }
+}
+
+/// The regex crate's errors draw a multi-line caret diagram; keep only the reason, since
+/// `check` prints one error per line.
+fn one_line(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .map(|l| l.trim().trim_start_matches("error: ").to_string())
+        .unwrap_or(text)
 }
 
 /// A parsed series selector. `Debug` prints the source text.

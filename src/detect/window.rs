@@ -126,7 +126,6 @@ impl Window {
         let var = (self.sum_sq - self.sum * self.sum / nf) / (nf - 1.0);
         Some(var.max(0.0).sqrt())
     }
-
 }
 
 #[cfg(test)]

@@ -40,15 +40,51 @@ pub struct Exporter {
 /// Gauge families: name, help, how to read the value from a row.
 type Getter = fn(&AnomalyRow) -> Option<f64>;
 const FAMILIES: [(&str, &str, Getter); 9] = [
-    ("anomaly_active", "1 while the rule's alert for the series is firing, else 0.", |r| Some(f64::from(u8::from(r.active)))),
-    ("anomaly_pending", "1 while the condition holds but the rule's `for` has not elapsed.", |r| Some(f64::from(u8::from(r.pending)))),
-    ("anomaly_score", "Distance from normal on a common scale: >= 1 means past the rule's threshold.", |r| Some(r.verdict.score)),
-    ("anomaly_value", "Last evaluated value (after the rule's transform).", |r| Some(r.value)),
-    ("anomaly_baseline_mean", "Mean of the history window.", |r| r.verdict.baseline_mean),
-    ("anomaly_baseline_stddev", "Sample standard deviation of the history window.", |r| r.verdict.baseline_stddev),
-    ("anomaly_lower_bound", "Lower edge of the normal band.", |r| r.verdict.lower_bound),
-    ("anomaly_upper_bound", "Upper edge of the normal band.", |r| r.verdict.upper_bound),
-    ("anomaly_zscore", "Signed z-score of the last value against the history window.", |r| r.verdict.zscore),
+    (
+        "anomaly_active",
+        "1 while the rule's alert for the series is firing, else 0.",
+        |r| Some(f64::from(u8::from(r.active))),
+    ),
+    (
+        "anomaly_pending",
+        "1 while the condition holds but the rule's `for` has not elapsed.",
+        |r| Some(f64::from(u8::from(r.pending))),
+    ),
+    (
+        "anomaly_score",
+        "Distance from normal on a common scale: >= 1 means past the rule's threshold.",
+        |r| Some(r.verdict.score),
+    ),
+    (
+        "anomaly_value",
+        "Last evaluated value (after the rule's transform).",
+        |r| Some(r.value),
+    ),
+    (
+        "anomaly_baseline_mean",
+        "Mean of the history window.",
+        |r| r.verdict.baseline_mean,
+    ),
+    (
+        "anomaly_baseline_stddev",
+        "Sample standard deviation of the history window.",
+        |r| r.verdict.baseline_stddev,
+    ),
+    (
+        "anomaly_lower_bound",
+        "Lower edge of the normal band.",
+        |r| r.verdict.lower_bound,
+    ),
+    (
+        "anomaly_upper_bound",
+        "Upper edge of the normal band.",
+        |r| r.verdict.upper_bound,
+    ),
+    (
+        "anomaly_zscore",
+        "Signed z-score of the last value against the history window.",
+        |r| r.verdict.zscore,
+    ),
 ];
 
 impl Exporter {

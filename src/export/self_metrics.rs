@@ -27,18 +27,36 @@ impl SelfMetrics {
     /// Creates the metrics and registers them (and build info) on `registry`.
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let m = Self {
-            up: IntGaugeVec::new(opts("up", "1 if the target's last scrape succeeded, 0 otherwise."), &["target"])?,
+            up: IntGaugeVec::new(
+                opts(
+                    "up",
+                    "1 if the target's last scrape succeeded, 0 otherwise.",
+                ),
+                &["target"],
+            )?,
             scrape_duration_seconds: GaugeVec::new(
-                opts("scrape_duration_seconds", "Duration of the target's last scrape."),
+                opts(
+                    "scrape_duration_seconds",
+                    "Duration of the target's last scrape.",
+                ),
                 &["target"],
             )?,
             scrape_samples: IntGaugeVec::new(
-                opts("scrape_samples", "Samples in the target's last successful scrape."),
+                opts(
+                    "scrape_samples",
+                    "Samples in the target's last successful scrape.",
+                ),
                 &["target"],
             )?,
-            series: IntGaugeVec::new(opts("series", "Series of the target kept in the store."), &["target"])?,
+            series: IntGaugeVec::new(
+                opts("series", "Series of the target kept in the store."),
+                &["target"],
+            )?,
             dropped_series_total: IntCounterVec::new(
-                opts("dropped_series_total", "New series of the target dropped because --max-series was reached."),
+                opts(
+                    "dropped_series_total",
+                    "New series of the target dropped because --max-series was reached.",
+                ),
                 &["target"],
             )?,
             rule_evaluations_total: IntCounterVec::new(
@@ -46,7 +64,10 @@ impl SelfMetrics {
                 &["rule"],
             )?,
             transitions_total: IntCounterVec::new(
-                opts("transitions_total", "Alert state transitions of the rule, by new state."),
+                opts(
+                    "transitions_total",
+                    "Alert state transitions of the rule, by new state.",
+                ),
                 &["rule", "to"],
             )?,
             rules_last_reload_successful: IntGauge::with_opts(opts(
@@ -61,7 +82,10 @@ impl SelfMetrics {
                 opts("store_errors_total", "Failed writes to the history store."),
                 &["operation"],
             )?,
-            store_size_bytes: IntGauge::with_opts(opts("store_size_bytes", "Bytes the history store uses on disk."))?,
+            store_size_bytes: IntGauge::with_opts(opts(
+                "store_size_bytes",
+                "Bytes the history store uses on disk.",
+            ))?,
         };
         registry.register(Box::new(m.up.clone()))?;
         registry.register(Box::new(m.scrape_duration_seconds.clone()))?;
@@ -71,14 +95,21 @@ impl SelfMetrics {
         registry.register(Box::new(m.rule_evaluations_total.clone()))?;
         registry.register(Box::new(m.transitions_total.clone()))?;
         registry.register(Box::new(m.rules_last_reload_successful.clone()))?;
-        registry.register(Box::new(m.rules_last_reload_success_timestamp_seconds.clone()))?;
+        registry.register(Box::new(
+            m.rules_last_reload_success_timestamp_seconds.clone(),
+        ))?;
         registry.register(Box::new(m.store_errors_total.clone()))?;
         registry.register(Box::new(m.store_size_bytes.clone()))?;
         let build_info = IntGaugeVec::new(
-            opts("build_info", "Always 1; labels give the version of the running binary."),
+            opts(
+                "build_info",
+                "Always 1; labels give the version of the running binary.",
+            ),
             &["version"],
         )?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         registry.register(Box::new(build_info))?;
         Ok(m)
     }

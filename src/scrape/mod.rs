@@ -29,9 +29,13 @@ pub enum TargetError {
 impl Target {
     /// Parses a full http(s) URL.
     pub fn parse(text: &str) -> Result<Self, TargetError> {
-        let url = reqwest::Url::parse(text).map_err(|e| TargetError::Url(text.into(), e.to_string()))?;
+        let url =
+            reqwest::Url::parse(text).map_err(|e| TargetError::Url(text.into(), e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(TargetError::Url(text.into(), "scheme must be http or https".into()));
+            return Err(TargetError::Url(
+                text.into(),
+                "scheme must be http or https".into(),
+            ));
         }
         let host = url
             .host_str()
@@ -160,7 +164,11 @@ pub async fn scrape_once(
     Ok(parse::parse(&text)?)
 }
 
-async fn fetch(client: &reqwest::Client, target: &Target, max_bytes: u64) -> Result<Vec<u8>, ScrapeError> {
+async fn fetch(
+    client: &reqwest::Client,
+    target: &Target,
+    max_bytes: u64,
+) -> Result<Vec<u8>, ScrapeError> {
     let mut resp = client
         .get(target.url.clone())
         .header(
@@ -208,11 +216,19 @@ mod tests {
 
     #[test]
     fn target_names() {
-        assert_eq!(Target::parse("http://127.0.0.1:9100/metrics").unwrap().name, "127.0.0.1:9100");
+        assert_eq!(
+            Target::parse("http://127.0.0.1:9100/metrics").unwrap().name,
+            "127.0.0.1:9100"
+        );
         assert_eq!(Target::parse("http://svc/metrics").unwrap().name, "svc:80");
-        assert_eq!(Target::parse("https://svc:8443/stats").unwrap().name, "svc:8443/stats");
+        assert_eq!(
+            Target::parse("https://svc:8443/stats").unwrap().name,
+            "svc:8443/stats"
+        );
         assert!(Target::parse("127.0.0.1:9100").is_err());
         assert!(Target::parse("ftp://x/metrics").is_err());
-        assert!(parse_targets(&["http://a:1/metrics".into(), "http://a:1/metrics".into()]).is_err());
+        assert!(
+            parse_targets(&["http://a:1/metrics".into(), "http://a:1/metrics".into()]).is_err()
+        );
     }
 }

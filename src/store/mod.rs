@@ -155,7 +155,8 @@ impl Store {
                     .try_into()
                     .map_err(|_| StoreError::Corrupt("series key".into()))?,
             );
-            let mut identity = decode_identity(&value).ok_or_else(|| StoreError::Corrupt(format!("series {id:016x}")))?;
+            let mut identity = decode_identity(&value)
+                .ok_or_else(|| StoreError::Corrupt(format!("series {id:016x}")))?;
             let t = targets
                 .entry(identity.target.to_string())
                 .or_insert_with(|| identity.target.clone())
@@ -415,7 +416,10 @@ mod tests {
         assert!(s.admit(2, || ident("a", "y"), 2).is_ok());
         assert_eq!(s.admit(3, || ident("a", "z"), 2).unwrap_err(), OverLimit);
         assert!(s.admit(4, || ident("b", "x"), 2).is_ok());
-        assert!(s.admit(1, || ident("a", "x"), 2).is_ok(), "known series stay");
+        assert!(
+            s.admit(1, || ident("a", "x"), 2).is_ok(),
+            "known series stay"
+        );
     }
 
     #[test]

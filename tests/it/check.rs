@@ -1,0 +1,119 @@
+//! `anomaly-sidecar check` and start-up refusals.
+
+use crate::common::*;
+
+#[test]
+fn shipped_rules_are_ok() {
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/rules.yaml");
+    let out = run(&["check", "--rules", rules]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("ok: ") && stdout.trim_end().ends_with(" rules"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn every_error_is_printed_with_place_and_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "bad.yaml",
+        "rules:\n  - name: no_threshold\n    match: x\n    method: threshold\n  - name: bad_re\n    match: 'x{a=~\"(\"}'\n    method: zscore\n",
+    );
+    let out = run(&["check", "--rules", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let file = p.display().to_string();
+    assert!(
+        lines[0].starts_with(&format!("{file}:4:13: rule \"no_threshold\"")),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{file}:6:12: rule \"bad_re\"")),
+        "{stdout}"
+    );
+    assert!(lines[1].contains("bad regex"), "{stdout}");
+}
+
+#[test]
+fn unknown_key_empty_and_missing_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "typo.yaml",
+        "rules:\n  - name: a\n    match: x\n    method: zscore\n    windw: 5\n",
+    );
+    let out = run(&["check", "--rules", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(":5:5: rule \"a\": unknown field `windw`"),
+        "{stdout}"
+    );
+
+    let p = write(dir.path(), "empty.yaml", "");
+    let out = run(&["check", "--rules", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("empty"));
+
+    let p = write(dir.path(), "none.yaml", "rules: []\n");
+    let out = run(&["check", "--rules", p.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok: 0 rules");
+
+    let out = run(&["check", "--rules", "/nonexistent/rules.yaml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cannot read"));
+}
+
+#[test]
+fn run_refuses_bad_rules_targets_and_data_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "rules:\n  - name: a\n    match: x\n    method: nope\n",
+    );
+    let good = write(dir.path(), "good.yaml", "rules: []\n");
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let base = |rules: &str, target: &str, data: &str| {
+        run(&[
+            "run",
+            "--rules",
+            rules,
+            "--target",
+            target,
+            "--listen",
+            &listen,
+            "--data-dir",
+            data,
+        ])
+    };
+    let out = base(bad.to_str().unwrap(), "http://127.0.0.1:1/metrics", data);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown method"));
+
+    let out = base(good.to_str().unwrap(), "127.0.0.1:9100", data);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad target URL"));
+
+    // A data dir that is a file cannot be opened.
+    let file = write(dir.path(), "not-a-dir", "x");
+    let out = base(
+        good.to_str().unwrap(),
+        "http://127.0.0.1:1/metrics",
+        file.to_str().unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot open the store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

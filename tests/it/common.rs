@@ -1,0 +1,261 @@
+//! Test harness: the real binary, an exporter served by the test (the sidecar's peer), and
+//! small HTTP helpers. Everything binds 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_anomaly-sidecar");
+
+/// How the test exporter answers.
+#[derive(Clone)]
+pub enum Reply {
+    Body(String),
+    Status(u16),
+    Slow(Duration, String),
+    /// Closes the connection without answering.
+    Hangup,
+}
+
+/// An HTTP exporter whose answer the test changes at will.
+pub struct Exporter {
+    pub addr: SocketAddr,
+    reply: Arc<Mutex<Reply>>,
+}
+
+impl Exporter {
+    pub fn start(reply: Reply) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reply = Arc::new(Mutex::new(reply));
+        let r = reply.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let r = r.clone();
+                thread::spawn(move || serve(stream, r));
+            }
+        });
+        Self { addr, reply }
+    }
+
+    pub fn set(&self, reply: Reply) {
+        *self.reply.lock().unwrap() = reply;
+    }
+
+    pub fn set_body(&self, body: impl Into<String>) {
+        self.set(Reply::Body(body.into()));
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/metrics", self.addr)
+    }
+
+    pub fn name(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>) {
+    let mut buf = [0u8; 4096];
+    let mut req = Vec::new();
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let reply = reply.lock().unwrap().clone();
+    let (status, body) = match reply {
+        Reply::Body(b) => (200, b),
+        Reply::Status(s) => (s, "error\n".to_string()),
+        Reply::Slow(d, b) => {
+            thread::sleep(d);
+            (200, b)
+        }
+        Reply::Hangup => return,
+    };
+    let head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body.as_bytes());
+}
+
+/// A free port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A plain HTTP/1.0 request; returns status and body.
+pub fn http(method: &str, addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string())?;
+    Some((status, body))
+}
+
+/// Polls `f` until it returns Some or the timeout passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running sidecar; killed on drop.
+pub struct Sidecar {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Sidecar {
+    /// Starts `run` with the given rules file, targets and extra flags; waits until ready.
+    pub fn start(dir: &Path, rules: &Path, targets: &[String], extra: &[&str]) -> Self {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let data_dir = dir.join("data");
+        let log = dir.join(format!("sidecar-{port}.log"));
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run")
+            .arg("--rules")
+            .arg(rules)
+            .arg("--listen")
+            .arg(&addr)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--scrape-interval", "200ms"]);
+        for t in targets {
+            cmd.arg("--target").arg(t);
+        }
+        cmd.args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().unwrap();
+        let mut s = Self {
+            child,
+            addr,
+            data_dir,
+            log,
+        };
+        let addr = s.addr.clone();
+        wait_for("sidecar ready", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                panic!("sidecar exited early with {status}: {}", s.log());
+            }
+            http("GET", &addr, "/-/ready").filter(|(st, _)| *st == 200)
+        });
+        s
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metrics(&self) -> String {
+        http("GET", &self.addr, "/metrics")
+            .map(|x| x.1)
+            .unwrap_or_default()
+    }
+
+    /// Waits until a /metrics line starting with `prefix` has the value `value`.
+    pub fn wait_metric(&self, prefix: &str, value: &str, timeout: Duration) {
+        wait_for(&format!("{prefix} = {value}"), timeout, || {
+            metric_value(&self.metrics(), prefix).filter(|v| v == value)
+        });
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        wait_for("sidecar exit", Duration::from_secs(30), || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of the first line of `metrics` starting with `prefix`.
+pub fn metric_value(metrics: &str, prefix: &str) -> Option<String> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_string)
+}
+
+/// Runs the binary to completion.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// A gauge body: `name{labels} value` lines under a TYPE header.
+pub fn gauge_body(name: &str, series: &[(&str, f64)]) -> String {
+    let mut b = format!("# TYPE {name} gauge\n");
+    for (labels, v) in series {
+        b.push_str(&format!("{name}{labels} {v}\n"));
+    }
+    b
+}
+
+/// Fails (not skips) when a tool is missing under CI; elsewhere returns None to skip.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{name} is required under CI=true; install it (see README)");
+        }
+        eprintln!("skipping: {name} not installed");
+    }
+    found
+}

@@ -1,0 +1,10 @@
+//! Integration tests: each runs the real binary against peers served on 127.0.0.1.
+
+mod common;
+
+mod check;
+mod detection;
+mod failures;
+mod node_exporter;
+mod reload;
+mod store;
