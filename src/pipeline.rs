@@ -164,7 +164,9 @@ impl Pipeline {
         for id in gone {
             self.end_series(id, now, &mut batch);
         }
-        if now - self.last_expiry_ms >= 60_000 {
+        // Expire at most once a minute, but often enough that a short retention is honoured.
+        let every = (self.settings.retention.as_millis() as i64 / 2).clamp(100, 60_000);
+        if now - self.last_expiry_ms >= every {
             self.expire(now, &mut batch);
         }
         for (rule, n) in batch.evaluations {

@@ -117,3 +117,53 @@ fn run_refuses_bad_rules_targets_and_data_dirs() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn flags_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", "rules: []\n");
+    let a = Exporter::start(Reply::Body("x 1\n".into()));
+    let b = Exporter::start(Reply::Body("x 1\n".into()));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new(BIN)
+        .arg("run")
+        .env("ANOMALY_SIDECAR_RULES", &rules)
+        .env("ANOMALY_SIDECAR_TARGET", format!("{},{}", a.url(), b.url()))
+        .env("ANOMALY_SIDECAR_LISTEN", &addr)
+        .env("ANOMALY_SIDECAR_DATA_DIR", dir.path().join("data"))
+        .env("ANOMALY_SIDECAR_SCRAPE_INTERVAL", "100ms")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for t in [a.name(), b.name()] {
+        wait_for(
+            "both targets up",
+            std::time::Duration::from_secs(20),
+            || {
+                http("GET", &addr, "/metrics")
+                    .and_then(|(_, m)| {
+                        metric_value(&m, &format!("anomaly_sidecar_up{{target=\"{t}\"}}"))
+                    })
+                    .filter(|v| v == "1")
+            },
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn demo_shows_an_anomaly() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = run(&["demo", "--listen", &listen, "--duration", "50s"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FIRING") && stdout.contains("rule=latency_spike"),
+        "{stdout}"
+    );
+}

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,12 +20,16 @@ pub enum Reply {
     Slow(Duration, String),
     /// Closes the connection without answering.
     Hangup,
+    /// A 200 with raw bytes (e.g. invalid UTF-8).
+    Bytes(Vec<u8>),
 }
 
 /// An HTTP exporter whose answer the test changes at will.
 pub struct Exporter {
     pub addr: SocketAddr,
     reply: Arc<Mutex<Reply>>,
+    /// Requests being answered now, and the most ever at once.
+    pub concurrency: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 impl Exporter {
@@ -32,14 +37,24 @@ impl Exporter {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let reply = Arc::new(Mutex::new(reply));
-        let r = reply.clone();
+        let concurrency = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let (r, c) = (reply.clone(), concurrency.clone());
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let r = r.clone();
-                thread::spawn(move || serve(stream, r));
+                let (r, c) = (r.clone(), c.clone());
+                thread::spawn(move || {
+                    let now = c.0.fetch_add(1, Ordering::SeqCst) + 1;
+                    c.1.fetch_max(now, Ordering::SeqCst);
+                    serve(stream, r);
+                    c.0.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
-        Self { addr, reply }
+        Self {
+            addr,
+            reply,
+            concurrency,
+        }
     }
 
     pub fn set(&self, reply: Reply) {
@@ -70,11 +85,12 @@ fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>) {
     }
     let reply = reply.lock().unwrap().clone();
     let (status, body) = match reply {
-        Reply::Body(b) => (200, b),
-        Reply::Status(s) => (s, "error\n".to_string()),
+        Reply::Body(b) => (200, b.into_bytes()),
+        Reply::Bytes(b) => (200, b),
+        Reply::Status(s) => (s, b"error\n".to_vec()),
         Reply::Slow(d, b) => {
             thread::sleep(d);
-            (200, b)
+            (200, b.into_bytes())
         }
         Reply::Hangup => return,
     };
@@ -83,7 +99,7 @@ fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>) {
         body.len()
     );
     let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(body.as_bytes());
+    let _ = stream.write_all(&body);
 }
 
 /// A free port on 127.0.0.1 (bound and released; good enough for tests).

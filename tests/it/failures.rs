@@ -26,6 +26,7 @@ fn each_bad_target_fails_alone() {
     let slow = Exporter::start(Reply::Slow(Duration::from_secs(3), "ok 1\n".into()));
     let huge = Exporter::start(Reply::Body(format!("big 1\n{}", "x 1\n".repeat(2000))));
     let hangup = Exporter::start(Reply::Hangup);
+    let not_utf8 = Exporter::start(Reply::Bytes(b"ok{a=\"\xff\xfe\"} 1\n".to_vec()));
     let refused = format!("127.0.0.1:{}", free_port());
     let targets = vec![
         good.url(),
@@ -34,6 +35,7 @@ fn each_bad_target_fails_alone() {
         slow.url(),
         huge.url(),
         hangup.url(),
+        not_utf8.url(),
         format!("http://{refused}/metrics"),
     ];
     let s = Sidecar::start(
@@ -104,6 +106,12 @@ fn each_bad_target_fails_alone() {
             && l.contains("--max-scrape-bytes")),
         "{log}"
     );
+    assert!(
+        log.lines().any(|l| l.contains("Scrape failed")
+            && l.contains(&not_utf8.name())
+            && l.contains("not UTF-8")),
+        "{log}"
+    );
     // A target that recovers is up again, with one recovery line.
     status.set_body("ok 2\n");
     wait_for("recovered", T, || {
@@ -161,4 +169,48 @@ fn max_series_is_per_target() {
         )
     )
     .is_none());
+}
+
+#[test]
+fn scrapes_of_a_target_never_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    // Each scrape takes 700ms, the interval is 200ms and the timeout (3s) is longer than both.
+    let slow = Exporter::start(Reply::Slow(Duration::from_millis(700), "g 1\n".into()));
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[slow.url()],
+        &["--scrape-timeout", "3s"],
+    );
+    wait_for("a few scrapes", T, || {
+        metric_value(
+            &s.metrics(),
+            "anomaly_sidecar_rule_evaluations_total{rule=\"any\"}",
+        )
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n >= 4)
+    });
+    assert_eq!(
+        slow.concurrency.1.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(up(&s, &slow.name()).as_deref(), Some("1"));
+}
+
+#[test]
+fn retention_removes_series_not_seen() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let e = Exporter::start(Reply::Body("a 1\nb 2\n".into()));
+    let s = Sidecar::start(dir.path(), &rules, &[e.url()], &["--retention", "1s"]);
+    let series = || {
+        metric_value(
+            &s.metrics(),
+            &format!("anomaly_sidecar_series{{target=\"{}\"}}", e.name()),
+        )
+    };
+    wait_for("two series", T, || series().filter(|v| v == "2"));
+    e.set_body("a 1\n");
+    wait_for("b expired", T, || series().filter(|v| v == "1"));
 }
