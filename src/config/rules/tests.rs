@@ -1,6 +1,7 @@
 //! Loader tests: every failure mode is an error with its place and rule name.
 
 use super::*;
+use crate::detect::Op;
 
 fn errors(text: &str) -> Vec<RuleError> {
     parse("rules.yaml", text).expect_err("should fail").0

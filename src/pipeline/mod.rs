@@ -2,24 +2,19 @@
 //! matching rule's detector on every new sample, steps the alert state machines, and hands the
 //! exporter its rows and the world its alert events. The one owner of store and rule state.
 
+mod rule_series;
+
 use crate::alert::{AlertEvent, AlertState, Transition};
-use crate::config::{Rule, RuleSet, Transform};
-use crate::detect::{self, Verdict, Window};
-use crate::export::{render_labels, AnomalyRow, Exporter};
+use crate::config::{Rule, RuleSet};
+use crate::detect::{self, Verdict};
+use crate::export::{AnomalyRow, Exporter};
 use crate::scrape::{Sample, ScrapeResult, Target};
 use crate::store::{series_id, SeriesId, SeriesIdentity, Store};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use rule_series::{event, new_state, transform, RuleSeries};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
-
-/// State of one rule on one series.
-struct RuleSeries {
-    window: Window,
-    alert: AlertState,
-    /// Rendered export labels, computed once.
-    labels: Arc<str>,
-}
 
 /// What the pipeline needs besides its inputs.
 pub struct PipelineSettings {
@@ -184,6 +179,11 @@ impl Pipeline {
                 .with_label_values(&[&tgt.name])
                 .set(self.store.target_series(&tgt.name) as i64);
         }
+        for (rule, tr) in batch.transitions.drain(..) {
+            m.transitions_total
+                .with_label_values(&[&rule, tr.as_str()])
+                .inc();
+        }
         self.exporter.apply(batch.upserts, &batch.removals);
         for ev in batch.events {
             self.announce(ev);
@@ -251,60 +251,10 @@ impl Pipeline {
         }
         self.store.append(id, now, s.value, capacity);
         for &ri in rules.iter() {
-            let rule = self.rules.rules[ri].clone();
-            let Some(state) = self.states[ri].get_mut(&id) else {
-                continue;
-            };
-            let Some(x) = transform(rule.transform, identity.counter_like, prev, (now, s.value))
-            else {
-                continue;
-            };
-            let Some(verdict) = detect::evaluate(&rule.method, &state.window, x, rule.min_samples)
-            else {
-                continue;
-            };
-            state.window.push(x);
-            *b.evaluations.entry(rule.name.clone()).or_default() += 1;
-            let for_ms = rule.for_duration.as_millis() as i64;
-            let before = state.alert;
-            let transition = state.alert.step(verdict.anomalous, now, for_ms);
-            let since = match (before, state.alert) {
-                (AlertState::Firing { since_ms }, _) | (_, AlertState::Firing { since_ms }) => {
-                    since_ms
-                }
-                _ => now,
-            };
-            b.upserts.push((
-                (rule.name.as_str().into(), id),
-                AnomalyRow {
-                    labels: state.labels.clone(),
-                    active: state.alert.is_firing(),
-                    pending: state.alert.is_pending(),
-                    value: x,
-                    verdict: verdict.clone(),
-                },
-            ));
-            if let Some(tr) = transition {
-                b.transitions.push((rule.name.clone(), tr));
-                if matches!(tr, Transition::Firing | Transition::Resolved) {
-                    b.events.push(event(
-                        &rule,
-                        &identity,
-                        tr == Transition::Firing,
-                        now,
-                        since,
-                        x,
-                        verdict,
-                    ));
-                }
+            let rule = &self.rules.rules[ri];
+            if let Some(state) = self.states[ri].get_mut(&id) {
+                evaluate_rule(rule, state, &identity, id, prev, (now, s.value), b);
             }
-        }
-        for (rule, tr) in b.transitions.drain(..) {
-            self.exporter
-                .metrics
-                .transitions_total
-                .with_label_values(&[&rule, tr.as_str()])
-                .inc();
         }
     }
 
@@ -425,6 +375,52 @@ impl Pipeline {
     }
 }
 
+/// Runs one rule's detector on a new sample of a series and steps its alert.
+fn evaluate_rule(
+    rule: &Rule,
+    state: &mut RuleSeries,
+    identity: &SeriesIdentity,
+    id: SeriesId,
+    prev: Option<(i64, f64)>,
+    (now, value): (i64, f64),
+    b: &mut Batch,
+) {
+    let Some(x) = transform(rule.transform, identity.counter_like, prev, (now, value)) else {
+        return;
+    };
+    let Some(verdict) = detect::evaluate(&rule.method, &state.window, x, rule.min_samples) else {
+        return;
+    };
+    state.window.push(x);
+    *b.evaluations.entry(rule.name.clone()).or_default() += 1;
+    let before = state.alert;
+    let transition = state
+        .alert
+        .step(verdict.anomalous, now, rule.for_duration.as_millis() as i64);
+    let since = match (before, state.alert) {
+        (AlertState::Firing { since_ms }, _) | (_, AlertState::Firing { since_ms }) => since_ms,
+        _ => now,
+    };
+    b.upserts.push((
+        (rule.name.as_str().into(), id),
+        AnomalyRow {
+            labels: state.labels.clone(),
+            active: state.alert.is_firing(),
+            pending: state.alert.is_pending(),
+            value: x,
+            verdict: verdict.clone(),
+        },
+    ));
+    if let Some(tr) = transition {
+        b.transitions.push((rule.name.clone(), tr));
+        if matches!(tr, Transition::Firing | Transition::Resolved) {
+            let firing = tr == Transition::Firing;
+            b.events
+                .push(event(rule, identity, firing, now, since, x, verdict));
+        }
+    }
+}
+
 #[derive(Default)]
 struct Batch {
     upserts: Vec<((Arc<str>, SeriesId), AnomalyRow)>,
@@ -433,145 +429,4 @@ struct Batch {
     transitions: Vec<(String, Transition)>,
     evaluations: HashMap<String, u64>,
     dropped: u64,
-}
-
-/// Builds a rule's window from stored raw samples (so a restart or a new rule starts warm).
-fn new_state(
-    rule: &Rule,
-    identity: &SeriesIdentity,
-    samples: impl Iterator<Item = (i64, f64)>,
-) -> RuleSeries {
-    let mut window = Window::new(rule.window, rule.method.needs_sorted());
-    let mut prev = None;
-    for s in samples {
-        if let Some(x) = transform(rule.transform, identity.counter_like, prev, s) {
-            window.push(x);
-        }
-        prev = Some(s);
-    }
-    RuleSeries {
-        window,
-        alert: AlertState::Inactive,
-        labels: export_labels(rule, identity).into(),
-    }
-}
-
-/// The value a rule evaluates for sample `cur`, given the series' previous sample.
-pub fn transform(
-    t: Transform,
-    counter_like: bool,
-    prev: Option<(i64, f64)>,
-    cur: (i64, f64),
-) -> Option<f64> {
-    let t = match t {
-        Transform::Auto if counter_like => Transform::Rate,
-        Transform::Auto => Transform::Raw,
-        t => t,
-    };
-    let increase = |pv: f64| {
-        if counter_like && cur.1 < pv {
-            cur.1 // counter reset: it restarted from zero
-        } else {
-            cur.1 - pv
-        }
-    };
-    match t {
-        Transform::Raw | Transform::Auto => Some(cur.1),
-        Transform::Delta => prev.map(|(_, pv)| increase(pv)),
-        Transform::Rate => {
-            let (pt, pv) = prev?;
-            let dt = (cur.0 - pt) as f64 / 1000.0;
-            (dt > 0.0).then(|| increase(pv) / dt)
-        }
-    }
-}
-
-/// Label pairs of every anomaly gauge and event: ours first, then the series' own, renamed to
-/// `exported_<name>` when they collide with ours (as Prometheus does for target labels).
-fn label_pairs(rule: &Rule, identity: &SeriesIdentity) -> Vec<(String, String)> {
-    let mut pairs = vec![
-        ("rule".to_string(), rule.name.clone()),
-        ("severity".to_string(), rule.severity.as_str().to_string()),
-        ("method".to_string(), rule.method.name().to_string()),
-        ("target".to_string(), identity.target.to_string()),
-        ("metric".to_string(), identity.name.clone()),
-    ];
-    for (k, v) in &identity.labels {
-        let k = if crate::config::rules::RESERVED_LABELS.contains(&k.as_str()) {
-            format!("exported_{k}")
-        } else {
-            k.clone()
-        };
-        pairs.push((k, v.clone()));
-    }
-    pairs
-}
-
-fn export_labels(rule: &Rule, identity: &SeriesIdentity) -> String {
-    let pairs = label_pairs(rule, identity);
-    let refs: Vec<(&str, &str)> = pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    render_labels(&refs)
-}
-
-fn event(
-    rule: &Rule,
-    identity: &SeriesIdentity,
-    firing: bool,
-    at_ms: i64,
-    fired_at_ms: i64,
-    value: f64,
-    verdict: Verdict,
-) -> AlertEvent {
-    let labels: BTreeMap<String, String> = label_pairs(rule, identity).into_iter().collect();
-    let annotations = rule
-        .annotations
-        .iter()
-        .map(|(k, t)| (k.clone(), t.render(&labels, value)))
-        .collect();
-    AlertEvent {
-        firing,
-        at_ms,
-        fired_at_ms,
-        rule: rule.name.as_str().into(),
-        severity: rule.severity.as_str(),
-        method: rule.method.name(),
-        target: identity.target.clone(),
-        metric: identity.name.clone(),
-        series_labels: identity.labels.clone(),
-        rule_labels: rule.labels.clone(),
-        annotations,
-        value,
-        verdict,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn transforms() {
-        assert_eq!(transform(Transform::Auto, false, None, (0, 5.0)), Some(5.0));
-        assert_eq!(transform(Transform::Auto, true, None, (0, 5.0)), None);
-        assert_eq!(
-            transform(Transform::Auto, true, Some((0, 5.0)), (2000, 9.0)),
-            Some(2.0)
-        );
-        // Counter reset: the new value is the increase since the restart.
-        assert_eq!(
-            transform(Transform::Rate, true, Some((0, 50.0)), (1000, 3.0)),
-            Some(3.0)
-        );
-        assert_eq!(
-            transform(Transform::Delta, false, Some((0, 5.0)), (1000, 3.0)),
-            Some(-2.0)
-        );
-        assert_eq!(
-            transform(Transform::Rate, false, Some((1000, 5.0)), (1000, 6.0)),
-            None
-        );
-    }
 }

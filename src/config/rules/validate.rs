@@ -1,0 +1,382 @@
+//! Turns the raw rules into validated `Rule`s, collecting every problem with its place.
+
+use super::raw::{RawFile, RawRule};
+use super::{Rule, RuleError, Severity, Transform, RESERVED_LABELS};
+use crate::config::glob::Glob;
+use crate::config::selector::Selector;
+use crate::config::template::Template;
+use crate::detect::{Method, Op};
+use serde_saphyr::{Location, Spanned};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEFAULT_WINDOW: i64 = 60;
+const DEFAULT_MIN_SAMPLES: i64 = 10;
+
+pub(super) struct Validator<'a> {
+    pub(super) file: &'a str,
+    pub(super) errors: Vec<RuleError>,
+}
+
+struct Defaults {
+    window: i64,
+    min_samples: i64,
+    for_duration: Duration,
+    severity: Severity,
+}
+
+impl Validator<'_> {
+    fn err(&mut self, at: &Location, rule: Option<&str>, message: impl Into<String>) {
+        self.errors.push(RuleError {
+            file: self.file.to_string(),
+            line: at.line(),
+            column: at.column(),
+            rule: rule.map(str::to_string),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn rules(&mut self, raw: RawFile) -> Vec<Arc<Rule>> {
+        let d = raw.defaults.unwrap_or_default();
+        let defaults = Defaults {
+            window: d
+                .window
+                .map_or(DEFAULT_WINDOW, |w| self.positive(&w, None, "window")),
+            min_samples: d.min_samples.map_or(DEFAULT_MIN_SAMPLES, |m| {
+                self.positive(&m, None, "min_samples")
+            }),
+            for_duration: d
+                .for_duration
+                .map_or(Duration::ZERO, |f| self.duration(&f, None)),
+            severity: d
+                .severity
+                .map_or(Severity::Warning, |s| self.severity(&s, None)),
+        };
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for r in raw.rules {
+            let name = r.value.name.value.clone();
+            if !names.insert(name.clone()) {
+                let at = r.value.name.referenced;
+                self.err(&at, Some(&name), "duplicate rule name");
+            }
+            let before = self.errors.len();
+            let rule = self.rule(r, &defaults);
+            if self.errors.len() == before {
+                out.push(Arc::new(rule));
+            }
+        }
+        out
+    }
+
+    fn rule(&mut self, spanned: Spanned<RawRule>, d: &Defaults) -> Rule {
+        let mut r = spanned.value;
+        let name = r.name.value.clone();
+        let n = Some(name.as_str());
+        if !valid_name(&name) {
+            self.err(
+                &r.name.referenced,
+                n,
+                "name must match [a-zA-Z_][a-zA-Z0-9_]*",
+            );
+        }
+        let selector = match Selector::parse(&r.selector.value) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.err(
+                    &r.selector.referenced,
+                    n,
+                    format!("bad match selector: {e}"),
+                );
+                None
+            }
+        };
+        let source = r.source.take().and_then(|s| match Glob::new(&s.value) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                self.err(&s.referenced, n, e);
+                None
+            }
+        });
+        let transform = r
+            .transform
+            .take()
+            .map_or(Transform::Auto, |t| self.transform(&t, n));
+        let window = r
+            .window
+            .take()
+            .map_or(d.window, |w| self.positive(&w, n, "window"));
+        let min_samples = r
+            .min_samples
+            .take()
+            .map_or(d.min_samples, |m| self.positive(&m, n, "min_samples"));
+        if min_samples > window {
+            let at = spanned.referenced;
+            self.err(&at, n, format!("min_samples ({min_samples}) is larger than window ({window}): the rule could never judge"));
+        }
+        let method = self.method(&r, n, window);
+        if matches!(method, Method::ZScore { .. }) && min_samples < 2 {
+            let at = spanned.referenced;
+            self.err(
+                &at,
+                n,
+                "zscore needs min_samples >= 2 (a standard deviation needs two values)",
+            );
+        }
+        let for_duration = r
+            .for_duration
+            .map_or(d.for_duration, |f| self.duration(&f, n));
+        let severity = r.severity.map_or(d.severity, |s| self.severity(&s, n));
+        let labels = self.labels(r.labels, n);
+        let annotations = self.annotations(r.annotations, n);
+        Rule {
+            name,
+            selector: selector.unwrap_or_else(|| Selector::parse("x").expect("literal selector")),
+            source,
+            transform,
+            method,
+            window: window as usize,
+            min_samples: min_samples as usize,
+            for_duration,
+            severity,
+            labels,
+            annotations,
+        }
+    }
+
+    fn transform(&mut self, t: &Spanned<String>, n: Option<&str>) -> Transform {
+        match t.value.as_str() {
+            "auto" => Transform::Auto,
+            "raw" => Transform::Raw,
+            "rate" => Transform::Rate,
+            "delta" => Transform::Delta,
+            other => {
+                let msg = format!("unknown transform {other:?}: use auto, raw, rate or delta");
+                self.err(&t.referenced, n, msg);
+                Transform::Auto
+            }
+        }
+    }
+
+    fn labels(
+        &mut self,
+        raw: BTreeMap<String, Spanned<String>>,
+        n: Option<&str>,
+    ) -> BTreeMap<String, String> {
+        let mut labels = BTreeMap::new();
+        for (k, v) in raw {
+            if !valid_name(&k) || k.starts_with("__") {
+                self.err(&v.referenced, n, format!("bad label name {k:?}"));
+            } else if RESERVED_LABELS.contains(&k.as_str()) || k == "alertname" {
+                let msg = format!("label {k:?} is set by the sidecar and cannot be overridden");
+                self.err(&v.referenced, n, msg);
+            }
+            labels.insert(k, v.value);
+        }
+        labels
+    }
+
+    fn annotations(
+        &mut self,
+        raw: BTreeMap<String, Spanned<String>>,
+        n: Option<&str>,
+    ) -> BTreeMap<String, Template> {
+        let mut annotations = BTreeMap::new();
+        for (k, v) in raw {
+            match Template::parse(&v.value) {
+                Ok(t) => {
+                    annotations.insert(k, t);
+                }
+                Err(e) => self.err(&v.referenced, n, e),
+            }
+        }
+        annotations
+    }
+
+    fn method(&mut self, r: &RawRule, n: Option<&str>, window: i64) -> Method {
+        let m = r.method.value.as_str();
+        self.foreign_params(r, n);
+        match m {
+            "zscore" => Method::ZScore {
+                z_threshold: self.pos_f64(&r.z_threshold, 3.0, n, "z_threshold"),
+            },
+            "iqr" => Method::Iqr {
+                iqr_factor: self.pos_f64(&r.iqr_factor, 1.5, n, "iqr_factor"),
+            },
+            "threshold" => self.threshold(r, n),
+            "trend" => {
+                let trend_window = r.trend_window.as_ref().map_or(5, |t| {
+                    if t.value < 2 || t.value > window + 1 {
+                        let msg = format!(
+                            "trend_window must be between 2 and window + 1 ({})",
+                            window + 1
+                        );
+                        self.err(&t.referenced, n, msg);
+                    }
+                    t.value.max(2) as usize
+                });
+                Method::Trend {
+                    trend_window,
+                    deviation_pct: self.pos_f64(&r.deviation_pct, 20.0, n, "deviation_pct"),
+                }
+            }
+            other => {
+                let msg = format!("unknown method {other:?}: use zscore, iqr, threshold or trend");
+                self.err(&r.method.referenced, n, msg);
+                Method::ZScore { z_threshold: 3.0 }
+            }
+        }
+    }
+
+    /// Parameters of another method are mistakes, not silently ignored values.
+    fn foreign_params(&mut self, r: &RawRule, n: Option<&str>) {
+        let m = r.method.value.as_str();
+        let params: [(&str, Option<Location>, &str); 6] = [
+            (
+                "z_threshold",
+                (r.z_threshold.as_ref().map(|s| s.referenced)),
+                "zscore",
+            ),
+            (
+                "iqr_factor",
+                (r.iqr_factor.as_ref().map(|s| s.referenced)),
+                "iqr",
+            ),
+            (
+                "threshold",
+                (r.threshold.as_ref().map(|s| s.referenced)),
+                "threshold",
+            ),
+            ("op", (r.op.as_ref().map(|s| s.referenced)), "threshold"),
+            (
+                "trend_window",
+                (r.trend_window.as_ref().map(|s| s.referenced)),
+                "trend",
+            ),
+            (
+                "deviation_pct",
+                (r.deviation_pct.as_ref().map(|s| s.referenced)),
+                "trend",
+            ),
+        ];
+        if !["zscore", "iqr", "threshold", "trend"].contains(&m) {
+            return; // the unknown method is the error to report
+        }
+        for (key, at, method) in params {
+            if let Some(at) = at.filter(|_| method != m) {
+                self.err(&at, n, format!("{key} does not apply to method {m}"));
+            }
+        }
+    }
+
+    fn threshold(&mut self, r: &RawRule, n: Option<&str>) -> Method {
+        let threshold = match &r.threshold {
+            Some(t) if t.value.is_finite() => t.value,
+            Some(t) => {
+                self.err(&t.referenced, n, "threshold must be a finite number");
+                0.0
+            }
+            None => {
+                self.err(
+                    &r.method.referenced,
+                    n,
+                    "method threshold needs `threshold`",
+                );
+                0.0
+            }
+        };
+        let op = r.op.as_ref().map_or(Op::Gt, |o| match o.value.as_str() {
+            "gt" => Op::Gt,
+            "lt" => Op::Lt,
+            "gte" => Op::Gte,
+            "lte" => Op::Lte,
+            other => {
+                let msg = format!("unknown op {other:?}: use gt, lt, gte or lte");
+                self.err(&o.referenced, n, msg);
+                Op::Gt
+            }
+        });
+        Method::Threshold { threshold, op }
+    }
+
+    fn positive(&mut self, v: &Spanned<i64>, n: Option<&str>, what: &str) -> i64 {
+        if v.value < 1 {
+            self.err(
+                &v.referenced,
+                n,
+                format!("{what} must be a positive integer, got {}", v.value),
+            );
+            return 1;
+        }
+        if v.value > 1_000_000 {
+            self.err(
+                &v.referenced,
+                n,
+                format!("{what} must be at most 1000000, got {}", v.value),
+            );
+            return 1;
+        }
+        v.value
+    }
+
+    fn pos_f64(
+        &mut self,
+        v: &Option<Spanned<f64>>,
+        default: f64,
+        n: Option<&str>,
+        what: &str,
+    ) -> f64 {
+        match v {
+            None => default,
+            Some(s) if s.value.is_finite() && s.value > 0.0 => s.value,
+            Some(s) => {
+                self.err(
+                    &s.referenced,
+                    n,
+                    format!("{what} must be a positive number, got {}", s.value),
+                );
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Spanned<String>, n: Option<&str>) -> Duration {
+        let text = v.value.trim();
+        if text == "0" {
+            return Duration::ZERO;
+        }
+        humantime::parse_duration(text).unwrap_or_else(|e| {
+            self.err(
+                &v.referenced,
+                n,
+                format!("bad duration {text:?}: {e} (e.g. 0s, 30s, 5m)"),
+            );
+            Duration::ZERO
+        })
+    }
+
+    fn severity(&mut self, v: &Spanned<String>, n: Option<&str>) -> Severity {
+        match v.value.as_str() {
+            "info" => Severity::Info,
+            "warning" => Severity::Warning,
+            "critical" => Severity::Critical,
+            other => {
+                self.err(
+                    &v.referenced,
+                    n,
+                    format!("unknown severity {other:?}: use info, warning or critical"),
+                );
+                Severity::Warning
+            }
+        }
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}

@@ -1,0 +1,159 @@
+//! The state of one rule on one series, and how it is described to the outside: the
+//! transform that feeds its window, its export labels, and the events it announces.
+
+use crate::alert::{AlertEvent, AlertState};
+use crate::config::{Rule, Transform};
+use crate::detect::{Verdict, Window};
+use crate::export::render_labels;
+use crate::store::SeriesIdentity;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// State of one rule on one series.
+pub(super) struct RuleSeries {
+    pub(super) window: Window,
+    pub(super) alert: AlertState,
+    /// Rendered export labels, computed once.
+    pub(super) labels: Arc<str>,
+}
+
+/// Builds a rule's window from stored raw samples (so a restart or a new rule starts warm).
+pub(super) fn new_state(
+    rule: &Rule,
+    identity: &SeriesIdentity,
+    samples: impl Iterator<Item = (i64, f64)>,
+) -> RuleSeries {
+    let mut window = Window::new(rule.window, rule.method.needs_sorted());
+    let mut prev = None;
+    for s in samples {
+        if let Some(x) = transform(rule.transform, identity.counter_like, prev, s) {
+            window.push(x);
+        }
+        prev = Some(s);
+    }
+    RuleSeries {
+        window,
+        alert: AlertState::Inactive,
+        labels: export_labels(rule, identity).into(),
+    }
+}
+
+/// The value a rule evaluates for sample `cur`, given the series' previous sample.
+pub fn transform(
+    t: Transform,
+    counter_like: bool,
+    prev: Option<(i64, f64)>,
+    cur: (i64, f64),
+) -> Option<f64> {
+    let t = match t {
+        Transform::Auto if counter_like => Transform::Rate,
+        Transform::Auto => Transform::Raw,
+        t => t,
+    };
+    let increase = |pv: f64| {
+        if counter_like && cur.1 < pv {
+            cur.1 // counter reset: it restarted from zero
+        } else {
+            cur.1 - pv
+        }
+    };
+    match t {
+        Transform::Raw | Transform::Auto => Some(cur.1),
+        Transform::Delta => prev.map(|(_, pv)| increase(pv)),
+        Transform::Rate => {
+            let (pt, pv) = prev?;
+            let dt = (cur.0 - pt) as f64 / 1000.0;
+            (dt > 0.0).then(|| increase(pv) / dt)
+        }
+    }
+}
+
+/// Label pairs of every anomaly gauge and event: ours first, then the series' own, renamed to
+/// `exported_<name>` when they collide with ours (as Prometheus does for target labels).
+fn label_pairs(rule: &Rule, identity: &SeriesIdentity) -> Vec<(String, String)> {
+    let mut pairs = vec![
+        ("rule".to_string(), rule.name.clone()),
+        ("severity".to_string(), rule.severity.as_str().to_string()),
+        ("method".to_string(), rule.method.name().to_string()),
+        ("target".to_string(), identity.target.to_string()),
+        ("metric".to_string(), identity.name.clone()),
+    ];
+    for (k, v) in &identity.labels {
+        let k = if crate::config::rules::RESERVED_LABELS.contains(&k.as_str()) {
+            format!("exported_{k}")
+        } else {
+            k.clone()
+        };
+        pairs.push((k, v.clone()));
+    }
+    pairs
+}
+
+fn export_labels(rule: &Rule, identity: &SeriesIdentity) -> String {
+    let pairs = label_pairs(rule, identity);
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    render_labels(&refs)
+}
+
+pub(super) fn event(
+    rule: &Rule,
+    identity: &SeriesIdentity,
+    firing: bool,
+    at_ms: i64,
+    fired_at_ms: i64,
+    value: f64,
+    verdict: Verdict,
+) -> AlertEvent {
+    let labels: BTreeMap<String, String> = label_pairs(rule, identity).into_iter().collect();
+    let annotations = rule
+        .annotations
+        .iter()
+        .map(|(k, t)| (k.clone(), t.render(&labels, value)))
+        .collect();
+    AlertEvent {
+        firing,
+        at_ms,
+        fired_at_ms,
+        rule: rule.name.as_str().into(),
+        severity: rule.severity.as_str(),
+        method: rule.method.name(),
+        target: identity.target.clone(),
+        metric: identity.name.clone(),
+        series_labels: identity.labels.clone(),
+        rule_labels: rule.labels.clone(),
+        annotations,
+        value,
+        verdict,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transforms() {
+        assert_eq!(transform(Transform::Auto, false, None, (0, 5.0)), Some(5.0));
+        assert_eq!(transform(Transform::Auto, true, None, (0, 5.0)), None);
+        assert_eq!(
+            transform(Transform::Auto, true, Some((0, 5.0)), (2000, 9.0)),
+            Some(2.0)
+        );
+        // Counter reset: the new value is the increase since the restart.
+        assert_eq!(
+            transform(Transform::Rate, true, Some((0, 50.0)), (1000, 3.0)),
+            Some(3.0)
+        );
+        assert_eq!(
+            transform(Transform::Delta, false, Some((0, 5.0)), (1000, 3.0)),
+            Some(-2.0)
+        );
+        assert_eq!(
+            transform(Transform::Rate, false, Some((1000, 5.0)), (1000, 6.0)),
+            None
+        );
+    }
+}
