@@ -107,7 +107,11 @@ pub(super) fn event(
     value: f64,
     verdict: Verdict,
 ) -> AlertEvent {
-    let labels: BTreeMap<String, String> = label_pairs(rule, identity).into_iter().collect();
+    let mut labels: BTreeMap<String, String> = label_pairs(rule, identity).into_iter().collect();
+    // Templates written for Prometheus say $labels.instance; the target is our instance.
+    labels
+        .entry("instance".to_string())
+        .or_insert_with(|| identity.target.to_string());
     let annotations = rule
         .annotations
         .iter()
