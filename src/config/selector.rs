@@ -275,6 +275,14 @@ mod tests {
         assert!(!s.matches("x", &l(&[("code", "5xx")])));
     }
 
+    proptest::proptest! {
+        /// Arbitrary text never panics the selector parser.
+        #[test]
+        fn never_panics(text in "\\PC{0,80}") {
+            let _ = Selector::parse(&text);
+        }
+    }
+
     #[test]
     fn errors() {
         for bad in [

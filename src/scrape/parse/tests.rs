@@ -138,3 +138,40 @@ fn captured_node_exporter_body() {
         .iter()
         .any(|s| s.name == "go_gc_duration_seconds_count" && s.counter_like));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn escape(v: &str) -> String {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    }
+
+    proptest! {
+        /// No input makes the parser panic; it either parses or names a line.
+        #[test]
+        fn never_panics(body in "\\PC{0,200}") {
+            let _ = parse(&body);
+        }
+
+        /// Whatever we render in the text format (any label value, any finite float) parses
+        /// back to the same sample.
+        #[test]
+        fn round_trips(
+            name in "[a-zA-Z_:][a-zA-Z0-9_:]{0,20}",
+            labels in prop::collection::btree_map("[a-zA-Z_][a-zA-Z0-9_]{0,10}", "\\PC{0,20}", 0..5),
+            value in prop::num::f64::NORMAL | prop::num::f64::ZERO | prop::num::f64::SUBNORMAL,
+        ) {
+            let rendered: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let line = format!("{name}{{{}}} {value:?}\n", rendered.join(","));
+            let parsed = parse(&line).map_err(|e| TestCaseError::fail(format!("{e}: {line}")))?;
+            prop_assert_eq!(parsed.len(), 1);
+            prop_assert_eq!(&parsed[0].name, &name);
+            let want: Vec<(String, String)> = labels.into_iter().collect();
+            prop_assert_eq!(&parsed[0].labels, &want);
+            prop_assert_eq!(parsed[0].value, value);
+        }
+    }
+}
