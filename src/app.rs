@@ -6,6 +6,7 @@ use crate::alert::AlertEvent;
 use crate::config::flags::RunArgs;
 use crate::config::{rules, RuleSet};
 use crate::export::Exporter;
+use crate::notify::{Notifier, NotifyError, NotifySettings};
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::scrape::{self, ScrapeSettings};
 use crate::server::{self, ReloadRequest, ServerState};
@@ -26,6 +27,8 @@ pub enum StartError {
     Target(#[from] scrape::TargetError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -67,6 +70,26 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         .local_addr()
         .map_err(|e| StartError::Setup(e.to_string()))?;
     let client = scrape::client().map_err(|e| StartError::Setup(e.to_string()))?;
+    let external_url = args
+        .web_external_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}:{}", hostname(), listen_addr.port()));
+    let notifier = if args.webhooks.is_empty() {
+        None
+    } else {
+        let settings = NotifySettings {
+            webhooks: args.webhooks.clone(),
+            secret_file: args.webhook_secret_file.clone(),
+            max_retry_interval: args.max_retry_interval,
+            outbox_max_events: args.outbox_max_events,
+            external_url,
+        };
+        Some(Arc::new(Notifier::open(
+            &store.db(),
+            &settings,
+            exporter.metrics.clone(),
+        )?))
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (events, _) = broadcast::channel(1024);
@@ -103,8 +126,12 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         store,
         exporter.clone(),
         events.clone(),
+        notifier.clone(),
     );
     let pipeline = tokio::spawn(pipeline.run(results_rx, rules_rx, shutdown_rx.clone()));
+    if let Some(n) = &notifier {
+        tasks.extend(n.spawn(client.clone(), shutdown_rx.clone()));
+    }
     let reloader = Reloader {
         path: args.rules.clone(),
         exporter: exporter.clone(),
@@ -174,6 +201,16 @@ pub async fn termination() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// The host's name for default URLs; Kubernetes sets it to the pod name.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 fn set_reload_metrics(exporter: &Exporter, ok: bool) {

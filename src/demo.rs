@@ -43,6 +43,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         web_enable_lifecycle: true,
         rules_check_interval: Duration::from_secs(2),
         store_cache_bytes: 8 << 20,
+        webhooks: Vec::new(),
+        webhook_secret_file: None,
+        max_retry_interval: Duration::from_secs(300),
+        outbox_max_events: 100_000,
+        web_external_url: None,
     };
     let app = app::start(&run_args).await?;
     println!("anomaly-sidecar demo");

@@ -6,6 +6,7 @@ mod config;
 mod demo;
 mod detect;
 mod export;
+mod notify;
 mod pipeline;
 mod scrape;
 mod server;

@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Scrape targets, detect anomalies and serve /metrics.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate a rules file: prints `ok: N rules` or every error, exits 0 or 1.
     Check(CheckArgs),
     /// Run everything on loopback against a built-in synthetic exporter.
@@ -74,6 +74,31 @@ pub struct RunArgs {
     /// How often the rules file is checked for changes (covers ConfigMap symlink swaps).
     #[arg(long, env = "ANOMALY_SIDECAR_RULES_CHECK_INTERVAL", default_value = "5s", value_parser = duration)]
     pub rules_check_interval: Duration,
+    /// Webhook receiver URL: each firing and resolution is POSTed as an Alertmanager webhook
+    /// payload (repeatable; comma-separated in the environment).
+    #[arg(
+        long = "webhook",
+        env = "ANOMALY_SIDECAR_WEBHOOK",
+        value_delimiter = ','
+    )]
+    pub webhooks: Vec<String>,
+    /// File holding the secret that signs each webhook body (X-Anomaly-Signature: sha256=HMAC).
+    #[arg(long, env = "ANOMALY_SIDECAR_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Longest wait between delivery retries to a failing receiver.
+    #[arg(long, env = "ANOMALY_SIDECAR_MAX_RETRY_INTERVAL", default_value = "5m", value_parser = duration)]
+    pub max_retry_interval: Duration,
+    /// Events kept per receiver while it is unreachable; past it the oldest are dropped.
+    #[arg(
+        long,
+        env = "ANOMALY_SIDECAR_OUTBOX_MAX_EVENTS",
+        default_value_t = 100_000
+    )]
+    pub outbox_max_events: usize,
+    /// URL under which this sidecar is reachable (externalURL and generatorURL in payloads);
+    /// defaults to http://<hostname>:<listen port>.
+    #[arg(long = "web.external-url", env = "ANOMALY_SIDECAR_WEB_EXTERNAL_URL")]
+    pub web_external_url: Option<String>,
     /// sled page cache size in bytes (sled's own default of 1 GiB is far too much for a sidecar).
     #[arg(long, env = "ANOMALY_SIDECAR_STORE_CACHE_BYTES", default_value_t = 16 << 20)]
     pub store_cache_bytes: u64,

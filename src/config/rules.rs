@@ -103,6 +103,8 @@ pub struct Rule {
     pub severity: Severity,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, Template>,
+    /// Name plus a hash of the definition: persisted alert state belongs to this exact rule.
+    pub state_key: String,
 }
 
 impl Rule {

@@ -1,7 +1,10 @@
 //! The sidecar's own health metrics, on a registry passed in (no global registry). Labels are
 //! bounded: target, rule, transition; never raw series labels.
 
-use prometheus::{Gauge, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
+};
 
 /// Every self-monitoring metric.
 #[derive(Clone)]
@@ -17,6 +20,10 @@ pub struct SelfMetrics {
     pub rules_last_reload_success_timestamp_seconds: Gauge,
     pub store_errors_total: IntCounterVec,
     pub store_size_bytes: IntGauge,
+    pub notifications_total: IntCounterVec,
+    pub outbox_events: IntGaugeVec,
+    pub notification_latency_seconds: Histogram,
+    pub outbox_dropped_total: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -86,6 +93,31 @@ impl SelfMetrics {
                 "store_size_bytes",
                 "Bytes the history store uses on disk.",
             ))?,
+            notifications_total: IntCounterVec::new(
+                opts(
+                    "notifications_total",
+                    "Delivery attempts by receiver and result (success, failed, rejected).",
+                ),
+                &["receiver", "result"],
+            )?,
+            outbox_events: IntGaugeVec::new(
+                opts("outbox_events", "Events waiting in the receiver's outbox."),
+                &["receiver"],
+            )?,
+            notification_latency_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "notification_latency_seconds",
+                    "Duration of delivery attempts.",
+                )
+                .namespace("anomaly_sidecar")
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+            )?,
+            outbox_dropped_total: IntCounter::with_opts(opts(
+                "outbox_dropped_total",
+                "Events dropped because an outbox reached --outbox-max-events.",
+            ))?,
         };
         registry.register(Box::new(m.up.clone()))?;
         registry.register(Box::new(m.scrape_duration_seconds.clone()))?;
@@ -100,6 +132,10 @@ impl SelfMetrics {
         ))?;
         registry.register(Box::new(m.store_errors_total.clone()))?;
         registry.register(Box::new(m.store_size_bytes.clone()))?;
+        registry.register(Box::new(m.notifications_total.clone()))?;
+        registry.register(Box::new(m.outbox_events.clone()))?;
+        registry.register(Box::new(m.notification_latency_seconds.clone()))?;
+        registry.register(Box::new(m.outbox_dropped_total.clone()))?;
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",

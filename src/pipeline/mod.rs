@@ -8,6 +8,7 @@ use crate::alert::{AlertEvent, AlertState, Transition};
 use crate::config::{Rule, RuleSet};
 use crate::detect::{self, Verdict};
 use crate::export::{AnomalyRow, Exporter};
+use crate::notify::Notifier;
 use crate::scrape::{Sample, ScrapeResult, Target};
 use crate::store::{series_id, SeriesId, SeriesIdentity, Store};
 use rule_series::{event, new_state, transform, RuleSeries};
@@ -38,6 +39,8 @@ pub struct Pipeline {
     up: Vec<Option<bool>>,
     exporter: Arc<Exporter>,
     events: broadcast::Sender<AlertEvent>,
+    /// Receivers' outboxes, when any receiver is configured.
+    notifier: Option<Arc<Notifier>>,
     last_expiry_ms: i64,
 }
 
@@ -49,6 +52,7 @@ impl Pipeline {
         store: Store,
         exporter: Arc<Exporter>,
         events: broadcast::Sender<AlertEvent>,
+        notifier: Option<Arc<Notifier>>,
     ) -> Self {
         let n = targets.len();
         let states = rules.rules.iter().map(|_| HashMap::new()).collect();
@@ -70,6 +74,7 @@ impl Pipeline {
             up: vec![None; n],
             exporter,
             events,
+            notifier,
             last_expiry_ms: 0,
         }
     }
@@ -92,7 +97,11 @@ impl Pipeline {
                 r = results.recv() => match r {
                     Some(r) => {
                         self.process(r);
+                        // Events reach the outboxes' disk in this flush, before any attempt.
                         self.persist().await;
+                        if let Some(n) = &self.notifier {
+                            n.wake();
+                        }
                     }
                     None => break,
                 },
@@ -179,6 +188,9 @@ impl Pipeline {
                 .with_label_values(&[&tgt.name])
                 .set(self.store.target_series(&tgt.name) as i64);
         }
+        for (id, key, since) in batch.firing.drain(..) {
+            self.store.set_firing(id, &key, since);
+        }
         for (rule, tr) in batch.transitions.drain(..) {
             m.transitions_total
                 .with_label_values(&[&rule, tr.as_str()])
@@ -231,9 +243,16 @@ impl Pipeline {
             labels: s.labels.clone(),
             counter_like: s.counter_like,
         };
-        let Ok(entry) = self.store.admit(id, identity, self.settings.max_series) else {
+        if self
+            .store
+            .admit(id, identity, self.settings.max_series)
+            .is_err()
+        {
             current.remove(&id);
             b.dropped += 1;
+            return;
+        }
+        let Some(entry) = self.store.get(id) else {
             return;
         };
         let identity = entry.identity.clone();
@@ -245,9 +264,10 @@ impl Pipeline {
             .unwrap_or(1);
         for &ri in rules.iter() {
             let rule = &self.rules.rules[ri];
-            self.states[ri]
-                .entry(id)
-                .or_insert_with(|| new_state(rule, &identity, entry.samples().iter().copied()));
+            self.states[ri].entry(id).or_insert_with(|| {
+                let firing = self.store.firing_since(id, &rule.state_key);
+                new_state(rule, &identity, entry.samples().iter().copied(), firing)
+            });
         }
         self.store.append(id, now, s.value, capacity);
         for &ri in rules.iter() {
@@ -265,6 +285,7 @@ impl Pipeline {
                 continue;
             };
             let rule = self.rules.rules[ri].clone();
+            let since = firing_since(state.alert, now);
             let tr = state.alert.end();
             if let Some(tr) = tr {
                 self.exporter
@@ -274,18 +295,13 @@ impl Pipeline {
                     .inc();
             }
             if tr == Some(Transition::Resolved) {
+                b.firing.push((id, rule.state_key.clone(), None));
                 if let Some(entry) = self.store.get(id) {
                     let identity = entry.identity.clone();
                     let value = entry.samples().back().map_or(f64::NAN, |s| s.1);
-                    b.events.push(event(
-                        &rule,
-                        &identity,
-                        false,
-                        now,
-                        now,
-                        value,
-                        Verdict::default(),
-                    ));
+                    let verdict = Verdict::default();
+                    b.events
+                        .push(event(&rule, &identity, false, now, since, value, verdict));
                 }
             }
             b.removals.push((rule.name.as_str().into(), id));
@@ -337,19 +353,24 @@ impl Pipeline {
         for (name, (_, states)) in old {
             let rule = old_rules.rules.iter().find(|r| r.name == name).cloned();
             for (id, mut state) in states {
-                if state.alert.end() == Some(Transition::Resolved) {
-                    if let (Some(rule), Some(entry)) = (&rule, self.store.get(id)) {
-                        let value = entry.samples().back().map_or(f64::NAN, |s| s.1);
-                        events.push(event(
-                            rule,
-                            &entry.identity,
-                            false,
-                            now,
-                            now,
-                            value,
-                            Verdict::default(),
-                        ));
-                    }
+                let since = firing_since(state.alert, now);
+                if state.alert.end() != Some(Transition::Resolved) {
+                    continue;
+                }
+                let Some(rule) = &rule else { continue };
+                self.store.set_firing(id, &rule.state_key, None);
+                if let Some(entry) = self.store.get(id) {
+                    let value = entry.samples().back().map_or(f64::NAN, |s| s.1);
+                    let verdict = Verdict::default();
+                    events.push(event(
+                        rule,
+                        &entry.identity,
+                        false,
+                        now,
+                        since,
+                        value,
+                        verdict,
+                    ));
                 }
             }
             self.exporter.remove_rule(&name);
@@ -370,6 +391,9 @@ impl Pipeline {
 
     fn announce(&self, ev: AlertEvent) {
         tracing::info!("{}", ev.line());
+        if let Some(n) = &self.notifier {
+            n.enqueue(&ev);
+        }
         // No receiver is fine: events go to logs regardless.
         let _ = self.events.send(ev);
     }
@@ -397,9 +421,9 @@ fn evaluate_rule(
     let transition = state
         .alert
         .step(verdict.anomalous, now, rule.for_duration.as_millis() as i64);
-    let since = match (before, state.alert) {
-        (AlertState::Firing { since_ms }, _) | (_, AlertState::Firing { since_ms }) => since_ms,
-        _ => now,
+    let since = match state.alert {
+        AlertState::Firing { since_ms } => since_ms,
+        _ => firing_since(before, now),
     };
     b.upserts.push((
         (rule.name.as_str().into(), id),
@@ -413,11 +437,24 @@ fn evaluate_rule(
     ));
     if let Some(tr) = transition {
         b.transitions.push((rule.name.clone(), tr));
+        match tr {
+            Transition::Firing => b.firing.push((id, rule.state_key.clone(), Some(since))),
+            Transition::Resolved => b.firing.push((id, rule.state_key.clone(), None)),
+            _ => {}
+        }
         if matches!(tr, Transition::Firing | Transition::Resolved) {
             let firing = tr == Transition::Firing;
             b.events
                 .push(event(rule, identity, firing, now, since, x, verdict));
         }
+    }
+}
+
+/// When a firing alert started (`now` for any other state).
+fn firing_since(alert: AlertState, now: i64) -> i64 {
+    match alert {
+        AlertState::Firing { since_ms } => since_ms,
+        _ => now,
     }
 }
 
@@ -427,6 +464,8 @@ struct Batch {
     removals: Vec<(Arc<str>, SeriesId)>,
     events: Vec<AlertEvent>,
     transitions: Vec<(String, Transition)>,
+    /// Alerts that started or stopped firing, for the store.
+    firing: Vec<(SeriesId, String, Option<i64>)>,
     evaluations: HashMap<String, u64>,
     dropped: u64,
 }

@@ -22,6 +22,7 @@ pub(super) fn new_state(
     rule: &Rule,
     identity: &SeriesIdentity,
     samples: impl Iterator<Item = (i64, f64)>,
+    firing_since: Option<i64>,
 ) -> RuleSeries {
     let mut window = Window::new(rule.window, rule.method.needs_sorted());
     let mut prev = None;
@@ -33,7 +34,9 @@ pub(super) fn new_state(
     }
     RuleSeries {
         window,
-        alert: AlertState::Inactive,
+        alert: firing_since.map_or(AlertState::Inactive, |since_ms| AlertState::Firing {
+            since_ms,
+        }),
         labels: export_labels(rule, identity).into(),
     }
 }

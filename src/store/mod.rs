@@ -77,6 +77,7 @@ pub enum StoreError {
 pub struct WriteBatch {
     series: sled::Batch,
     samples: sled::Batch,
+    alerts: sled::Batch,
     empty: bool,
 }
 
@@ -86,6 +87,7 @@ pub struct StoreWriter {
     db: sled::Db,
     series: sled::Tree,
     samples: sled::Tree,
+    alerts: sled::Tree,
 }
 
 impl StoreWriter {
@@ -96,6 +98,7 @@ impl StoreWriter {
         }
         self.series.apply_batch(batch.series)?;
         self.samples.apply_batch(batch.samples)?;
+        self.alerts.apply_batch(batch.alerts)?;
         self.db.flush()?;
         Ok(())
     }
@@ -105,6 +108,9 @@ impl StoreWriter {
 pub struct Store {
     writer: StoreWriter,
     series: HashMap<SeriesId, SeriesEntry>,
+    /// Firing alerts: (series, rule key) → since when, so a restart neither forgets a firing
+    /// alert (its resolution would never be sent) nor fires it a second time.
+    firing: HashMap<(SeriesId, String), i64>,
     per_target: HashMap<Arc<str>, usize>,
     pending: WriteBatch,
 }
@@ -129,13 +135,16 @@ impl Store {
             .map_err(open_err)?;
         let series_tree = db.open_tree("series").map_err(open_err)?;
         let samples_tree = db.open_tree("samples").map_err(open_err)?;
+        let alerts_tree = db.open_tree("alerts").map_err(open_err)?;
         let mut store = Self {
             writer: StoreWriter {
                 db,
                 series: series_tree,
                 samples: samples_tree,
+                alerts: alerts_tree,
             },
             series: HashMap::new(),
+            firing: HashMap::new(),
             per_target: HashMap::new(),
             pending: WriteBatch {
                 empty: true,
@@ -147,6 +156,17 @@ impl Store {
     }
 
     fn load(&mut self) -> Result<(), StoreError> {
+        for item in self.writer.alerts.iter() {
+            let (k, v) = item?;
+            let parsed = (|| {
+                let id = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+                let rule = std::str::from_utf8(k.get(8..)?).ok()?.to_string();
+                let since = i64::from_be_bytes(v.as_ref().try_into().ok()?);
+                Some(((id, rule), since))
+            })();
+            let (key, since) = parsed.ok_or_else(|| StoreError::Corrupt("alert record".into()))?;
+            self.firing.insert(key, since);
+        }
         let mut targets: HashMap<String, Arc<str>> = HashMap::new();
         for item in self.writer.series.iter() {
             let (key, value) = item?;
@@ -208,7 +228,7 @@ impl Store {
         id: SeriesId,
         identity: impl FnOnce() -> SeriesIdentity,
         max_series: usize,
-    ) -> Result<&SeriesEntry, OverLimit> {
+    ) -> Result<(), OverLimit> {
         if !self.series.contains_key(&id) {
             let identity = identity();
             let count = self.per_target.entry(identity.target.clone()).or_default();
@@ -230,7 +250,7 @@ impl Store {
                 },
             );
         }
-        self.series.get(&id).ok_or(OverLimit)
+        Ok(())
     }
 
     /// Appends a sample to an admitted series, keeping at most `capacity` samples.
@@ -249,6 +269,28 @@ impl Store {
             entry.samples.pop_front();
             let old = entry.next_seq - 1 - entry.samples.len() as u64;
             self.pending.samples.remove(&sample_key(id, old));
+        }
+        self.pending.empty = false;
+    }
+
+    /// Since when the alert of `rule_key` on series `id` has been firing, if it was.
+    pub fn firing_since(&self, id: SeriesId, rule_key: &str) -> Option<i64> {
+        self.firing.get(&(id, rule_key.to_string())).copied()
+    }
+
+    /// Records that an alert started firing (`Some(since)`) or stopped (`None`).
+    pub fn set_firing(&mut self, id: SeriesId, rule_key: &str, since: Option<i64>) {
+        let mut key = id.to_be_bytes().to_vec();
+        key.extend_from_slice(rule_key.as_bytes());
+        match since {
+            Some(t) => {
+                self.firing.insert((id, rule_key.to_string()), t);
+                self.pending.alerts.insert(key, &t.to_be_bytes()[..]);
+            }
+            None => {
+                self.firing.remove(&(id, rule_key.to_string()));
+                self.pending.alerts.remove(key);
+            }
         }
         self.pending.empty = false;
     }
@@ -282,6 +324,15 @@ impl Store {
             *c = c.saturating_sub(1);
         }
         self.pending.series.remove(&id.to_be_bytes());
+        let alerts: Vec<String> = self
+            .firing
+            .keys()
+            .filter(|(sid, _)| *sid == id)
+            .map(|(_, rule)| rule.clone())
+            .collect();
+        for rule in alerts {
+            self.set_firing(id, &rule, None);
+        }
         let first = entry.next_seq - entry.samples.len() as u64;
         for seq in first..entry.next_seq {
             self.pending.samples.remove(&sample_key(id, seq));
@@ -299,6 +350,11 @@ impl Store {
             },
         );
         (self.writer.clone(), batch)
+    }
+
+    /// The database handle, for other trees that share its file and flushes (the outboxes).
+    pub fn db(&self) -> sled::Db {
+        self.writer.db.clone()
     }
 
     /// Bytes sled uses on disk.
@@ -394,6 +450,7 @@ mod tests {
         {
             let mut s = Store::open(dir.path(), 1 << 20).unwrap();
             s.admit(id, || ident("t:1", "m"), 10).unwrap();
+            s.set_firing(id, "rule@1", Some(42));
             for i in 0..10 {
                 s.append(id, 1000 * i, i as f64, 4);
             }
@@ -406,6 +463,8 @@ mod tests {
         let vals: Vec<f64> = e.samples().iter().map(|x| x.1).collect();
         assert_eq!(vals, vec![6.0, 7.0, 8.0, 9.0]);
         assert_eq!(s.target_series("t:1"), 1);
+        assert_eq!(s.firing_since(id, "rule@1"), Some(42));
+        assert_eq!(s.firing_since(id, "rule@2"), None);
     }
 
     #[test]

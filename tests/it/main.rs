@@ -6,5 +6,6 @@ mod check;
 mod detection;
 mod failures;
 mod node_exporter;
+mod notify;
 mod reload;
 mod store;

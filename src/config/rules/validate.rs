@@ -62,7 +62,9 @@ impl Validator<'_> {
                 self.err(&at, Some(&name), "duplicate rule name");
             }
             let before = self.errors.len();
-            let rule = self.rule(r, &defaults);
+            let mut rule = self.rule(r, &defaults);
+            let hash = crate::store::series_id("rule", &rule.fingerprint(), &[]);
+            rule.state_key = format!("{}@{hash:016x}", rule.name);
             if self.errors.len() == before {
                 out.push(Arc::new(rule));
             }
@@ -142,6 +144,7 @@ impl Validator<'_> {
             severity,
             labels,
             annotations,
+            state_key: String::new(),
         }
     }
 

@@ -1,0 +1,347 @@
+//! Webhook delivery: Alertmanager payload field by field, HMAC, retries on 5xx and while the
+//! receiver is down, no retry on a 400, and an outbox that survives kill -9.
+
+use crate::common::*;
+use crate::detection::T;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One request the receiver got.
+#[derive(Clone, Debug)]
+pub struct Got {
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+    pub raw: Vec<u8>,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A webhook receiver answering each request with the next status of its script (then 200).
+pub struct Webhook {
+    pub port: u16,
+    pub got: Arc<Mutex<Vec<Got>>>,
+    pub script: Arc<Mutex<Vec<u16>>>,
+}
+
+impl Webhook {
+    pub fn start_on(port: u16, script: Vec<u16>) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(script));
+        let (g, s) = (got.clone(), script.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (g, s) = (g.clone(), s.clone());
+                std::thread::spawn(move || handle(stream, g, s));
+            }
+        });
+        Self { port, got, script }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook/secret-token", self.port)
+    }
+
+    pub fn got(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Requests with a 2xx answer, i.e. accepted ones, in order.
+    pub fn wait_count(&self, n: usize) -> Vec<Got> {
+        wait_for(&format!("{n} webhook requests"), T, || {
+            let g = self.got();
+            (g.len() >= n).then_some(g)
+        })
+    }
+}
+
+fn handle(
+    mut stream: std::net::TcpStream,
+    got: Arc<Mutex<Vec<Got>>>,
+    script: Arc<Mutex<Vec<u16>>>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let (head_end, len) = loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_string();
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            break (i + 4, len);
+        }
+    };
+    while buf.len() < head_end + len {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let raw = buf[head_end..head_end + len].to_vec();
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    let status = {
+        let mut s = script.lock().unwrap();
+        if s.is_empty() {
+            200
+        } else {
+            s.remove(0)
+        }
+    };
+    if status == 0 {
+        return; // hang up without answering
+    }
+    if (200..300).contains(&status) {
+        let body = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
+        got.lock().unwrap().push(Got { headers, body, raw });
+    }
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+}
+
+const RULES: &str = "rules:\n  - name: too_high\n    match: g\n    method: threshold\n    threshold: 100\n    severity: critical\n    labels: {team: infra}\n    annotations: {summary: 'g on {{ $labels.instance }} is {{ $value }}'}\n";
+
+fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    ring::hmac::sign(&key, body)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn counter(s: &Sidecar, result: &str) -> u64 {
+    metric_value(
+        &s.metrics(),
+        &format!(
+            "anomaly_sidecar_notifications_total{{receiver=\"webhook-0\",result=\"{result}\"}}"
+        ),
+    )
+    .and_then(|v| v.parse().ok())
+    .unwrap_or(0)
+}
+
+#[test]
+fn payload_signature_and_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let secret = write(dir.path(), "secret", "s3cr3t\n");
+    let exporter = Exporter::start(Reply::Body("g 5\n".into()));
+    let hook = Webhook::start_on(0, vec![]);
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[exporter.url()],
+        &[
+            "--webhook",
+            &hook.url(),
+            "--webhook-secret-file",
+            secret.to_str().unwrap(),
+            "--web.external-url",
+            "http://sidecar.example:9477/",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    exporter.set_body("g 500\n");
+    hook.wait_count(1);
+    exporter.set_body("g 5\n");
+    let got = hook.wait_count(2);
+    let (fire, res) = (&got[0], &got[1]);
+    for g in [fire, res] {
+        assert_eq!(
+            g.header("X-Anomaly-Signature"),
+            Some(format!("sha256={}", hmac_hex(b"s3cr3t", &g.raw)).as_str())
+        );
+        assert_eq!(g.header("Content-Type"), Some("application/json"));
+        let b = &g.body;
+        assert_eq!(b["version"], "4");
+        assert_eq!(b["receiver"], "anomaly-sidecar");
+        assert_eq!(b["externalURL"], "http://sidecar.example:9477");
+        assert_eq!(b["groupKey"], "{}:{alertname=\"too_high\"}");
+        assert_eq!(b["truncatedAlerts"], 0);
+        assert_eq!(
+            b["groupLabels"],
+            serde_json::json!({"alertname": "too_high"})
+        );
+        let a = &b["alerts"][0];
+        assert_eq!(b["alerts"].as_array().unwrap().len(), 1);
+        assert_eq!(a["labels"]["alertname"], "too_high");
+        assert_eq!(a["labels"]["severity"], "critical");
+        assert_eq!(a["labels"]["team"], "infra");
+        assert_eq!(a["labels"]["metric"], "g");
+        assert_eq!(a["labels"]["target"], exporter.name());
+        assert_eq!(b["commonLabels"], a["labels"]);
+        assert_eq!(b["commonAnnotations"], a["annotations"]);
+        assert_eq!(a["annotations"]["method"], "threshold");
+        assert_eq!(a["annotations"]["upper_bound"], "100");
+        assert_eq!(a["generatorURL"], "http://sidecar.example:9477/metrics");
+        assert_eq!(a["fingerprint"].as_str().unwrap().len(), 16);
+        assert!(a["startsAt"].as_str().unwrap().ends_with('Z'));
+    }
+    assert_eq!(fire.body["status"], "firing");
+    assert_eq!(fire.body["alerts"][0]["status"], "firing");
+    assert_eq!(fire.body["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+    assert_eq!(fire.body["alerts"][0]["annotations"]["value"], "500");
+    assert_eq!(fire.body["alerts"][0]["annotations"]["direction"], "RISING");
+    assert_eq!(
+        fire.body["alerts"][0]["annotations"]["summary"],
+        format!("g on {} is 500", exporter.name())
+    );
+    assert_eq!(res.body["status"], "resolved");
+    assert_ne!(res.body["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+    assert_eq!(
+        res.body["alerts"][0]["startsAt"],
+        fire.body["alerts"][0]["startsAt"]
+    );
+    assert_eq!(
+        res.body["alerts"][0]["fingerprint"],
+        fire.body["alerts"][0]["fingerprint"]
+    );
+    let (fid, rid) = (
+        fire.header("X-Anomaly-Event-Id").unwrap(),
+        res.header("X-Anomaly-Event-Id").unwrap(),
+    );
+    assert_ne!(fid, rid);
+    // Neither the secret nor the URL's token leaks.
+    let m = s.metrics();
+    let log = s.log();
+    for text in [&m, &log] {
+        assert!(!text.contains("s3cr3t") && !text.contains("secret-token"));
+    }
+    assert_eq!(counter(&s, "success"), 2);
+    assert_eq!(
+        metric_value(&m, "anomaly_sidecar_outbox_events{receiver=\"webhook-0\"}").as_deref(),
+        Some("0")
+    );
+    assert!(m.contains("anomaly_sidecar_notification_latency_seconds_count 2"));
+}
+
+#[test]
+fn retries_500_and_a_receiver_that_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let exporter = Exporter::start(Reply::Body("g 500\n".into()));
+    // The receiver is not listening yet: connection refused.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[exporter.url()],
+        &["--webhook", &url, "--max-retry-interval", "1s"],
+    );
+    wait_for("failed attempts", T, || {
+        (counter(&s, "failed") >= 2).then_some(())
+    });
+    exporter.set_body("g 5\n");
+    s.wait_metric(
+        "anomaly_sidecar_outbox_events{receiver=\"webhook-0\"}",
+        "2",
+        T,
+    );
+    // Up, but answering 500 twice before accepting.
+    let hook = Webhook::start_on(port, vec![500, 503]);
+    let got = hook.wait_count(2);
+    assert_eq!(
+        got[0].body["status"], "firing",
+        "a resolution never overtakes its firing"
+    );
+    assert_eq!(got[1].body["status"], "resolved");
+    s.wait_metric(
+        "anomaly_sidecar_outbox_events{receiver=\"webhook-0\"}",
+        "0",
+        T,
+    );
+    assert!(counter(&s, "failed") >= 4);
+    assert_eq!(counter(&s, "success"), 2);
+    assert_eq!(hook.script.lock().unwrap().len(), 0);
+}
+
+#[test]
+fn a_400_is_not_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let exporter = Exporter::start(Reply::Body("g 500\n".into()));
+    let hook = Webhook::start_on(0, vec![400]);
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[exporter.url()],
+        &["--webhook", &hook.url()],
+    );
+    wait_for("rejected", T, || {
+        (counter(&s, "rejected") == 1).then_some(())
+    });
+    s.wait_metric(
+        "anomaly_sidecar_outbox_events{receiver=\"webhook-0\"}",
+        "0",
+        T,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(counter(&s, "rejected"), 1);
+    assert_eq!(counter(&s, "failed"), 0);
+    assert!(hook.got().is_empty());
+    assert!(s.log().contains("rejected the event"));
+}
+
+#[test]
+fn outbox_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let exporter = Exporter::start(Reply::Body("g 500\n".into()));
+    let hook = Webhook::start_on(0, vec![503; 1000]);
+    let args = ["--webhook", &hook.url()];
+    let mut s = Sidecar::start(dir.path(), &rules, &[exporter.url()], &args);
+    s.wait_metric(
+        "anomaly_sidecar_outbox_events{receiver=\"webhook-0\"}",
+        "1",
+        T,
+    );
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+    drop(s);
+    hook.script.lock().unwrap().clear();
+    exporter.set_body("g 5\n");
+    let s = Sidecar::start(dir.path(), &rules, &[exporter.url()], &args);
+    let got = hook.wait_count(2);
+    assert_eq!(got[0].body["status"], "firing");
+    assert_eq!(
+        got[1].body["status"], "resolved",
+        "the restarted sidecar kept the firing state"
+    );
+    s.wait_metric(
+        "anomaly_sidecar_outbox_events{receiver=\"webhook-0\"}",
+        "0",
+        T,
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(hook.got().len(), 2, "no event twice, none lost");
+}
