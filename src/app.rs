@@ -74,11 +74,14 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         .web_external_url
         .clone()
         .unwrap_or_else(|| format!("http://{}:{}", hostname(), listen_addr.port()));
-    let notifier = if args.webhooks.is_empty() {
+    let notifier = if args.webhooks.is_empty() && args.alertmanagers.is_empty() {
         None
     } else {
         let settings = NotifySettings {
             webhooks: args.webhooks.clone(),
+            alertmanagers: args.alertmanagers.clone(),
+            resend_delay: args.resend_delay,
+            eval_interval: args.scrape_interval,
             secret_file: args.webhook_secret_file.clone(),
             max_retry_interval: args.max_retry_interval,
             outbox_max_events: args.outbox_max_events,

@@ -44,6 +44,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         rules_check_interval: Duration::from_secs(2),
         store_cache_bytes: 8 << 20,
         webhooks: Vec::new(),
+        alertmanagers: Vec::new(),
+        resend_delay: Duration::from_secs(60),
         webhook_secret_file: None,
         max_retry_interval: Duration::from_secs(300),
         outbox_max_events: 100_000,

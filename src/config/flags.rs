@@ -82,6 +82,17 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub webhooks: Vec<String>,
+    /// Alertmanager base URL, e.g. http://alertmanager:9093: alerts are pushed to its API v2 the
+    /// way Prometheus does (repeatable; comma-separated in the environment).
+    #[arg(
+        long = "alertmanager",
+        env = "ANOMALY_SIDECAR_ALERTMANAGER",
+        value_delimiter = ','
+    )]
+    pub alertmanagers: Vec<String>,
+    /// How often firing alerts are re-sent to Alertmanager.
+    #[arg(long, env = "ANOMALY_SIDECAR_RESEND_DELAY", default_value = "1m", value_parser = duration)]
+    pub resend_delay: Duration,
     /// File holding the secret that signs each webhook body (X-Anomaly-Signature: sha256=HMAC).
     #[arg(long, env = "ANOMALY_SIDECAR_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,

@@ -18,6 +18,12 @@ use tokio::sync::{watch, Notify};
 #[derive(Debug, Clone)]
 pub struct NotifySettings {
     pub webhooks: Vec<String>,
+    /// Alertmanager base URLs; alerts go to `<base>/api/v2/alerts`.
+    pub alertmanagers: Vec<String>,
+    /// How often firing alerts are re-sent to Alertmanager.
+    pub resend_delay: Duration,
+    /// The scrape interval: firing alerts are held four evaluations (or resends) ahead.
+    pub eval_interval: Duration,
     pub secret_file: Option<PathBuf>,
     pub max_retry_interval: Duration,
     pub outbox_max_events: usize,
@@ -27,7 +33,7 @@ pub struct NotifySettings {
 /// Why receivers could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
-    #[error("bad --webhook URL (scheme must be http or https): {0}")]
+    #[error("bad --webhook or --alertmanager URL (scheme must be http or https): {0}")]
     Url(String),
     #[error("cannot read --webhook-secret-file {path}: {source}")]
     Secret {
@@ -42,9 +48,19 @@ pub enum NotifyError {
 }
 
 /// One receiver: where it is, its queue, and what wakes its delivery task.
+/// What a receiver speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Alertmanager's webhook payload, one event a request.
+    Webhook,
+    /// Alertmanager's API v2, with firing alerts re-sent.
+    Alertmanager,
+}
+
 struct Receiver {
     /// Bounded label value; never the URL, which may carry a token (chat webhooks do).
     name: String,
+    kind: Kind,
     url: reqwest::Url,
     outbox: Outbox,
     wake: Notify,
@@ -56,6 +72,9 @@ pub struct Notifier {
     secret: Option<ring::hmac::Key>,
     external_url: String,
     max_retry_interval: Duration,
+    resend_delay: Duration,
+    /// How far ahead a firing alert's endsAt lies.
+    hold: Duration,
     metrics: SelfMetrics,
 }
 
@@ -81,29 +100,44 @@ impl Notifier {
             }
         };
         let mut receivers = Vec::new();
-        for (i, raw) in s.webhooks.iter().enumerate() {
-            let url = reqwest::Url::parse(raw)
+        let webhooks = s
+            .webhooks
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (Kind::Webhook, i, u.clone()));
+        let managers = s
+            .alertmanagers
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (Kind::Alertmanager, i, u.clone()));
+        for (kind, i, raw) in webhooks.chain(managers) {
+            let (prefix, target) = match kind {
+                Kind::Webhook => ("webhook", raw.clone()),
+                Kind::Alertmanager => (
+                    "alertmanager",
+                    format!("{}/api/v2/alerts", raw.trim_end_matches('/')),
+                ),
+            };
+            let url = reqwest::Url::parse(&target)
                 .ok()
                 .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| NotifyError::Url(redact(raw)))?;
-            let name = format!("webhook-{i}");
-            let tree = format!(
-                "outbox-{:016x}",
-                crate::store::series_id("webhook", raw, &[])
-            );
+                .ok_or_else(|| NotifyError::Url(redact(&raw)))?;
+            let name = format!("{prefix}-{i}");
+            let tree = format!("outbox-{:016x}", crate::store::series_id(prefix, &raw, &[]));
             let outbox = Outbox::open(db, &tree, s.outbox_max_events).map_err(|source| {
                 NotifyError::Outbox {
                     receiver: name.clone(),
                     source,
                 }
             })?;
-            tracing::info!(receiver = %name, host = url.host_str().unwrap_or(""), queued = outbox.len(), "Webhook receiver");
+            tracing::info!(receiver = %name, host = url.host_str().unwrap_or(""), queued = outbox.len(), "Receiver");
             metrics
                 .outbox_events
                 .with_label_values(&[&name])
                 .set(outbox.len() as i64);
             receivers.push(Arc::new(Receiver {
                 name,
+                kind,
                 url,
                 outbox,
                 wake: Notify::new(),
@@ -114,18 +148,42 @@ impl Notifier {
             secret,
             external_url: s.external_url.trim_end_matches('/').to_string(),
             max_retry_interval: s.max_retry_interval,
+            resend_delay: s.resend_delay,
+            hold: 4 * s.resend_delay.max(s.eval_interval),
             metrics,
         })
     }
 
     /// Queues an event for every receiver (durable at the pipeline's next flush).
     pub fn enqueue(&self, ev: &AlertEvent) {
+        self.push(ev, false);
+    }
+
+    /// How often the pipeline should call `resend` for each firing alert, when any
+    /// Alertmanager is configured.
+    pub fn resend_delay(&self) -> Option<Duration> {
+        self.receivers
+            .iter()
+            .any(|r| r.kind == Kind::Alertmanager)
+            .then_some(self.resend_delay)
+    }
+
+    /// Re-sends a still-firing alert to the Alertmanagers, pushing its endsAt ahead.
+    pub fn resend(&self, ev: &AlertEvent) {
+        self.push(ev, true);
+    }
+
+    fn push(&self, ev: &AlertEvent, alertmanagers_only: bool) {
         let id = payload::event_id(ev);
         for r in &self.receivers {
-            let body = payload::webhook_body(ev, "anomaly-sidecar", &self.external_url).to_string();
+            let body = match r.kind {
+                Kind::Alertmanager => payload::alertmanager_body(ev, &self.external_url, self.hold),
+                Kind::Webhook if alertmanagers_only => continue,
+                Kind::Webhook => payload::webhook_body(ev, "anomaly-sidecar", &self.external_url),
+            };
             let record = Record {
                 id: id.clone(),
-                body: body.into_bytes(),
+                body: body.to_string().into_bytes(),
             };
             match r.outbox.push(&record) {
                 Ok(dropped) => {

@@ -99,3 +99,21 @@ pub fn webhook_body(ev: &AlertEvent, receiver: &str, external_url: &str) -> Valu
         }],
     })
 }
+
+/// The body Alertmanager's API v2 takes (`POST /api/v2/alerts`): a list of alerts. A firing
+/// alert ends `hold` after `at_ms` unless re-sent, as Prometheus does, so a sidecar that dies
+/// lets its alerts resolve instead of firing forever.
+pub fn alertmanager_body(ev: &AlertEvent, external_url: &str, hold: std::time::Duration) -> Value {
+    let ends_at = if ev.firing {
+        ev.at_ms + hold.as_millis() as i64
+    } else {
+        ev.at_ms
+    };
+    json!([{
+        "labels": labels(ev),
+        "annotations": annotations(ev),
+        "startsAt": rfc3339(ev.fired_at_ms),
+        "endsAt": rfc3339(ends_at),
+        "generatorURL": format!("{external_url}/metrics"),
+    }])
+}

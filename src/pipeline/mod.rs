@@ -42,6 +42,7 @@ pub struct Pipeline {
     /// Receivers' outboxes, when any receiver is configured.
     notifier: Option<Arc<Notifier>>,
     last_expiry_ms: i64,
+    last_resend_ms: i64,
 }
 
 impl Pipeline {
@@ -76,6 +77,7 @@ impl Pipeline {
             events,
             notifier,
             last_expiry_ms: 0,
+            last_resend_ms: 0,
         }
     }
 
@@ -197,8 +199,40 @@ impl Pipeline {
                 .inc();
         }
         self.exporter.apply(batch.upserts, &batch.removals);
+        self.resend_firing(now);
         for ev in batch.events {
             self.announce(ev);
+        }
+    }
+
+    /// Every `--resend-delay`, firing alerts go to Alertmanager again (as Prometheus does), so
+    /// their endsAt stays ahead and an Alertmanager restart relearns them.
+    fn resend_firing(&mut self, now: i64) {
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        let Some(every) = notifier.resend_delay() else {
+            return;
+        };
+        if now - self.last_resend_ms < every.as_millis() as i64 {
+            return;
+        }
+        self.last_resend_ms = now;
+        for (ri, states) in self.states.iter().enumerate() {
+            let rule = &self.rules.rules[ri];
+            for (id, state) in states {
+                let AlertState::Firing { since_ms } = state.alert else {
+                    continue;
+                };
+                let Some(entry) = self.store.get(*id) else {
+                    continue;
+                };
+                // An alert restored after a restart has no firing verdict: send the last value.
+                let last = entry.samples().back().map_or(f64::NAN, |s| s.1);
+                let (value, verdict) = state.fired.clone().unwrap_or((last, Verdict::default()));
+                let ev = event(rule, &entry.identity, true, now, since_ms, value, verdict);
+                notifier.resend(&ev);
+            }
         }
     }
 
@@ -438,8 +472,14 @@ fn evaluate_rule(
     if let Some(tr) = transition {
         b.transitions.push((rule.name.clone(), tr));
         match tr {
-            Transition::Firing => b.firing.push((id, rule.state_key.clone(), Some(since))),
-            Transition::Resolved => b.firing.push((id, rule.state_key.clone(), None)),
+            Transition::Firing => {
+                state.fired = Some((x, verdict.clone()));
+                b.firing.push((id, rule.state_key.clone(), Some(since)));
+            }
+            Transition::Resolved => {
+                state.fired = None;
+                b.firing.push((id, rule.state_key.clone(), None));
+            }
             _ => {}
         }
         if matches!(tr, Transition::Firing | Transition::Resolved) {

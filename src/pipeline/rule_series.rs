@@ -15,6 +15,8 @@ pub(super) struct RuleSeries {
     pub(super) alert: AlertState,
     /// Rendered export labels, computed once.
     pub(super) labels: Arc<str>,
+    /// Value and verdict that fired the alert, for re-sending it while it fires.
+    pub(super) fired: Option<(f64, Verdict)>,
 }
 
 /// Builds a rule's window from stored raw samples (so a restart or a new rule starts warm).
@@ -38,6 +40,7 @@ pub(super) fn new_state(
             since_ms,
         }),
         labels: export_labels(rule, identity).into(),
+        fired: None,
     }
 }
 

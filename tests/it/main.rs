@@ -2,6 +2,7 @@
 
 mod common;
 
+mod alertmanager;
 mod check;
 mod detection;
 mod failures;
