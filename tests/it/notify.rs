@@ -345,3 +345,84 @@ fn outbox_survives_kill_9() {
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(hook.got().len(), 2, "no event twice, none lost");
 }
+
+#[test]
+fn a_hanging_receiver_holds_only_its_own_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let exporter = Exporter::start(Reply::Body("g 500\n".into()));
+    // Accepts connections and never answers.
+    let hang = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hang_url = format!("http://{}/hook", hang.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for s in hang.incoming().flatten() {
+            h.lock().unwrap().push(s);
+        }
+    });
+    let hook = Webhook::start_on(0, vec![]);
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[exporter.url()],
+        &["--webhook", &hang_url, "--webhook", &hook.url()],
+    );
+    // The healthy receiver gets the event although the other one hangs.
+    let got = hook.wait_count(1);
+    assert_eq!(got[0].body["status"], "firing");
+    let evals = |s: &Sidecar| -> u64 {
+        metric_value(
+            &s.metrics(),
+            "anomaly_sidecar_rule_evaluations_total{rule=\"too_high\"}",
+        )
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+    };
+    let before = evals(&s);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert!(evals(&s) >= before + 3, "scraping and detection go on");
+    assert_eq!(
+        metric_value(
+            &s.metrics(),
+            "anomaly_sidecar_outbox_events{receiver=\"webhook-0\"}"
+        )
+        .as_deref(),
+        Some("1")
+    );
+}
+
+#[test]
+fn the_outbox_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let exporter = Exporter::start(Reply::Body("g 5\n".into()));
+    let url = format!("http://127.0.0.1:{}/hook", free_port()); // nobody listens
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[exporter.url()],
+        &["--webhook", &url, "--outbox-max-events", "3"],
+    );
+    // Five firings and five resolutions.
+    for _ in 0..5 {
+        exporter.set_body("g 500\n");
+        std::thread::sleep(Duration::from_millis(450));
+        exporter.set_body("g 5\n");
+        std::thread::sleep(Duration::from_millis(450));
+    }
+    let dropped: u64 = wait_for("drops counted", T, || {
+        metric_value(&s.metrics(), "anomaly_sidecar_outbox_dropped_total")
+            .and_then(|v| v.parse().ok())
+            .filter(|n: &u64| *n >= 7)
+    });
+    assert!(dropped <= 10 - 3 + 1, "dropped {dropped}");
+    assert_eq!(
+        metric_value(
+            &s.metrics(),
+            "anomaly_sidecar_outbox_events{receiver=\"webhook-0\"}"
+        )
+        .as_deref(),
+        Some("3")
+    );
+}
