@@ -1,4 +1,4 @@
-//! HTTP routes only: /metrics, /-/healthy, /-/ready, POST /-/reload. Holds handles, not logic.
+//! HTTP routes only: /metrics, /api/v1/alerts, /-/healthy, /-/ready, POST /-/reload. Holds handles, not logic.
 
 use crate::export::Exporter;
 use http_body_util::Full;
@@ -80,6 +80,14 @@ async fn route(state: &ServerState, req: Request<Incoming>) -> Response<Full<Byt
             );
             r
         }
+        ("/api/v1/alerts", true) => {
+            let mut r = text(StatusCode::OK, state.exporter.alerts_json());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         ("/-/healthy", true) => text(StatusCode::OK, "anomaly-sidecar is Healthy.\n"),
         ("/-/ready", true) => {
             if state.ready.load(Ordering::Relaxed) {
@@ -91,7 +99,7 @@ async fn route(state: &ServerState, req: Request<Incoming>) -> Response<Full<Byt
         ("/-/reload", _) => reload(state, req.method()).await,
         ("/", true) => text(
             StatusCode::OK,
-            "anomaly-sidecar\n\n/metrics      anomaly gauges and self-monitoring\n/-/healthy    liveness\n/-/ready      readiness\n/-/reload     POST to reload rules (with --web.enable-lifecycle)\n",
+            "anomaly-sidecar\n\n/metrics      anomaly gauges and self-monitoring\n/-/healthy    liveness\n/-/ready      readiness\n/-/reload     POST to reload rules (with --web.enable-lifecycle)\n/api/v1/alerts  pending and firing alerts with their explanation\n",
         ),
         (_, _) => text(StatusCode::NOT_FOUND, "404 page not found\n"),
     }

@@ -112,6 +112,47 @@ pub struct AlertEvent {
 }
 
 impl AlertEvent {
+    /// Labels of the alert: alertname, severity, the rule's labels, then the series' own
+    /// (with `target` and `metric` so series of different metrics and targets never merge).
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let ev = self;
+        let mut l = BTreeMap::new();
+        for (k, v) in &ev.series_labels {
+            l.insert(k.clone(), v.clone());
+        }
+        l.insert("target".into(), ev.target.to_string());
+        l.insert("metric".into(), ev.metric.clone());
+        for (k, v) in &ev.rule_labels {
+            l.insert(k.clone(), v.clone());
+        }
+        l.insert("alertname".into(), ev.rule.to_string());
+        l.insert("severity".into(), ev.severity.to_string());
+        l
+    }
+
+    /// Annotations: the rule's rendered templates plus what explains the verdict.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        let ev = self;
+        let mut a = ev.annotations.clone();
+        let v = &ev.verdict;
+        let mut put = |k: &str, x: Option<f64>| {
+            if let Some(x) = x.filter(|x| x.is_finite()) {
+                a.insert(k.to_string(), x.to_string());
+            }
+        };
+        put("value", Some(ev.value));
+        put("baseline_mean", v.baseline_mean);
+        put("baseline_stddev", v.baseline_stddev);
+        put("zscore", v.zscore);
+        put("lower_bound", v.lower_bound);
+        put("upper_bound", v.upper_bound);
+        a.insert("method".into(), ev.method.to_string());
+        if let Some(d) = v.direction {
+            a.insert("direction".into(), d.as_str().to_string());
+        }
+        a
+    }
+
     /// One human-readable line: what, where, how far off, and the summary.
     pub fn line(&self) -> String {
         use crate::config::template::format_value as f;

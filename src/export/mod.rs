@@ -10,6 +10,7 @@ pub mod self_metrics;
 
 pub use self_metrics::SelfMetrics;
 
+use crate::alert::AlertEvent;
 use crate::detect::Verdict;
 use crate::store::SeriesId;
 use std::collections::BTreeMap;
@@ -30,9 +31,19 @@ pub struct AnomalyRow {
 
 type RowKey = (Arc<str>, SeriesId);
 
+/// A pending or firing alert, as `GET /api/v1/alerts` shows it.
+#[derive(Debug, Clone)]
+pub struct AlertView {
+    pub firing: bool,
+    /// Since when the condition has held (pending) or the alert has fired.
+    pub active_at_ms: i64,
+    pub event: AlertEvent,
+}
+
 /// Shared between the pipeline (the only writer) and the HTTP server (readers).
 pub struct Exporter {
     rows: RwLock<BTreeMap<RowKey, AnomalyRow>>,
+    alerts: RwLock<BTreeMap<RowKey, AlertView>>,
     registry: prometheus::Registry,
     pub metrics: SelfMetrics,
 }
@@ -94,27 +105,71 @@ impl Exporter {
         let metrics = SelfMetrics::register(&registry)?;
         Ok(Self {
             rows: RwLock::new(BTreeMap::new()),
+            alerts: RwLock::new(BTreeMap::new()),
             registry,
             metrics,
         })
     }
 
-    /// Applies the pipeline's changes of one scrape in a single write lock.
-    pub fn apply(&self, upserts: Vec<(RowKey, AnomalyRow)>, removals: &[RowKey]) {
-        if upserts.is_empty() && removals.is_empty() {
-            return;
+    /// Applies the pipeline's changes of one scrape, one write lock per map. `removals` drop
+    /// both the gauges and the alert of a (rule, series); `alerts_over` only the alert.
+    pub fn apply(&self, changes: ExportChanges) {
+        if !changes.upserts.is_empty() || !changes.removals.is_empty() {
+            let mut rows = self.rows.write().unwrap_or_else(|p| p.into_inner());
+            for k in &changes.removals {
+                rows.remove(k);
+            }
+            rows.extend(changes.upserts);
         }
-        let mut rows = self.rows.write().unwrap_or_else(|p| p.into_inner());
-        for k in removals {
-            rows.remove(k);
+        if !changes.alerts.is_empty()
+            || !changes.alerts_over.is_empty()
+            || !changes.removals.is_empty()
+        {
+            let mut alerts = self.alerts.write().unwrap_or_else(|p| p.into_inner());
+            for k in changes.removals.iter().chain(&changes.alerts_over) {
+                alerts.remove(k);
+            }
+            alerts.extend(changes.alerts);
         }
-        rows.extend(upserts);
     }
 
     /// Drops every row of a rule (the rule was removed or changed).
     pub fn remove_rule(&self, rule: &str) {
         let mut rows = self.rows.write().unwrap_or_else(|p| p.into_inner());
         rows.retain(|(r, _), _| &**r != rule);
+        let mut alerts = self.alerts.write().unwrap_or_else(|p| p.into_inner());
+        alerts.retain(|(r, _), _| &**r != rule);
+    }
+
+    /// Pending and firing alerts with what explains them, in the shape of Prometheus'
+    /// `/api/v1/alerts` plus an `explanation` object.
+    pub fn alerts_json(&self) -> String {
+        let alerts = self.alerts.read().unwrap_or_else(|p| p.into_inner());
+        let list: Vec<serde_json::Value> = alerts
+            .values()
+            .map(|a| {
+                let ev = &a.event;
+                let v = &ev.verdict;
+                serde_json::json!({
+                    "labels": ev.labels(),
+                    "annotations": ev.annotations,
+                    "state": if a.firing { "firing" } else { "pending" },
+                    "activeAt": rfc3339(a.active_at_ms),
+                    "value": format_float(ev.value),
+                    "explanation": {
+                        "method": ev.method,
+                        "score": finite(v.score),
+                        "baseline_mean": v.baseline_mean.and_then(finite),
+                        "baseline_stddev": v.baseline_stddev.and_then(finite),
+                        "zscore": v.zscore.and_then(finite),
+                        "lower_bound": v.lower_bound.and_then(finite),
+                        "upper_bound": v.upper_bound.and_then(finite),
+                        "direction": v.direction.map(|d| d.as_str()),
+                    },
+                })
+            })
+            .collect();
+        serde_json::json!({"status": "success", "data": {"alerts": list}}).to_string()
     }
 
     /// The full /metrics body.
@@ -138,6 +193,20 @@ impl Exporter {
         }
         out
     }
+}
+
+/// Changes of one scrape for the exporter.
+#[derive(Default)]
+pub struct ExportChanges {
+    pub upserts: Vec<(RowKey, AnomalyRow)>,
+    pub removals: Vec<RowKey>,
+    pub alerts: Vec<(RowKey, AlertView)>,
+    pub alerts_over: Vec<RowKey>,
+}
+
+/// JSON has no NaN or infinity.
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
 }
 
 /// Renders a label set for the exposition format, escaping values.

@@ -9,45 +9,6 @@ use std::collections::BTreeMap;
 /// Alertmanager's "zero time": a firing alert has no end yet.
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
-/// Labels of the alert: alertname, severity, the rule's labels, then the series' own
-/// (with `target` and `metric` so series of different metrics and targets never merge).
-pub fn labels(ev: &AlertEvent) -> BTreeMap<String, String> {
-    let mut l = BTreeMap::new();
-    for (k, v) in &ev.series_labels {
-        l.insert(k.clone(), v.clone());
-    }
-    l.insert("target".into(), ev.target.to_string());
-    l.insert("metric".into(), ev.metric.clone());
-    for (k, v) in &ev.rule_labels {
-        l.insert(k.clone(), v.clone());
-    }
-    l.insert("alertname".into(), ev.rule.to_string());
-    l.insert("severity".into(), ev.severity.to_string());
-    l
-}
-
-/// Annotations: the rule's rendered templates plus what explains the verdict.
-pub fn annotations(ev: &AlertEvent) -> BTreeMap<String, String> {
-    let mut a = ev.annotations.clone();
-    let v = &ev.verdict;
-    let mut put = |k: &str, x: Option<f64>| {
-        if let Some(x) = x.filter(|x| x.is_finite()) {
-            a.insert(k.to_string(), x.to_string());
-        }
-    };
-    put("value", Some(ev.value));
-    put("baseline_mean", v.baseline_mean);
-    put("baseline_stddev", v.baseline_stddev);
-    put("zscore", v.zscore);
-    put("lower_bound", v.lower_bound);
-    put("upper_bound", v.upper_bound);
-    a.insert("method".into(), ev.method.to_string());
-    if let Some(d) = v.direction {
-        a.insert("direction".into(), d.as_str().to_string());
-    }
-    a
-}
-
 /// Alertmanager-style fingerprint of a label set: 16 hex digits, stable across restarts.
 pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -63,13 +24,13 @@ pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
 /// The id a receiver can drop duplicates by: the same for every retry of one event.
 pub fn event_id(ev: &AlertEvent) -> String {
     let status = if ev.firing { "firing" } else { "resolved" };
-    format!("{}-{}-{status}", fingerprint(&labels(ev)), ev.fired_at_ms)
+    format!("{}-{}-{status}", fingerprint(&ev.labels()), ev.fired_at_ms)
 }
 
 /// The whole request body for one event.
 pub fn webhook_body(ev: &AlertEvent, receiver: &str, external_url: &str) -> Value {
-    let labels = labels(ev);
-    let annotations = annotations(ev);
+    let labels = ev.labels();
+    let annotations = ev.annotations();
     let status = if ev.firing { "firing" } else { "resolved" };
     let ends_at = if ev.firing {
         ZERO_TIME.to_string()
@@ -110,8 +71,8 @@ pub fn alertmanager_body(ev: &AlertEvent, external_url: &str, hold: std::time::D
         ev.at_ms
     };
     json!([{
-        "labels": labels(ev),
-        "annotations": annotations(ev),
+        "labels": ev.labels(),
+        "annotations": ev.annotations(),
         "startsAt": rfc3339(ev.fired_at_ms),
         "endsAt": rfc3339(ends_at),
         "generatorURL": format!("{external_url}/metrics"),

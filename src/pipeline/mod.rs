@@ -7,7 +7,7 @@ mod rule_series;
 use crate::alert::{AlertEvent, AlertState, Transition};
 use crate::config::{Rule, RuleSet};
 use crate::detect::{self, Verdict};
-use crate::export::{AnomalyRow, Exporter};
+use crate::export::{AlertView, AnomalyRow, ExportChanges, Exporter};
 use crate::notify::Notifier;
 use crate::scrape::{Sample, ScrapeResult, Target};
 use crate::store::{series_id, SeriesId, SeriesIdentity, Store};
@@ -198,7 +198,7 @@ impl Pipeline {
                 .with_label_values(&[&rule, tr.as_str()])
                 .inc();
         }
-        self.exporter.apply(batch.upserts, &batch.removals);
+        self.exporter.apply(batch.export);
         self.resend_firing(now);
         for ev in batch.events {
             self.announce(ev);
@@ -338,7 +338,7 @@ impl Pipeline {
                         .push(event(&rule, &identity, false, now, since, value, verdict));
                 }
             }
-            b.removals.push((rule.name.as_str().into(), id));
+            b.export.removals.push((rule.name.as_str().into(), id));
         }
     }
 
@@ -459,8 +459,23 @@ fn evaluate_rule(
         AlertState::Firing { since_ms } => since_ms,
         _ => firing_since(before, now),
     };
-    b.upserts.push((
-        (rule.name.as_str().into(), id),
+    let key: (Arc<str>, SeriesId) = (rule.name.as_str().into(), id);
+    match state.alert {
+        AlertState::Firing { since_ms: at } | AlertState::Pending { since_ms: at } => {
+            let view = AlertView {
+                firing: state.alert.is_firing(),
+                active_at_ms: at,
+                event: event(rule, identity, true, now, since, x, verdict.clone()),
+            };
+            b.export.alerts.push((key.clone(), view));
+        }
+        AlertState::Inactive if before != AlertState::Inactive => {
+            b.export.alerts_over.push(key.clone())
+        }
+        AlertState::Inactive => {}
+    }
+    b.export.upserts.push((
+        key,
         AnomalyRow {
             labels: state.labels.clone(),
             active: state.alert.is_firing(),
@@ -500,8 +515,7 @@ fn firing_since(alert: AlertState, now: i64) -> i64 {
 
 #[derive(Default)]
 struct Batch {
-    upserts: Vec<((Arc<str>, SeriesId), AnomalyRow)>,
-    removals: Vec<(Arc<str>, SeriesId)>,
+    export: ExportChanges,
     events: Vec<AlertEvent>,
     transitions: Vec<(String, Transition)>,
     /// Alerts that started or stopped firing, for the store.

@@ -94,12 +94,33 @@ fn spike_flips_gauges_and_back() {
         "{m}"
     );
 
+    // What a person checks first when paged.
+    let (status, body) = http("GET", &s.addr, "/api/v1/alerts").unwrap();
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let alerts = v["data"]["alerts"].as_array().unwrap();
+    let za = alerts
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "z")
+        .expect("z listed");
+    assert_eq!(za["state"], "firing");
+    assert_eq!(za["labels"]["instance"], "a");
+    assert_eq!(za["annotations"]["summary"], "a is at 500");
+    assert_eq!(za["explanation"]["method"], "zscore");
+    assert!(za["explanation"]["zscore"].as_f64().unwrap() > 3.0);
+    assert!(za["explanation"]["baseline_mean"].as_f64().unwrap() < 20.0);
+
     spike.store(false, Ordering::Relaxed);
     s.wait_metric(&format!("anomaly_active{z}"), "0.0", T);
     s.wait_metric(&above, "0.0", T);
     // Series b never fired.
     let b = format!("anomaly_active{{rule=\"above_100\",severity=\"critical\",method=\"threshold\",target=\"{}\",metric=\"test_gauge\",instance=\"b\"}}", exporter.name());
     assert_eq!(metric_value(&s.metrics(), &b).as_deref(), Some("0.0"));
+    wait_for("alerts list empty", T, || {
+        let body = http("GET", &s.addr, "/api/v1/alerts")?.1;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["alerts"].as_array()?.is_empty().then_some(())
+    });
     let log = s.log();
     assert!(
         log.contains("FIRING") && log.contains("rule=z") && log.contains("summary=\"a is at 500\""),
@@ -187,4 +208,30 @@ fn promtool_accepts_metrics() {
     assert!(metrics.contains("path=\"/a,b\""));
     assert!(metrics.contains(r#"msg="say \"hi\"""#));
     assert!(metrics.contains("anomaly_sidecar_build_info{version="));
+}
+
+#[test]
+fn pending_until_for_elapses() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "rules:\n  - name: slow\n    match: g\n    method: threshold\n    threshold: 1\n    for: 1s\n",
+    );
+    let exporter = Exporter::start(Reply::Body("g 5\n".into()));
+    let s = Sidecar::start(dir.path(), &rules, &[exporter.url()], &[]);
+    s.wait_metric("anomaly_pending{rule=\"slow\"", "1.0", T);
+    assert_eq!(
+        metric_value(&s.metrics(), "anomaly_active{rule=\"slow\"").as_deref(),
+        Some("0.0")
+    );
+    let body = http("GET", &s.addr, "/api/v1/alerts").unwrap().1;
+    assert!(body.contains("\"state\":\"pending\""), "{body}");
+    s.wait_metric("anomaly_active{rule=\"slow\"", "1.0", T);
+    assert_eq!(
+        metric_value(&s.metrics(), "anomaly_pending{rule=\"slow\"").as_deref(),
+        Some("0.0")
+    );
+    let body = http("GET", &s.addr, "/api/v1/alerts").unwrap().1;
+    assert!(body.contains("\"state\":\"firing\""), "{body}");
 }
