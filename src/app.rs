@@ -79,6 +79,7 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
     } else {
         let settings = NotifySettings {
             webhooks: args.webhooks.clone(),
+            webhook_format: args.webhook_format,
             alertmanagers: args.alertmanagers.clone(),
             resend_delay: args.resend_delay,
             eval_interval: args.scrape_interval,

@@ -44,6 +44,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         rules_check_interval: Duration::from_secs(2),
         store_cache_bytes: 8 << 20,
         webhooks: Vec::new(),
+        webhook_format: crate::config::flags::WebhookFormat::Alertmanager,
         alertmanagers: Vec::new(),
         resend_delay: Duration::from_secs(60),
         webhook_secret_file: None,

@@ -1,7 +1,7 @@
 //! Command-line interface. Flag names follow the issue tracker's contract (other tests and the
 //! Helm chart depend on them); every flag can also come from `ANOMALY_SIDECAR_<FLAG>`.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -82,6 +82,15 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub webhooks: Vec<String>,
+    /// Body of --webhook requests: Alertmanager's webhook payload, a Slack-style incoming
+    /// webhook message (text + blocks, for chat rooms), or one plain event object.
+    #[arg(
+        long,
+        env = "ANOMALY_SIDECAR_WEBHOOK_FORMAT",
+        value_enum,
+        default_value = "alertmanager"
+    )]
+    pub webhook_format: WebhookFormat,
     /// Alertmanager base URL, e.g. http://alertmanager:9093: alerts are pushed to its API v2 the
     /// way Prometheus does (repeatable; comma-separated in the environment).
     #[arg(
@@ -113,6 +122,14 @@ pub struct RunArgs {
     /// sled page cache size in bytes (sled's own default of 1 GiB is far too much for a sidecar).
     #[arg(long, env = "ANOMALY_SIDECAR_STORE_CACHE_BYTES", default_value_t = 16 << 20)]
     pub store_cache_bytes: u64,
+}
+
+/// What a webhook request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WebhookFormat {
+    Alertmanager,
+    Slack,
+    Json,
 }
 
 #[derive(Debug, Args)]

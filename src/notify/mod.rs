@@ -7,6 +7,7 @@ pub mod outbox;
 pub mod payload;
 
 use crate::alert::AlertEvent;
+use crate::config::flags::WebhookFormat;
 use crate::export::SelfMetrics;
 use outbox::{Outbox, Record};
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use tokio::sync::{watch, Notify};
 #[derive(Debug, Clone)]
 pub struct NotifySettings {
     pub webhooks: Vec<String>,
+    pub webhook_format: WebhookFormat,
     /// Alertmanager base URLs; alerts go to `<base>/api/v2/alerts`.
     pub alertmanagers: Vec<String>,
     /// How often firing alerts are re-sent to Alertmanager.
@@ -71,6 +73,7 @@ pub struct Notifier {
     receivers: Vec<Arc<Receiver>>,
     secret: Option<ring::hmac::Key>,
     external_url: String,
+    webhook_format: WebhookFormat,
     max_retry_interval: Duration,
     resend_delay: Duration,
     /// How far ahead a firing alert's endsAt lies.
@@ -147,6 +150,7 @@ impl Notifier {
             receivers,
             secret,
             external_url: s.external_url.trim_end_matches('/').to_string(),
+            webhook_format: s.webhook_format,
             max_retry_interval: s.max_retry_interval,
             resend_delay: s.resend_delay,
             hold: 4 * s.resend_delay.max(s.eval_interval),
@@ -179,7 +183,13 @@ impl Notifier {
             let body = match r.kind {
                 Kind::Alertmanager => payload::alertmanager_body(ev, &self.external_url, self.hold),
                 Kind::Webhook if alertmanagers_only => continue,
-                Kind::Webhook => payload::webhook_body(ev, "anomaly-sidecar", &self.external_url),
+                Kind::Webhook => match self.webhook_format {
+                    WebhookFormat::Alertmanager => {
+                        payload::webhook_body(ev, "anomaly-sidecar", &self.external_url)
+                    }
+                    WebhookFormat::Slack => payload::slack_body(ev, &self.external_url),
+                    WebhookFormat::Json => payload::event_json(ev, &id),
+                },
             };
             let record = Record {
                 id: id.clone(),

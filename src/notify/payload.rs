@@ -78,3 +78,90 @@ pub fn alertmanager_body(ev: &AlertEvent, external_url: &str, hold: std::time::D
         "generatorURL": format!("{external_url}/metrics"),
     }])
 }
+
+/// A chat message in the Slack incoming-webhook shape (`text` for notifications and clients
+/// without blocks, `blocks` for the room), which Mattermost and Rocket.Chat also accept.
+pub fn slack_body(ev: &AlertEvent, external_url: &str) -> Value {
+    use crate::config::template::format_value as f;
+    let status = if ev.firing { "FIRING" } else { "RESOLVED" };
+    let icon = if ev.firing {
+        ":rotating_light:"
+    } else {
+        ":white_check_mark:"
+    };
+    let summary = ev
+        .annotations
+        .get("summary")
+        .cloned()
+        .unwrap_or_else(|| format!("{} on {}", ev.metric, ev.target));
+    let text = format!("{icon} [{status}] {} ({}): {summary}", ev.rule, ev.severity);
+    let series: Vec<String> = ev
+        .series_labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{v}\""))
+        .collect();
+    let v = &ev.verdict;
+    let mut fields = vec![
+        format!("*Severity*\n{}", ev.severity),
+        format!("*Target*\n{}", ev.target),
+        format!("*Value*\n{}", f(ev.value)),
+        format!("*Method*\n{}", ev.method),
+    ];
+    if let Some(m) = v.baseline_mean {
+        fields.push(format!(
+            "*Baseline*\n{} ± {}",
+            f(m),
+            f(v.baseline_stddev.unwrap_or(0.0))
+        ));
+    }
+    if let Some(z) = v.zscore {
+        fields.push(format!("*z-score*\n{}", f(z)));
+    }
+    if let (Some(lo), Some(hi)) = (v.lower_bound, v.upper_bound) {
+        fields.push(format!("*Normal band*\n{} … {}", f(lo), f(hi)));
+    }
+    let fields: Vec<Value> = fields
+        .into_iter()
+        .map(|t| json!({"type": "mrkdwn", "text": t}))
+        .collect();
+    json!({
+        "text": text,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("{icon} *[{status}] {}*\n{summary}", ev.rule)}},
+            {"type": "section", "fields": fields},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
+                "`{}{{{}}}` · since {} · <{external_url}/api/v1/alerts|alerts>",
+                ev.metric, series.join(","), rfc3339(ev.fired_at_ms)
+            )}]},
+        ],
+    })
+}
+
+/// One event as a plain object, for receivers that want neither Alertmanager nor chat shapes.
+pub fn event_json(ev: &AlertEvent, id: &str) -> Value {
+    let v = &ev.verdict;
+    let finite = |x: Option<f64>| x.filter(|x| x.is_finite());
+    json!({
+        "id": id,
+        "status": if ev.firing { "firing" } else { "resolved" },
+        "rule": ev.rule.as_ref(),
+        "severity": ev.severity,
+        "method": ev.method,
+        "target": ev.target.as_ref(),
+        "metric": ev.metric,
+        "labels": ev.labels(),
+        "annotations": ev.annotations,
+        "value": finite(Some(ev.value)),
+        "startsAt": rfc3339(ev.fired_at_ms),
+        "at": rfc3339(ev.at_ms),
+        "explanation": {
+            "score": finite(Some(v.score)),
+            "baseline_mean": finite(v.baseline_mean),
+            "baseline_stddev": finite(v.baseline_stddev),
+            "zscore": finite(v.zscore),
+            "lower_bound": finite(v.lower_bound),
+            "upper_bound": finite(v.upper_bound),
+            "direction": v.direction.map(|d| d.as_str()),
+        },
+    })
+}

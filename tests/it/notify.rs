@@ -426,3 +426,53 @@ fn the_outbox_is_bounded() {
         Some("3")
     );
 }
+
+#[test]
+fn slack_and_json_formats() {
+    for format in ["slack", "json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = write(dir.path(), "rules.yaml", RULES);
+        let exporter = Exporter::start(Reply::Body("g 5\n".into()));
+        let hook = Webhook::start_on(0, vec![]);
+        let _s = Sidecar::start(
+            dir.path(),
+            &rules,
+            &[exporter.url()],
+            &["--webhook", &hook.url(), "--webhook-format", format],
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        exporter.set_body("g 500\n");
+        hook.wait_count(1);
+        exporter.set_body("g 5\n");
+        let got = hook.wait_count(2);
+        let (fire, res) = (&got[0].body, &got[1].body);
+        if format == "slack" {
+            let text = fire["text"].as_str().unwrap();
+            assert!(
+                text.contains("[FIRING] too_high (critical)") && text.contains("is 500"),
+                "{text}"
+            );
+            assert!(res["text"]
+                .as_str()
+                .unwrap()
+                .contains("[RESOLVED] too_high"));
+            let blocks = fire["blocks"].as_array().unwrap();
+            assert_eq!(blocks[0]["type"], "section");
+            let fields = blocks[1]["fields"].as_array().unwrap();
+            assert!(fields.len() <= 10, "Slack allows at most 10 fields");
+            assert!(
+                fields.iter().any(|f| f["text"] == "*Value*\n500"),
+                "{fields:?}"
+            );
+        } else {
+            assert_eq!(fire["status"], "firing");
+            assert_eq!(res["status"], "resolved");
+            assert_eq!(fire["rule"], "too_high");
+            assert_eq!(fire["value"], 500.0);
+            assert_eq!(fire["labels"]["alertname"], "too_high");
+            assert_eq!(fire["explanation"]["upper_bound"], 100.0);
+            assert_eq!(fire["id"], got[0].header("X-Anomaly-Event-Id").unwrap());
+            assert_eq!(fire["startsAt"], res["startsAt"]);
+        }
+    }
+}
