@@ -6,6 +6,7 @@ use crate::alert::AlertEvent;
 use crate::config::flags::RunArgs;
 use crate::config::{rules, RuleSet};
 use crate::export::Exporter;
+use crate::notify::llm::LlmSettings;
 use crate::notify::{Notifier, NotifyError, NotifySettings};
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::scrape::{self, ScrapeSettings};
@@ -87,10 +88,16 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
             max_retry_interval: args.max_retry_interval,
             outbox_max_events: args.outbox_max_events,
             external_url,
+            llm: args.llm_url.clone().map(|url| LlmSettings {
+                url,
+                model: args.llm_model.clone(),
+                timeout: args.llm_timeout,
+            }),
         };
         Some(Arc::new(Notifier::open(
             &store.db(),
             &settings,
+            &client,
             exporter.metrics.clone(),
         )?))
     };

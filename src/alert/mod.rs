@@ -4,7 +4,6 @@
 
 use crate::detect::Verdict;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// Where an alert stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -90,23 +89,24 @@ impl AlertState {
     }
 }
 
-/// A firing or a resolution, as announced on stdout/logs now and to receivers later.
-#[derive(Debug, Clone)]
+/// A firing or a resolution, as announced on stdout/logs and stored in receivers' outboxes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AlertEvent {
     pub firing: bool,
     pub at_ms: i64,
     /// Since when the alert fired (equals `at_ms` on a firing event).
     pub fired_at_ms: i64,
-    pub rule: Arc<str>,
-    pub severity: &'static str,
-    pub method: &'static str,
-    pub target: Arc<str>,
+    pub rule: String,
+    pub severity: String,
+    pub method: String,
+    pub target: String,
     pub metric: String,
     /// The series' own labels.
     pub series_labels: Vec<(String, String)>,
     /// The rule's extra labels.
     pub rule_labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    #[serde(deserialize_with = "crate::detect::nan_if_null")]
     pub value: f64,
     pub verdict: Verdict,
 }

@@ -102,6 +102,16 @@ pub struct RunArgs {
     /// How often firing alerts are re-sent to Alertmanager.
     #[arg(long, env = "ANOMALY_SIDECAR_RESEND_DELAY", default_value = "1m", value_parser = duration)]
     pub resend_delay: Duration,
+    /// Base URL of a local Ollama that explains firing events (llm_* annotations), e.g.
+    /// http://ollama:11434. Off when absent.
+    #[arg(long, env = "ANOMALY_SIDECAR_LLM_URL")]
+    pub llm_url: Option<String>,
+    /// Model the LLM is asked with.
+    #[arg(long, env = "ANOMALY_SIDECAR_LLM_MODEL", default_value = "llama3.2")]
+    pub llm_model: String,
+    /// Longest an event waits for its explanation; past it the event goes out without.
+    #[arg(long, env = "ANOMALY_SIDECAR_LLM_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub llm_timeout: Duration,
     /// File holding the secret that signs each webhook body (X-Anomaly-Signature: sha256=HMAC).
     #[arg(long, env = "ANOMALY_SIDECAR_WEBHOOK_SECRET_FILE")]
     pub webhook_secret_file: Option<PathBuf>,

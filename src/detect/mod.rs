@@ -67,7 +67,7 @@ impl Method {
 }
 
 /// Direction of a trend, or of a deviation from the baseline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Direction {
     Rising,
     Falling,
@@ -84,10 +84,11 @@ impl Direction {
 }
 
 /// The outcome of evaluating one value, with what explains it.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Verdict {
     pub anomalous: bool,
     /// ≥ 1 means past the rule's threshold; see the module doc for each method.
+    #[serde(deserialize_with = "nan_if_null")]
     pub score: f64,
     pub baseline_mean: Option<f64>,
     pub baseline_stddev: Option<f64>,
@@ -95,6 +96,12 @@ pub struct Verdict {
     pub lower_bound: Option<f64>,
     pub upper_bound: Option<f64>,
     pub direction: Option<Direction>,
+}
+
+/// JSON has no NaN: serde_json writes it as null; read null back as NaN.
+pub fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Evaluates `x` against `history` (which does not yet contain `x`).

@@ -24,6 +24,7 @@ pub struct SelfMetrics {
     pub outbox_events: IntGaugeVec,
     pub notification_latency_seconds: Histogram,
     pub outbox_dropped_total: IntCounter,
+    pub llm_requests_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -118,6 +119,13 @@ impl SelfMetrics {
                 "outbox_dropped_total",
                 "Events dropped because an outbox reached --outbox-max-events.",
             ))?,
+            llm_requests_total: IntCounterVec::new(
+                opts(
+                    "llm_requests_total",
+                    "Explanations asked of the LLM, by result (success, error, timeout, invalid).",
+                ),
+                &["result"],
+            )?,
         };
         registry.register(Box::new(m.up.clone()))?;
         registry.register(Box::new(m.scrape_duration_seconds.clone()))?;
@@ -136,6 +144,7 @@ impl SelfMetrics {
         registry.register(Box::new(m.outbox_events.clone()))?;
         registry.register(Box::new(m.notification_latency_seconds.clone()))?;
         registry.register(Box::new(m.outbox_dropped_total.clone()))?;
+        registry.register(Box::new(m.llm_requests_total.clone()))?;
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",

@@ -3,6 +3,7 @@
 //! receiver, and removed only after a 2xx (or a definitive 4xx rejection). Never decides what
 //! is anomalous.
 
+pub mod llm;
 pub mod outbox;
 pub mod payload;
 
@@ -30,6 +31,8 @@ pub struct NotifySettings {
     pub max_retry_interval: Duration,
     pub outbox_max_events: usize,
     pub external_url: String,
+    /// The optional local LLM that explains firing events.
+    pub llm: Option<llm::LlmSettings>,
 }
 
 /// Why receivers could not be set up.
@@ -74,6 +77,7 @@ pub struct Notifier {
     secret: Option<ring::hmac::Key>,
     external_url: String,
     webhook_format: WebhookFormat,
+    llm: Option<llm::Llm>,
     max_retry_interval: Duration,
     resend_delay: Duration,
     /// How far ahead a firing alert's endsAt lies.
@@ -87,6 +91,7 @@ impl Notifier {
     pub fn open(
         db: &sled::Db,
         s: &NotifySettings,
+        client: &reqwest::Client,
         metrics: SelfMetrics,
     ) -> Result<Self, NotifyError> {
         let secret = match &s.secret_file {
@@ -151,6 +156,10 @@ impl Notifier {
             secret,
             external_url: s.external_url.trim_end_matches('/').to_string(),
             webhook_format: s.webhook_format,
+            llm: s
+                .llm
+                .clone()
+                .map(|cfg| llm::Llm::new(cfg, client.clone(), metrics.clone())),
             max_retry_interval: s.max_retry_interval,
             resend_delay: s.resend_delay,
             hold: 4 * s.resend_delay.max(s.eval_interval),
@@ -179,21 +188,22 @@ impl Notifier {
 
     fn push(&self, ev: &AlertEvent, alertmanagers_only: bool) {
         let id = payload::event_id(ev);
+        // The event itself is queued and the body rendered at delivery, so an explanation
+        // that arrives later (the optional LLM) can still join it.
+        let event = match serde_json::to_vec(ev) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot serialise an event");
+                return;
+            }
+        };
         for r in &self.receivers {
-            let body = match r.kind {
-                Kind::Alertmanager => payload::alertmanager_body(ev, &self.external_url, self.hold),
-                Kind::Webhook if alertmanagers_only => continue,
-                Kind::Webhook => match self.webhook_format {
-                    WebhookFormat::Alertmanager => {
-                        payload::webhook_body(ev, "anomaly-sidecar", &self.external_url)
-                    }
-                    WebhookFormat::Slack => payload::slack_body(ev, &self.external_url),
-                    WebhookFormat::Json => payload::event_json(ev, &id),
-                },
-            };
+            if alertmanagers_only && r.kind != Kind::Alertmanager {
+                continue;
+            }
             let record = Record {
                 id: id.clone(),
-                body: body.to_string().into_bytes(),
+                body: event.clone(),
             };
             match r.outbox.push(&record) {
                 Ok(dropped) => {
@@ -264,9 +274,19 @@ impl Notifier {
                     _ = shutdown.changed() => return,
                 }
             };
+            let body = tokio::select! {
+                b = self.render(&r, &record) => b,
+                _ = shutdown.changed() => return,
+            };
+            let Some(body) = body else {
+                if let Err(e) = r.outbox.remove(seq) {
+                    tracing::error!(receiver = %r.name, error = %e, "Cannot remove an outbox event");
+                }
+                continue;
+            };
             let started = Instant::now();
             let outcome = tokio::select! {
-                o = self.post(&client, &r, &record) => o,
+                o = self.post(&client, &r, &record.id, body) => o,
                 _ = shutdown.changed() => return,
             };
             self.metrics
@@ -312,19 +332,53 @@ impl Notifier {
         }
     }
 
-    async fn post(&self, client: &reqwest::Client, r: &Receiver, record: &Record) -> Outcome {
+    /// The request body for a receiver, with the LLM's explanation for a firing event when
+    /// one is configured and answers in time.
+    async fn render(&self, r: &Receiver, record: &Record) -> Option<Vec<u8>> {
+        let mut ev: AlertEvent = match serde_json::from_slice(&record.body) {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::error!(receiver = %r.name, error = %e, "Dropping an undecodable outbox event");
+                return None;
+            }
+        };
+        if let (Some(llm), true) = (&self.llm, ev.firing) {
+            if let Some(extra) = llm.explain(&record.id, &ev).await {
+                ev.annotations.extend(extra);
+            }
+        }
+        let body = match r.kind {
+            Kind::Alertmanager => payload::alertmanager_body(&ev, &self.external_url, self.hold),
+            Kind::Webhook => match self.webhook_format {
+                WebhookFormat::Alertmanager => {
+                    payload::webhook_body(&ev, "anomaly-sidecar", &self.external_url)
+                }
+                WebhookFormat::Slack => payload::slack_body(&ev, &self.external_url),
+                WebhookFormat::Json => payload::event_json(&ev, &record.id),
+            },
+        };
+        Some(body.to_string().into_bytes())
+    }
+
+    async fn post(
+        &self,
+        client: &reqwest::Client,
+        r: &Receiver,
+        id: &str,
+        body: Vec<u8>,
+    ) -> Outcome {
+        let signature = self
+            .secret
+            .as_ref()
+            .map(|key| format!("sha256={}", hex(ring::hmac::sign(key, &body).as_ref())));
         let mut req = client
             .post(r.url.clone())
             .timeout(Duration::from_secs(30))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header("X-Anomaly-Event-Id", &record.id)
-            .body(record.body.clone());
-        if let Some(key) = &self.secret {
-            let tag = ring::hmac::sign(key, &record.body);
-            req = req.header(
-                "X-Anomaly-Signature",
-                format!("sha256={}", hex(tag.as_ref())),
-            );
+            .header("X-Anomaly-Event-Id", id)
+            .body(body);
+        if let Some(sig) = signature {
+            req = req.header("X-Anomaly-Signature", sig);
         }
         match req.send().await {
             Err(e) => {

@@ -144,10 +144,10 @@ pub fn event_json(ev: &AlertEvent, id: &str) -> Value {
     json!({
         "id": id,
         "status": if ev.firing { "firing" } else { "resolved" },
-        "rule": ev.rule.as_ref(),
+        "rule": ev.rule,
         "severity": ev.severity,
         "method": ev.method,
-        "target": ev.target.as_ref(),
+        "target": ev.target,
         "metric": ev.metric,
         "labels": ev.labels(),
         "annotations": ev.annotations,

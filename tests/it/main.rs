@@ -6,6 +6,7 @@ mod alertmanager;
 mod check;
 mod detection;
 mod failures;
+mod llm;
 mod node_exporter;
 mod notify;
 mod reload;
