@@ -201,6 +201,11 @@ impl Notifier {
             if alertmanagers_only && r.kind != Kind::Alertmanager {
                 continue;
             }
+            // A re-send only refreshes endsAt; one still queued for a backlogged Alertmanager
+            // would just crowd out events that matter (and the next re-send follows anyway).
+            if alertmanagers_only && r.outbox.len() > 0 {
+                continue;
+            }
             let record = Record {
                 id: id.clone(),
                 body: event.clone(),

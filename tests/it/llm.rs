@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use crate::notify::Webhook;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,35 +27,13 @@ fn ollama(mode: Mode) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
         for mut stream in listener.incoming().flatten() {
             let s = s.clone();
             std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let Ok(n) = stream.read(&mut chunk) else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            assert!(head.starts_with("POST /api/generate "), "{head}");
-                            s.lock()
-                                .unwrap()
-                                .push(serde_json::from_str(body).unwrap_or_default());
-                            break;
-                        }
-                    }
-                }
+                let Some((head, body)) = read_request(&mut stream) else {
+                    return;
+                };
+                assert!(head.starts_with("POST /api/generate "), "{head}");
+                s.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap_or_default());
                 let inner = r#"{"cause":"a deploy raised load","impact":"slower responses","actions":["roll back","check the deploy","watch latency"],"urgency":"high"}"#;
                 let (status, body) = match mode {
                     Mode::Good => (200, serde_json::json!({"model": "m", "response": inner, "done": true}).to_string()),
