@@ -314,7 +314,7 @@ impl Notifier {
                         tracing::info!(receiver = %r.name, "Receiver is accepting events again");
                     }
                     attempt = 0;
-                    if let Err(e) = r.outbox.remove(seq) {
+                    if let Err(e) = r.outbox.remove_durably(seq).await {
                         tracing::error!(receiver = %r.name, error = %e, "Cannot remove a delivered event");
                     }
                     self.metrics

@@ -91,6 +91,14 @@ impl Outbox {
         Ok(())
     }
 
+    /// Removes a delivered record and waits until that is on disk, so a restart right after
+    /// a delivery does not send it again (it would carry the same event id if it did).
+    pub async fn remove_durably(&self, seq: u64) -> sled::Result<()> {
+        self.remove(seq)?;
+        self.tree.flush_async().await?;
+        Ok(())
+    }
+
     /// Records waiting.
     pub fn len(&self) -> usize {
         self.tree.len()

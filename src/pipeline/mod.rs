@@ -64,7 +64,7 @@ impl Pipeline {
                 .with_label_values(&[&t.name])
                 .set(store.target_series(&t.name) as i64);
         }
-        Self {
+        let mut p = Self {
             targets,
             settings,
             rules,
@@ -78,6 +78,40 @@ impl Pipeline {
             notifier,
             last_expiry_ms: 0,
             last_resend_ms: 0,
+        };
+        p.restore_firing();
+        p
+    }
+
+    /// Alerts that were firing when the sidecar stopped come back as firing, and their series
+    /// count as seen: if the first scrape lacks one, its resolution is still sent.
+    fn restore_firing(&mut self) {
+        let firing: Vec<(SeriesId, String, i64)> = self.store.firing_alerts().collect();
+        for (id, key, since) in firing {
+            let Some(ri) = self.rules.rules.iter().position(|r| r.state_key == key) else {
+                tracing::warn!(rule = %key, "A rule that was firing before the restart changed or is gone; its alert is dropped");
+                self.store.set_firing(id, &key, None);
+                continue;
+            };
+            let Some(entry) = self.store.get(id) else {
+                self.store.set_firing(id, &key, None);
+                continue;
+            };
+            let rule = &self.rules.rules[ri];
+            let state = new_state(
+                rule,
+                &entry.identity,
+                entry.samples().iter().copied(),
+                Some(since),
+            );
+            if let Some(t) = self
+                .targets
+                .iter()
+                .position(|t| *t.name == *entry.identity.target)
+            {
+                self.seen[t].insert(id);
+            }
+            self.states[ri].insert(id, state);
         }
     }
 

@@ -278,6 +278,13 @@ impl Store {
         self.firing.get(&(id, rule_key.to_string())).copied()
     }
 
+    /// Every persisted firing alert: series, rule key, since when.
+    pub fn firing_alerts(&self) -> impl Iterator<Item = (SeriesId, String, i64)> + '_ {
+        self.firing
+            .iter()
+            .map(|((id, rule), since)| (*id, rule.clone(), *since))
+    }
+
     /// Records that an alert started firing (`Some(since)`) or stopped (`None`).
     pub fn set_firing(&mut self, id: SeriesId, rule_key: &str, since: Option<i64>) {
         let mut key = id.to_be_bytes().to_vec();

@@ -63,6 +63,22 @@ impl Webhook {
             (g.len() >= n).then_some(g)
         })
     }
+
+    /// Accepted events as a receiver that drops duplicates by X-Anomaly-Event-Id sees them.
+    pub fn distinct(&self) -> Vec<Got> {
+        let mut seen = std::collections::HashSet::new();
+        self.got()
+            .into_iter()
+            .filter(|g| seen.insert(g.header("X-Anomaly-Event-Id").unwrap_or("").to_string()))
+            .collect()
+    }
+
+    pub fn wait_distinct(&self, n: usize) -> Vec<Got> {
+        wait_for(&format!("{n} distinct events"), T, || {
+            let g = self.distinct();
+            (g.len() >= n).then_some(g)
+        })
+    }
 }
 
 fn handle(
@@ -450,4 +466,32 @@ fn slack_and_json_formats() {
             assert_eq!(fire["startsAt"], res["startsAt"]);
         }
     }
+}
+
+#[test]
+fn a_series_gone_during_a_restart_still_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let exporter = Exporter::start(Reply::Body("g 500\n".into()));
+    let hook = Webhook::start_on(0, vec![]);
+    let args = ["--webhook", &hook.url()];
+    let mut s = Sidecar::start(dir.path(), &rules, &[exporter.url()], &args);
+    let got = hook.wait_count(1);
+    assert_eq!(got[0].body["status"], "firing");
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    drop(s);
+    // While the sidecar was down, the series went away.
+    exporter.set_body("other 1\n");
+    let _s = Sidecar::start(dir.path(), &rules, &[exporter.url()], &args);
+    // A kill right after a delivery may repeat it; a receiver tells by the event id.
+    let got = hook.wait_distinct(2);
+    assert_eq!(got[0].body["status"], "firing");
+    assert_eq!(got[1].body["status"], "resolved");
+    assert_eq!(
+        got[1].body["alerts"][0]["startsAt"],
+        got[0].body["alerts"][0]["startsAt"]
+    );
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(hook.distinct().len(), 2);
 }
