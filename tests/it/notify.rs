@@ -398,9 +398,9 @@ fn the_outbox_is_bounded() {
     // Five firings and five resolutions.
     for _ in 0..5 {
         exporter.set_body("g 500\n");
-        std::thread::sleep(Duration::from_millis(450));
+        std::thread::sleep(Duration::from_millis(700));
         exporter.set_body("g 5\n");
-        std::thread::sleep(Duration::from_millis(450));
+        std::thread::sleep(Duration::from_millis(700));
     }
     let dropped: u64 = wait_for("drops counted", T, || {
         metric_value(&s.metrics(), "anomaly_sidecar_outbox_dropped_total")
