@@ -9,5 +9,6 @@ mod failures;
 mod llm;
 mod node_exporter;
 mod notify;
+mod prometheus_path;
 mod reload;
 mod store;
