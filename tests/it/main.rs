@@ -4,6 +4,7 @@ mod common;
 
 mod alertmanager;
 mod check;
+mod deploy;
 mod detection;
 mod failures;
 mod llm;

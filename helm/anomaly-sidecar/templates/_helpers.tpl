@@ -1,0 +1,133 @@
+{{/* Chart name. */}}
+{{- define "anomaly-sidecar.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-qualified name. */}}
+{{- define "anomaly-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else if contains (include "anomaly-sidecar.name" .) .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name (include "anomaly-sidecar.name" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{- define "anomaly-sidecar.labels" -}}
+app.kubernetes.io/name: {{ include "anomaly-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{- define "anomaly-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "anomaly-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+The anomaly-sidecar container. A service's own chart includes it in its pod spec:
+  containers:
+    - name: app
+      ...
+    {{- include "anomaly-sidecar.container" (index .Subcharts "anomaly-sidecar") | nindent 4 }}
+  volumes:
+    {{- include "anomaly-sidecar.volumes" (index .Subcharts "anomaly-sidecar") | nindent 4 }}
+*/}}
+{{- define "anomaly-sidecar.container" -}}
+- name: {{ .Values.containerName }}
+  image: "{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}"
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args:
+    - run
+    - --rules=/etc/anomaly-sidecar/rules.yaml
+    - --data-dir=/var/lib/anomaly-sidecar
+    - --listen=0.0.0.0:{{ .Values.port }}
+    - --scrape-interval={{ .Values.scrape.interval }}
+    {{- with .Values.scrape.timeout }}
+    - --scrape-timeout={{ . }}
+    {{- end }}
+    - --retention={{ .Values.retention }}
+    - --max-series={{ .Values.maxSeries }}
+    - --rules-check-interval={{ .Values.rulesCheckInterval }}
+    {{- range .Values.targets }}
+    - --target={{ . }}
+    {{- end }}
+    {{- if .Values.webEnableLifecycle }}
+    - --web.enable-lifecycle
+    {{- end }}
+    {{- range .Values.notify.webhooks }}
+    - --webhook={{ . }}
+    {{- end }}
+    {{- if .Values.notify.webhooks }}
+    - --webhook-format={{ .Values.notify.webhookFormat }}
+    {{- end }}
+    {{- range .Values.notify.alertmanagers }}
+    - --alertmanager={{ . }}
+    {{- end }}
+    {{- if .Values.notify.webhookSecret.existingSecret }}
+    - --webhook-secret-file=/etc/anomaly-sidecar/secret/webhook-secret
+    {{- end }}
+    {{- with .Values.notify.llmUrl }}
+    - --llm-url={{ . }}
+    - --llm-model={{ $.Values.notify.llmModel }}
+    {{- end }}
+    {{- range .Values.extraArgs }}
+    - {{ . }}
+    {{- end }}
+  ports:
+    - name: http-metrics
+      containerPort: {{ .Values.port }}
+      protocol: TCP
+  livenessProbe:
+    httpGet:
+      path: /-/healthy
+      port: http-metrics
+    periodSeconds: 10
+    failureThreshold: 6
+  readinessProbe:
+    httpGet:
+      path: /-/ready
+      port: http-metrics
+    periodSeconds: 5
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  volumeMounts:
+    - name: anomaly-sidecar-rules
+      mountPath: /etc/anomaly-sidecar
+      readOnly: true
+    - name: anomaly-sidecar-data
+      mountPath: /var/lib/anomaly-sidecar
+    {{- if .Values.notify.webhookSecret.existingSecret }}
+    - name: anomaly-sidecar-secret
+      mountPath: /etc/anomaly-sidecar/secret
+      readOnly: true
+    {{- end }}
+{{- end }}
+
+{{/* Volumes of the container above: the rules ConfigMap, the data dir, the webhook secret. */}}
+{{- define "anomaly-sidecar.volumes" -}}
+- name: anomaly-sidecar-rules
+  configMap:
+    name: {{ include "anomaly-sidecar.fullname" . }}-rules
+- name: anomaly-sidecar-data
+  {{- if .Values.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.persistence.existingClaim | default (printf "%s-data" (include "anomaly-sidecar.fullname" .)) }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.persistence.emptyDirSizeLimit }}
+  {{- end }}
+{{- if .Values.notify.webhookSecret.existingSecret }}
+- name: anomaly-sidecar-secret
+  secret:
+    secretName: {{ .Values.notify.webhookSecret.existingSecret }}
+    items:
+      - key: {{ .Values.notify.webhookSecret.key }}
+        path: webhook-secret
+{{- end }}
+{{- end }}

@@ -1,0 +1,232 @@
+//! The Helm chart and the Dockerfile: `helm lint` and `helm template` for the defaults and
+//! each documented example, strict validation of the rendered manifests against the
+//! Kubernetes schemas, the rendered container args accepted by the real binary, and the image
+//! agreeing with the chart on port, user and paths.
+
+use crate::common::*;
+use crate::detection::T;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn chart() -> PathBuf {
+    Path::new(ROOT).join("helm/anomaly-sidecar")
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Lints and renders a chart, validates the manifests strictly, returns them.
+fn render(helm: &Path, validate: &Path, chart: &Path, extra: &[&str]) -> String {
+    ok(Command::new(helm).arg("lint").arg(chart).args(extra));
+    let manifests = ok(Command::new(helm)
+        .args(["template", "t"])
+        .arg(chart)
+        .args(extra));
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "manifests.yaml", &manifests);
+    let out = ok(Command::new(validate).arg("--strict").arg(&file));
+    assert!(!out.contains("ERROR") && !out.contains("failed"), "{out}");
+    manifests
+}
+
+/// The documents of a multi-document YAML stream.
+fn documents(manifests: &str) -> Vec<serde_json::Value> {
+    manifests
+        .split("\n---")
+        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+        .map(|d| serde_saphyr::from_str::<serde_json::Value>(d).unwrap())
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [serde_json::Value], kind: &str) -> Option<&'a serde_json::Value> {
+    docs.iter().find(|d| d["kind"] == kind)
+}
+
+#[test]
+fn chart_copies_match_the_repo_files() {
+    for (copy, original) in [
+        ("helm/anomaly-sidecar/files/rules.yaml", "rules.yaml"),
+        (
+            "helm/anomaly-sidecar/files/anomaly-alerts.yml",
+            "deploy/prometheus/anomaly-alerts.yml",
+        ),
+    ] {
+        let a = std::fs::read_to_string(Path::new(ROOT).join(copy)).unwrap();
+        let b = std::fs::read_to_string(Path::new(ROOT).join(original)).unwrap();
+        assert_eq!(a, b, "{copy} must be a copy of {original}");
+    }
+}
+
+#[test]
+fn default_and_standalone_example_render_and_validate() {
+    let (Some(helm), Some(validate)) = (tool("helm"), tool("kubernetes-validate")) else {
+        return;
+    };
+    let docs = documents(&render(&helm, &validate, &chart(), &[]));
+    let deploy = kind(&docs, "Deployment").expect("a Deployment");
+    let pod = &deploy["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/-/healthy");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/-/ready");
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    assert!(pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["emptyDir"].is_object()));
+    let cm = kind(&docs, "ConfigMap").unwrap();
+    let shipped = std::fs::read_to_string(Path::new(ROOT).join("rules.yaml")).unwrap();
+    assert_eq!(
+        cm["data"]["rules.yaml"].as_str().unwrap().trim_end(),
+        shipped.trim_end()
+    );
+    assert!(kind(&docs, "ServiceMonitor").is_none() && kind(&docs, "PrometheusRule").is_none());
+
+    let example = chart().join("examples/standalone-values.yaml");
+    let docs = documents(&render(
+        &helm,
+        &validate,
+        &chart(),
+        &["-f", example.to_str().unwrap()],
+    ));
+    let pod = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
+    assert!(pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["persistentVolumeClaim"].is_object()));
+    assert!(pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["secret"]["secretName"] == "anomaly-webhook"));
+    assert!(kind(&docs, "PersistentVolumeClaim").is_some());
+    assert!(kind(&docs, "ServiceMonitor").is_some());
+    // The PrometheusRule holds the repo's rules file, which promtool accepts.
+    let rule = kind(&docs, "PrometheusRule").expect("PrometheusRule");
+    if let Some(promtool) = tool("promtool") {
+        let dir = tempfile::tempdir().unwrap();
+        let f = write(
+            dir.path(),
+            "rules.yml",
+            &serde_json::to_string(&rule["spec"]).unwrap(),
+        );
+        ok(Command::new(promtool).args(["check", "rules"]).arg(f));
+    }
+}
+
+#[test]
+fn sidecar_example_renders_validates_and_its_args_run() {
+    let (Some(helm), Some(validate)) = (tool("helm"), tool("kubernetes-validate")) else {
+        return;
+    };
+    // Work on a copy: `helm dependency build` writes charts/ next to the example.
+    let dir = tempfile::tempdir().unwrap();
+    ok(Command::new("cp")
+        .arg("-r")
+        .arg(Path::new(ROOT).join("helm"))
+        .arg(dir.path()));
+    let example = dir.path().join("helm/anomaly-sidecar/examples/sidecar");
+    ok(Command::new(&helm)
+        .args(["dependency", "build"])
+        .arg(&example));
+    let docs = documents(&render(&helm, &validate, &example, &[]));
+    let pod = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(
+        containers.len(),
+        2,
+        "the service and the sidecar in one pod"
+    );
+    let sidecar = &containers[1];
+    assert_eq!(sidecar["name"], "anomaly-sidecar");
+    let args: Vec<String> = sidecar["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        args.contains(&"--target=http://127.0.0.1:8080/metrics".to_string()),
+        "{args:?}"
+    );
+
+    // The real binary accepts exactly what the chart renders (paths and port made local).
+    let work = tempfile::tempdir().unwrap();
+    let rules = Path::new(ROOT).join("rules.yaml");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| {
+            a.replace("/etc/anomaly-sidecar/rules.yaml", rules.to_str().unwrap())
+                .replace(
+                    "/var/lib/anomaly-sidecar",
+                    work.path().join("data").to_str().unwrap(),
+                )
+                .replace("0.0.0.0:9477", &listen)
+        })
+        .collect();
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = wait_for("rendered args run", T, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("binary refused the chart's args {args:?}: {status}");
+        }
+        http("GET", &listen, "/-/ready").filter(|(s, _)| *s == 200)
+    });
+    assert_eq!(ready.0, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn dockerfile_agrees_with_the_chart() {
+    let docker = std::fs::read_to_string(Path::new(ROOT).join("Dockerfile")).unwrap();
+    let values = std::fs::read_to_string(chart().join("values.yaml")).unwrap();
+    let values: serde_json::Value = serde_saphyr::from_str(&values).unwrap();
+    let helpers = std::fs::read_to_string(chart().join("templates/_helpers.tpl")).unwrap();
+    let port = values["port"].as_u64().unwrap();
+    let user = values["podSecurityContext"]["runAsUser"].as_u64().unwrap();
+    assert!(
+        docker.lines().any(|l| l.trim() == format!("EXPOSE {port}")),
+        "EXPOSE {port}"
+    );
+    assert!(
+        docker
+            .lines()
+            .any(|l| l.trim() == format!("USER {user}:{user}")),
+        "USER {user}"
+    );
+    assert!(
+        docker.contains("FROM gcr.io/distroless/"),
+        "distroless final stage"
+    );
+    assert!(docker.contains("ENTRYPOINT [\"/usr/local/bin/anomaly-sidecar\"]"));
+    for path in [
+        "/etc/anomaly-sidecar/rules.yaml",
+        "/var/lib/anomaly-sidecar",
+    ] {
+        assert!(
+            docker.contains(path) && helpers.contains(path),
+            "{path} in both"
+        );
+    }
+    assert!(docker.contains("COPY rules.yaml /etc/anomaly-sidecar/rules.yaml"));
+}
