@@ -135,7 +135,16 @@ mod tests {
             o.remove(seq).unwrap();
             db.flush().unwrap();
         }
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        // sled's threads may hold the lock a moment after the first handle is dropped.
+        let db = (0..100)
+            .find_map(|_| {
+                let db = sled::Config::new().path(dir.path()).open().ok();
+                if db.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                db
+            })
+            .expect("reopen");
         let o = Outbox::open(&db, "outbox-x", 3).unwrap();
         assert_eq!(o.len(), 2);
         assert_eq!(o.head().unwrap().unwrap().1, rec(3));

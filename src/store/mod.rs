@@ -441,6 +441,18 @@ fn decode_identity(b: &[u8]) -> Option<SeriesIdentity> {
 mod tests {
     use super::*;
 
+    /// sled's background threads may hold the file lock a moment after the last handle of the
+    /// previous open is dropped; a real restart is a new process and never sees this.
+    fn reopen(dir: &Path) -> Store {
+        for _ in 0..100 {
+            if let Ok(s) = Store::open(dir, 1 << 20) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Store::open(dir, 1 << 20).unwrap()
+    }
+
     fn ident(target: &str, name: &str) -> SeriesIdentity {
         SeriesIdentity {
             target: target.into(),
@@ -464,7 +476,7 @@ mod tests {
             let (w, b) = s.take_batch();
             w.write(b).unwrap();
         }
-        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = reopen(dir.path());
         let e = s.get(id).unwrap();
         assert_eq!(*e.identity, ident("t:1", "m"));
         let vals: Vec<f64> = e.samples().iter().map(|x| x.1).collect();
@@ -501,7 +513,7 @@ mod tests {
             let (w, b) = s.take_batch();
             w.write(b).unwrap();
         }
-        let s = Store::open(dir.path(), 1 << 20).unwrap();
+        let s = reopen(dir.path());
         assert!(s.get(1).is_none());
         assert!(s.get(2).is_some());
         assert_eq!(s.target_series("a"), 1);
