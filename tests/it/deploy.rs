@@ -118,6 +118,23 @@ fn default_and_standalone_example_render_and_validate() {
     assert!(kind(&docs, "ServiceMonitor").is_some());
     // The PrometheusRule holds the repo's rules file, which promtool accepts.
     let rule = kind(&docs, "PrometheusRule").expect("PrometheusRule");
+    // One alert per rules.yaml rule, its severity and annotations carried over, no `for`.
+    let per_rule = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+    let spike = per_rule
+        .iter()
+        .find(|r| r["alert"] == "latency_spike")
+        .expect("latency_spike alert");
+    assert_eq!(spike["labels"]["severity"], "critical");
+    assert!(spike["annotations"]["summary"]
+        .as_str()
+        .unwrap()
+        .contains("{{ $labels.handler }}"));
+    assert!(spike.get("for").is_none());
+    assert!(rule["spec"]["groups"][1]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["alert"] == "AnomalySidecarTargetDown"));
     if let Some(promtool) = tool("promtool") {
         let dir = tempfile::tempdir().unwrap();
         let f = write(
