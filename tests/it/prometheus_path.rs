@@ -56,16 +56,19 @@ fn promtool_checks_and_tests_the_rules_file() {
     }
 }
 
-/// The value of an instant query's first result, if any.
-fn query(prom: &str, q: &str) -> Option<String> {
-    let encoded: String = q
-        .bytes()
+/// Percent-encodes a query parameter.
+fn encode(q: &str) -> String {
+    q.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
-        .collect();
-    let (status, body) = http("GET", prom, &format!("/api/v1/query?query={encoded}"))?;
+        .collect()
+}
+
+/// The value of an instant query's first result, if any.
+fn query(prom: &str, q: &str) -> Option<String> {
+    let (status, body) = http("GET", prom, &format!("/api/v1/query?query={}", encode(q)))?;
     if status != 200 {
         return None;
     }
@@ -197,6 +200,51 @@ fn anomaly_reaches_alertmanager_through_prometheus_and_directly() {
         direct.body["alerts"][0]["annotations"]["summary"],
         "jumpy_value is 500"
     );
+
+    // Every query of the Grafana dashboard is valid PromQL, and its band panel has data.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/anomaly-sidecar.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect();
+    exprs.push(
+        dashboard["annotations"]["list"][1]["expr"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    );
+    assert!(exprs.len() >= 10);
+    for e in &exprs {
+        let q = e
+            .replace("=~\"$rule\"", "=~\".*\"")
+            .replace("=~\"$target\"", "=~\".*\"")
+            .replace("\"$rule\"", "\"jump\"");
+        assert!(!q.contains('$'), "unsubstituted variable in {q}");
+        let (status, body) = http(
+            "GET",
+            &prom_addr,
+            &format!("/api/v1/query?query={}", encode(&q)),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{q}: {body}");
+    }
+    // A `gt` threshold rule has only an upper edge.
+    for band in ["anomaly_upper_bound", "anomaly_value"] {
+        assert!(
+            query(&prom_addr, &format!("{band}{{rule=\"jump\"}}")).is_some(),
+            "{band}"
+        );
+    }
 
     exporter.set_body("jumpy_value 5\n");
     wait_for(
