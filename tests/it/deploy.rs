@@ -115,6 +115,25 @@ fn default_and_standalone_example_render_and_validate() {
         .iter()
         .any(|v| v["secret"]["secretName"] == "anomaly-webhook"));
     assert!(kind(&docs, "PersistentVolumeClaim").is_some());
+    // The signing secret is read from where its volume is mounted, outside the ConfigMap's.
+    let c = &pod["containers"][0];
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "anomaly-sidecar-secret")
+        .expect("secret mount");
+    let mount_path = mount["mountPath"].as_str().unwrap();
+    assert!(!mount_path.starts_with("/etc/anomaly-sidecar/"));
+    let arg = format!("--webhook-secret-file={mount_path}/webhook-secret");
+    assert!(
+        c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == &serde_json::Value::String(arg.clone())),
+        "{arg}"
+    );
     assert!(kind(&docs, "ServiceMonitor").is_some());
     // The PrometheusRule holds the repo's rules file, which promtool accepts.
     let rule = kind(&docs, "PrometheusRule").expect("PrometheusRule");

@@ -68,7 +68,7 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
     - --alertmanager={{ . }}
     {{- end }}
     {{- if .Values.notify.webhookSecret.existingSecret }}
-    - --webhook-secret-file=/etc/anomaly-sidecar/secret/webhook-secret
+    - --webhook-secret-file=/var/run/secrets/anomaly-sidecar/webhook-secret
     {{- end }}
     {{- with .Values.notify.llmUrl }}
     - --llm-url={{ . }}
@@ -103,8 +103,10 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
     - name: anomaly-sidecar-data
       mountPath: /var/lib/anomaly-sidecar
     {{- if .Values.notify.webhookSecret.existingSecret }}
+    # Not under /etc/anomaly-sidecar: a mount point inside the read-only ConfigMap volume
+    # cannot be created.
     - name: anomaly-sidecar-secret
-      mountPath: /etc/anomaly-sidecar/secret
+      mountPath: /var/run/secrets/anomaly-sidecar
       readOnly: true
     {{- end }}
 {{- end }}
