@@ -7,6 +7,7 @@ mod check;
 mod deploy;
 mod detection;
 mod failures;
+mod faults;
 mod llm;
 mod node_exporter;
 mod notify;

@@ -1,0 +1,143 @@
+//! Fault suite (first part of the faults issue): repeated kill -9 during steady scraping, and
+//! targets that misbehave at the connection level.
+
+use crate::common::*;
+use crate::detection::T;
+use crate::notify::Webhook;
+use std::io::Write;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+/// kill -9 at pseudo-random moments, 20 times: the store opens every time, windows keep
+/// their history (at most the last interval is lost), and a firing alert stays firing
+/// without a second firing event.
+#[test]
+fn twenty_kill_9_in_a_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "rules:\n  - name: always\n    match: hot\n    method: threshold\n    threshold: 0\n  - name: hist\n    match: g\n    method: zscore\n    window: 500\n    min_samples: 2\n",
+    );
+    let exporter = Exporter::start(Reply::Body("hot 1\ng 1\n".into()));
+    let hook = Webhook::start_on(0, vec![]);
+    let args = ["--webhook", &hook.url()];
+    let mut rng: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut last_count = 0usize;
+    let started = Instant::now();
+    for round in 0..20 {
+        let mut s = Sidecar::start(dir.path(), &rules, &[exporter.url()], &args);
+        wait_for("an evaluation after restart", T, || {
+            metric_value(
+                &s.metrics(),
+                "anomaly_sidecar_rule_evaluations_total{rule=\"hist\"}",
+            )
+        });
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(150 + rng % 600));
+        s.child.kill().unwrap();
+        s.child.wait().unwrap();
+        let log = s.log();
+        assert!(log.contains("Store opened"), "round {round}: {log}");
+        let series: usize = log
+            .lines()
+            .find_map(|l| l.split("series=").nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            series >= last_count,
+            "round {round}: series {series} < {last_count}"
+        );
+        last_count = series;
+    }
+    assert_eq!(last_count, 2, "both series kept across kills");
+    // One firing of `always` in all those restarts (the receiver dedupes by event id).
+    let s = Sidecar::start(dir.path(), &rules, &[exporter.url()], &args);
+    std::thread::sleep(Duration::from_millis(800));
+    let firings: Vec<_> = hook
+        .distinct()
+        .into_iter()
+        .filter(|g| {
+            g.body["status"] == "firing" && g.body["alerts"][0]["labels"]["alertname"] == "always"
+        })
+        .collect();
+    assert_eq!(firings.len(), 1, "firing alerts stay firing across kill -9");
+    assert!(hook
+        .distinct()
+        .iter()
+        .all(|g| g.body["status"] != "resolved"));
+    // History kept: the zscore baseline has (almost) every sample since the start.
+    let m = s.metrics();
+    assert!(
+        metric_value(&m, "anomaly_baseline_mean{rule=\"hist\"").is_some(),
+        "{m}"
+    );
+    eprintln!("20 kill -9 rounds in {:?}", started.elapsed());
+}
+
+/// A target that resets the connection mid-body and one whose body never ends: both fail
+/// their own scrape only.
+#[test]
+fn reset_mid_body_and_endless_body() {
+    let reset = TcpListener::bind("127.0.0.1:0").unwrap();
+    let reset_addr = reset.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in reset.incoming().flatten() {
+            let _ = read_request(&mut s);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nok 1\npartial_metric{a=\"",
+            );
+            drop(s); // closes with most of the promised body missing
+        }
+    });
+    let endless = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endless_addr = endless.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in endless.incoming().flatten() {
+            std::thread::spawn(move || {
+                let _ = read_request(&mut s);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                let chunk = b"c\r\nslow_metric 1\n\r\n";
+                while s.write_all(chunk).is_ok() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+    });
+    let good = Exporter::start(Reply::Body("fine 1\n".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "rules:\n  - name: any\n    match: '{__name__=~\".+\"}'\n    method: zscore\n",
+    );
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[
+            format!("http://{reset_addr}/metrics"),
+            format!("http://{endless_addr}/metrics"),
+            good.url(),
+        ],
+        &["--scrape-timeout", "1s"],
+    );
+    let up = |t: String| {
+        metric_value(
+            &s.metrics(),
+            &format!("anomaly_sidecar_up{{target=\"{t}\"}}"),
+        )
+    };
+    wait_for("reset target down", T, || {
+        up(reset_addr.to_string()).filter(|v| v == "0")
+    });
+    wait_for("endless target down", T, || {
+        up(endless_addr.to_string()).filter(|v| v == "0")
+    });
+    wait_for("good target up", T, || up(good.name()).filter(|v| v == "1"));
+    let m = s.metrics();
+    assert!(!m.contains("metric=\"slow_metric\"") && !m.contains("metric=\"partial_metric\""));
+    assert!(m.contains("metric=\"fine\""));
+}
