@@ -32,6 +32,9 @@ pub struct Pipeline {
     states: Vec<HashMap<SeriesId, RuleSeries>>,
     /// Indices of the rules that select a series, cached until the rules change.
     matches: HashMap<SeriesId, Arc<[usize]>>,
+    /// Distinct match lists, shared by every series with the same rules (most series share a
+    /// handful), so the cache costs one pointer per series, not one allocation.
+    match_lists: HashMap<Vec<usize>, Arc<[usize]>>,
     store: Store,
     /// Per target: series present in its last successful scrape.
     seen: Vec<HashSet<SeriesId>>,
@@ -70,6 +73,7 @@ impl Pipeline {
             rules,
             states,
             matches: HashMap::new(),
+            match_lists: HashMap::new(),
             store,
             seen: vec![HashSet::new(); n],
             up: vec![None; n],
@@ -173,7 +177,7 @@ impl Pipeline {
         m.scrape_duration_seconds
             .with_label_values(&[&target.name])
             .set(result.duration.as_secs_f64());
-        let samples = match result.outcome {
+        let body = match result.outcome {
             Err(e) => {
                 m.up.with_label_values(&[&target.name]).set(0);
                 if self.up[t] != Some(false) {
@@ -191,15 +195,21 @@ impl Pipeline {
         self.up[t] = Some(true);
         m.scrape_samples
             .with_label_values(&[&target.name])
-            .set(samples.len() as i64);
+            .set(body.samples as i64);
         let now = result.at_ms;
         let target_name: Arc<str> = target.name.as_str().into();
         let mut batch = Batch::default();
         let mut current = HashSet::with_capacity(self.seen[t].len());
-        for sample in samples {
+        for sample in body.samples() {
             self.sample(&target_name, sample, now, &mut current, &mut batch);
         }
         let previous = std::mem::replace(&mut self.seen[t], current);
+        // The rule-match cache also holds series that were never admitted (no rule, or over
+        // --max-series); under churn that would grow without bound, so keep it near the store.
+        if self.matches.len() > 2 * self.store.len() + 100_000 {
+            let store = &self.store;
+            self.matches.retain(|id, _| store.get(*id).is_some());
+        }
         let gone: Vec<SeriesId> = previous.difference(&self.seen[t]).copied().collect();
         for id in gone {
             self.end_series(id, now, &mut batch);
@@ -274,7 +284,7 @@ impl Pipeline {
         if let Some(r) = self.matches.get(&id) {
             return r.clone();
         }
-        let r: Arc<[usize]> = self
+        let list: Vec<usize> = self
             .rules
             .rules
             .iter()
@@ -282,6 +292,11 @@ impl Pipeline {
             .filter(|(_, rule)| rule.selects(target, &s.name, &s.labels))
             .map(|(i, _)| i)
             .collect();
+        let r = self
+            .match_lists
+            .entry(list)
+            .or_insert_with_key(|l| Arc::from(l.as_slice()))
+            .clone();
         self.matches.insert(id, r.clone());
         r
     }
@@ -451,6 +466,7 @@ impl Pipeline {
             }
         }
         self.matches.clear();
+        self.match_lists.clear();
         tracing::info!(rules = new.rules.len(), unchanged = kept, "Rules applied");
         for ev in events {
             self.announce(ev);

@@ -81,6 +81,22 @@ pub enum ScrapeError {
     Parse(#[from] parse::ParseError),
 }
 
+/// A validated exposition body; its samples are read lazily with `parse::samples`, so a
+/// large scrape never holds every parsed sample at once.
+#[derive(Debug)]
+pub struct ScrapeBody {
+    pub text: String,
+    /// Number of samples in it.
+    pub samples: usize,
+}
+
+impl ScrapeBody {
+    /// The samples, in order (the body was validated, so none fails).
+    pub fn samples(&self) -> impl Iterator<Item = Sample> + '_ {
+        parse::samples(&self.text).filter_map(Result::ok)
+    }
+}
+
 /// The outcome of one scrape.
 #[derive(Debug)]
 pub struct ScrapeResult {
@@ -89,7 +105,7 @@ pub struct ScrapeResult {
     /// When the scrape started, in milliseconds since the epoch: the samples' timestamp.
     pub at_ms: i64,
     pub duration: Duration,
-    pub outcome: Result<Vec<Sample>, ScrapeError>,
+    pub outcome: Result<ScrapeBody, ScrapeError>,
 }
 
 /// Settings shared by every scrape loop.
@@ -155,13 +171,14 @@ pub async fn scrape_once(
     client: &reqwest::Client,
     target: &Target,
     settings: &ScrapeSettings,
-) -> Result<Vec<Sample>, ScrapeError> {
+) -> Result<ScrapeBody, ScrapeError> {
     let fetch = fetch(client, target, settings.max_bytes);
     let body = tokio::time::timeout(settings.timeout, fetch)
         .await
         .map_err(|_| ScrapeError::Timeout(settings.timeout))??;
     let text = String::from_utf8(body).map_err(|_| ScrapeError::NotUtf8)?;
-    Ok(parse::parse(&text)?)
+    let samples = parse::validate(&text)?;
+    Ok(ScrapeBody { text, samples })
 }
 
 async fn fetch(

@@ -43,50 +43,108 @@ pub struct ParseError {
 }
 
 /// Parses a whole exposition body. Any malformed line fails it.
+#[cfg(test)]
 pub fn parse(body: &str) -> Result<Vec<Sample>, ParseError> {
-    let mut types: HashMap<String, MetricType> = HashMap::new();
-    let mut samples = Vec::new();
-    for (i, raw) in body.lines().enumerate() {
-        let line_no = i + 1;
-        let line = raw.trim_start_matches([' ', '\t']);
-        let fail = |message: String| ParseError {
-            line: line_no,
-            message,
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let Some(comment) = line.strip_prefix('#') {
-            let mut words = comment.trim_start().splitn(3, [' ', '\t']);
-            match words.next() {
-                Some("TYPE") => {
-                    let name = words.next().unwrap_or("");
-                    if !valid_metric_name(name) {
-                        return Err(fail(format!("bad metric name {name:?} in TYPE")));
-                    }
-                    let t = match words.next().map(str::trim) {
-                        Some("counter") => MetricType::Counter,
-                        Some("gauge") => MetricType::Gauge,
-                        Some("histogram") | Some("gaugehistogram") => MetricType::Histogram,
-                        Some("summary") => MetricType::Summary,
-                        Some("untyped") | Some("unknown") | Some("info") | Some("stateset") => {
-                            MetricType::Untyped
-                        }
-                        other => return Err(fail(format!("unknown TYPE {other:?}"))),
-                    };
-                    types.insert(name.to_string(), t);
-                }
-                Some("EOF") => break,
-                // HELP, UNIT and free comments carry nothing a detector needs.
-                _ => {}
-            }
-            continue;
-        }
-        let mut s = parse_sample(line).map_err(fail)?;
-        s.counter_like = counter_like(&types, &s.name);
-        samples.push(s);
+    samples(body).collect()
+}
+
+/// Checks a whole body without keeping its samples: the number of samples, or the first
+/// malformed line. A scrape is validated this way first so that a bad line fails it before
+/// any of its samples is applied, without holding every sample in memory at once.
+pub fn validate(body: &str) -> Result<usize, ParseError> {
+    let mut n = 0;
+    for s in samples(body) {
+        s?;
+        n += 1;
     }
-    Ok(samples)
+    Ok(n)
+}
+
+/// The samples of a body, one line at a time.
+pub fn samples(body: &str) -> Samples<'_> {
+    Samples {
+        lines: body.lines().enumerate(),
+        types: HashMap::new(),
+        done: false,
+    }
+}
+
+/// Lazy sample iterator; stops after the first error or `# EOF`.
+pub struct Samples<'a> {
+    lines: std::iter::Enumerate<std::str::Lines<'a>>,
+    types: HashMap<String, MetricType>,
+    done: bool,
+}
+
+impl Iterator for Samples<'_> {
+    type Item = Result<Sample, ParseError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        for (i, raw) in self.lines.by_ref() {
+            let fail = |message: String| ParseError {
+                line: i + 1,
+                message,
+            };
+            let line = raw.trim_start_matches([' ', '\t']);
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Some(comment) = line.strip_prefix('#') {
+                match comment_line(comment, &mut self.types) {
+                    Ok(true) => {}
+                    Ok(false) => break, // # EOF
+                    Err(e) => {
+                        self.done = true;
+                        return Some(Err(fail(e)));
+                    }
+                }
+                continue;
+            }
+            return Some(match parse_sample(line) {
+                Ok(mut s) => {
+                    s.counter_like = counter_like(&self.types, &s.name);
+                    Ok(s)
+                }
+                Err(e) => {
+                    self.done = true;
+                    Err(fail(e))
+                }
+            });
+        }
+        self.done = true;
+        None
+    }
+}
+
+/// Handles a `#` line: records TYPE, ignores HELP/UNIT/comments. Ok(false) on `# EOF`.
+fn comment_line(comment: &str, types: &mut HashMap<String, MetricType>) -> Result<bool, String> {
+    let mut words = comment.trim_start().splitn(3, [' ', '\t']);
+    match words.next() {
+        Some("TYPE") => {
+            let name = words.next().unwrap_or("");
+            if !valid_metric_name(name) {
+                return Err(format!("bad metric name {name:?} in TYPE"));
+            }
+            let t = match words.next().map(str::trim) {
+                Some("counter") => MetricType::Counter,
+                Some("gauge") => MetricType::Gauge,
+                Some("histogram") | Some("gaugehistogram") => MetricType::Histogram,
+                Some("summary") => MetricType::Summary,
+                Some("untyped") | Some("unknown") | Some("info") | Some("stateset") => {
+                    MetricType::Untyped
+                }
+                other => return Err(format!("unknown TYPE {other:?}")),
+            };
+            types.insert(name.to_string(), t);
+            Ok(true)
+        }
+        Some("EOF") => Ok(false),
+        // HELP, UNIT and free comments carry nothing a detector needs.
+        _ => Ok(true),
+    }
 }
 
 /// Whether a sample name belongs to a monotonic series of its family.

@@ -163,8 +163,10 @@ impl Sidecar {
             .arg("--listen")
             .arg(&addr)
             .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--scrape-interval", "200ms"]);
+            .arg(&data_dir);
+        if !extra.contains(&"--scrape-interval") {
+            cmd.args(["--scrape-interval", "200ms"]);
+        }
         for t in targets {
             cmd.arg("--target").arg(t);
         }

@@ -141,3 +141,69 @@ fn reset_mid_body_and_endless_body() {
     assert!(!m.contains("metric=\"slow_metric\"") && !m.contains("metric=\"partial_metric\""));
     assert!(m.contains("metric=\"fine\""));
 }
+
+/// A million distinct series in one scrape: --max-series holds, the rest is counted, and
+/// memory stays bounded (the samples are never all held at once).
+#[test]
+fn cardinality_bomb_is_bounded() {
+    let mut body = String::from("# TYPE bomb gauge\n");
+    for i in 0..1_000_000u32 {
+        body.push_str(&format!("bomb{{i=\"{i}\",job=\"x\"}} {}\n", i % 7));
+    }
+    let bomb = Exporter::start(Reply::Body(body));
+    let calm = Exporter::start(Reply::Body("calm 1\n".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "rules:\n  - name: any\n    match: '{__name__=~\".+\"}'\n    method: zscore\n",
+    );
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[bomb.url(), calm.url()],
+        &[
+            "--max-series",
+            "1000",
+            "--scrape-interval",
+            "3s",
+            "--scrape-timeout",
+            "20s",
+        ],
+    );
+    let series = |t: &str| {
+        metric_value(
+            &s.metrics(),
+            &format!("anomaly_sidecar_series{{target=\"{t}\"}}"),
+        )
+    };
+    wait_for("bomb capped", Duration::from_secs(60), || {
+        series(&bomb.name()).filter(|v| v == "1000")
+    });
+    wait_for("dropped counted", Duration::from_secs(60), || {
+        metric_value(
+            &s.metrics(),
+            &format!(
+                "anomaly_sidecar_dropped_series_total{{target=\"{}\"}}",
+                bomb.name()
+            ),
+        )
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n >= 999_000)
+    });
+    assert_eq!(
+        series(&calm.name()).as_deref(),
+        Some("1"),
+        "the other target is untouched"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    eprintln!("cardinality bomb: peak RSS {} MB", hwm_kb / 1024);
+    // Holding 1M parsed samples took ~900 MB; the bound leaves room for a debug build.
+    assert!(hwm_kb < 400 * 1024, "peak RSS {} MB", hwm_kb / 1024);
+}
