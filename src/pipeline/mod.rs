@@ -463,6 +463,13 @@ impl Pipeline {
                     .metrics
                     .rule_evaluations_total
                     .remove_label_values(&[&name]);
+                for to in ["pending", "inactive", "firing", "resolved"] {
+                    let _ = self
+                        .exporter
+                        .metrics
+                        .transitions_total
+                        .remove_label_values(&[&name, to]);
+                }
             }
         }
         self.matches.clear();
