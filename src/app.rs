@@ -154,6 +154,7 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         exporter,
         ready: ready.clone(),
         reload: args.web_enable_lifecycle.then_some(reload_tx),
+        metrics_permits: Arc::new(tokio::sync::Semaphore::new(server::METRICS_IN_FLIGHT)),
     });
     tasks.push(tokio::spawn(server::serve(listener, state, shutdown_rx)));
     ready.store(true, Ordering::Relaxed);

@@ -1,7 +1,6 @@
 //! HTTP routes only: /metrics, /api/v1/alerts, /-/healthy, /-/ready, POST /-/reload. Holds handles, not logic.
 
 use crate::export::Exporter;
-use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -21,7 +20,12 @@ pub struct ServerState {
     pub ready: Arc<AtomicBool>,
     /// Present only with --web.enable-lifecycle.
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
+    /// /metrics responses in flight at once.
+    pub metrics_permits: Arc<tokio::sync::Semaphore>,
 }
+
+/// /metrics responses sent concurrently; more readers queue.
+pub const METRICS_IN_FLIGHT: usize = 16;
 
 /// Serves until shutdown; open connections get a moment to finish.
 pub async fn serve(
@@ -58,8 +62,43 @@ pub async fn serve(
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
+/// A response body of ready-made chunks (so a shared, cached buffer is sent without a copy),
+/// holding its /metrics permit until it has been sent.
+pub struct Chunks(
+    std::collections::VecDeque<Bytes>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let next = self.0.pop_front();
+        if self.0.is_empty() {
+            self.1 = None;
+        }
+        std::task::Poll::Ready(next.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Chunks> {
+    chunks(status, vec![body.into()])
+}
+
+fn chunks(status: StatusCode, parts: Vec<Bytes>) -> Response<Chunks> {
+    let mut r = Response::new(Chunks(parts.into(), None));
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -68,12 +107,17 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-async fn route(state: &ServerState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &ServerState, req: Request<Incoming>) -> Response<Chunks> {
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     match (req.uri().path(), get) {
         ("/metrics", true) => {
-            let body = state.exporter.render();
-            let mut r = text(StatusCode::OK, body);
+            // Each response in flight pins the rendering it was given; bounding them bounds
+            // memory when many slow readers overlap scrapes. The rest wait their turn.
+            let Ok(permit) = state.metrics_permits.clone().acquire_owned().await else {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            };
+            let mut r = chunks(StatusCode::OK, state.exporter.render().to_vec());
+            r.body_mut().1 = Some(permit);
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -105,7 +149,7 @@ async fn route(state: &ServerState, req: Request<Incoming>) -> Response<Full<Byt
     }
 }
 
-async fn reload(state: &ServerState, method: &Method) -> Response<Full<Bytes>> {
+async fn reload(state: &ServerState, method: &Method) -> Response<Chunks> {
     let Some(tx) = &state.reload else {
         return text(StatusCode::FORBIDDEN, "Lifecycle API is not enabled.\n");
     };

@@ -13,9 +13,11 @@ pub use self_metrics::SelfMetrics;
 use crate::alert::AlertEvent;
 use crate::detect::Verdict;
 use crate::store::SeriesId;
+use hyper::body::Bytes;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// The exported state of one (rule, series).
@@ -44,6 +46,9 @@ pub struct AlertView {
 pub struct Exporter {
     rows: RwLock<BTreeMap<RowKey, AnomalyRow>>,
     alerts: RwLock<BTreeMap<RowKey, AlertView>>,
+    /// Bumped on every change of `rows`; the rendered text is reused while it stands still.
+    generation: AtomicU64,
+    rendered: Mutex<Option<(u64, Bytes)>>,
     registry: prometheus::Registry,
     pub metrics: SelfMetrics,
 }
@@ -106,6 +111,8 @@ impl Exporter {
         Ok(Self {
             rows: RwLock::new(BTreeMap::new()),
             alerts: RwLock::new(BTreeMap::new()),
+            generation: AtomicU64::new(0),
+            rendered: Mutex::new(None),
             registry,
             metrics,
         })
@@ -120,6 +127,7 @@ impl Exporter {
                 rows.remove(k);
             }
             rows.extend(changes.upserts);
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
         if !changes.alerts.is_empty()
             || !changes.alerts_over.is_empty()
@@ -137,6 +145,7 @@ impl Exporter {
     pub fn remove_rule(&self, rule: &str) {
         let mut rows = self.rows.write().unwrap_or_else(|p| p.into_inner());
         rows.retain(|(r, _), _| &**r != rule);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         let mut alerts = self.alerts.write().unwrap_or_else(|p| p.into_inner());
         alerts.retain(|(r, _), _| &**r != rule);
     }
@@ -172,24 +181,43 @@ impl Exporter {
         serde_json::json!({"status": "success", "data": {"alerts": list}}).to_string()
     }
 
-    /// The full /metrics body.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        {
-            let rows = self.rows.read().unwrap_or_else(|p| p.into_inner());
-            for (name, help, get) in FAMILIES {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-                for row in rows.values() {
-                    if let Some(v) = get(row) {
-                        let _ = writeln!(out, "{name}{{{}}} {}", row.labels, format_float(v));
-                    }
+    /// The /metrics body in two parts: the anomaly families, rendered once per change and
+    /// shared by every reader (at 100k series they are tens of MB, and many concurrent
+    /// readers must not each build their own), then the small self-metrics part, fresh.
+    pub fn render(&self) -> [Bytes; 2] {
+        let anomalies = {
+            let mut cache = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
+            let generation = self.generation.load(Ordering::Acquire);
+            match &*cache {
+                Some((g, text)) if *g == generation => text.clone(),
+                _ => {
+                    let text = Bytes::from(self.render_anomalies());
+                    *cache = Some((generation, text.clone()));
+                    text
                 }
             }
-        }
+        };
         let encoder = prometheus::TextEncoder::new();
-        match encoder.encode_to_string(&self.registry.gather()) {
-            Ok(text) => out.push_str(&text),
-            Err(e) => tracing::error!(error = %e, "Cannot encode self metrics"),
+        let own = match encoder.encode_to_string(&self.registry.gather()) {
+            Ok(text) => Bytes::from(text),
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot encode self metrics");
+                Bytes::new()
+            }
+        };
+        [anomalies, own]
+    }
+
+    fn render_anomalies(&self) -> String {
+        let rows = self.rows.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::with_capacity(rows.len() * 9 * 160);
+        for (name, help, get) in FAMILIES {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for row in rows.values() {
+                if let Some(v) = get(row) {
+                    let _ = writeln!(out, "{name}{{{}}} {}", row.labels, format_float(v));
+                }
+            }
         }
         out
     }

@@ -301,3 +301,93 @@ fn rules_faults() {
         "ok: 10000 rules"
     );
 }
+
+/// 200 concurrent /metrics readers while 5k series are scraped: every reader gets the full
+/// body and scraping goes on. (Peak memory is printed, not bounded here: the store's sled
+/// writes dominate it; see the faults issue's notes.)
+#[test]
+fn two_hundred_concurrent_metrics_readers() {
+    let mut body = String::from("# TYPE load gauge\n");
+    for i in 0..5_000u32 {
+        body.push_str(&format!("load{{i=\"{i}\"}} {}\n", i % 5));
+    }
+    let exporter = Exporter::start(Reply::Body(body));
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "rules:\n  - name: z\n    match: load\n    method: zscore\n",
+    );
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[exporter.url()],
+        &["--scrape-interval", "500ms"],
+    );
+    let series = || {
+        metric_value(
+            &s.metrics(),
+            &format!("anomaly_sidecar_series{{target=\"{}\"}}", exporter.name()),
+        )
+    };
+    wait_for("5k series", Duration::from_secs(60), || {
+        series().filter(|v| v == "5000")
+    });
+    wait_for("5k rows exported", T, || {
+        let rows = s
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("anomaly_active{"))
+            .count();
+        (rows == 5_000).then_some(())
+    });
+    let evals = || -> u64 {
+        metric_value(
+            &s.metrics(),
+            "anomaly_sidecar_rule_evaluations_total{rule=\"z\"}",
+        )
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+    };
+    let before = evals();
+    let hwm = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    eprintln!("before readers: peak RSS {} MB", hwm(s.child.id()) / 1024);
+    let readers: Vec<_> = (0..200)
+        .map(|_| {
+            let addr = s.addr.clone();
+            std::thread::spawn(move || http("GET", &addr, "/metrics"))
+        })
+        .collect();
+    let mut sizes = Vec::new();
+    for r in readers {
+        let (status, body) = r.join().unwrap().expect("a response");
+        assert_eq!(status, 200);
+        assert!(body.contains("anomaly_sidecar_build_info"), "complete body");
+        sizes.push(
+            body.lines()
+                .filter(|l| l.starts_with("anomaly_active{"))
+                .count(),
+        );
+    }
+    assert!(
+        sizes.iter().all(|n| *n == 5_000),
+        "every reader saw every series"
+    );
+    wait_for("scraping went on", T, || (evals() > before).then_some(()));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    eprintln!("200 readers of 5k series: peak RSS {} MB", hwm_kb / 1024);
+}
