@@ -30,6 +30,8 @@ pub struct Pipeline {
     rules: Arc<RuleSet>,
     /// Parallel to `rules.rules`.
     states: Vec<HashMap<SeriesId, RuleSeries>>,
+    /// Rule names, parallel to `rules.rules`, shared by every row key (no allocation per sample).
+    names: Vec<Arc<str>>,
     /// Indices of the rules that select a series, cached until the rules change.
     matches: HashMap<SeriesId, Arc<[usize]>>,
     /// Distinct match lists, shared by every series with the same rules (most series share a
@@ -60,6 +62,11 @@ impl Pipeline {
     ) -> Self {
         let n = targets.len();
         let states = rules.rules.iter().map(|_| HashMap::new()).collect();
+        let names = rules
+            .rules
+            .iter()
+            .map(|r| Arc::from(r.name.as_str()))
+            .collect();
         for t in &targets {
             exporter
                 .metrics
@@ -72,6 +79,7 @@ impl Pipeline {
             settings,
             rules,
             states,
+            names,
             matches: HashMap::new(),
             match_lists: HashMap::new(),
             store,
@@ -219,9 +227,9 @@ impl Pipeline {
         if now - self.last_expiry_ms >= every {
             self.expire(now, &mut batch);
         }
-        for (rule, n) in batch.evaluations {
+        for (ri, n) in batch.evaluations {
             m.rule_evaluations_total
-                .with_label_values(&[&rule])
+                .with_label_values(&[&self.names[ri]])
                 .inc_by(n);
         }
         if batch.dropped > 0 {
@@ -356,7 +364,8 @@ impl Pipeline {
         for &ri in rules.iter() {
             let rule = &self.rules.rules[ri];
             if let Some(state) = self.states[ri].get_mut(&id) {
-                evaluate_rule(rule, state, &identity, id, prev, (now, s.value), b);
+                let key = (self.names[ri].clone(), id);
+                evaluate_rule(rule, ri, state, &identity, key, prev, (now, s.value), b);
             }
         }
     }
@@ -472,6 +481,11 @@ impl Pipeline {
                 }
             }
         }
+        self.names = new
+            .rules
+            .iter()
+            .map(|r| Arc::from(r.name.as_str()))
+            .collect();
         self.matches.clear();
         self.match_lists.clear();
         tracing::info!(rules = new.rules.len(), unchanged = kept, "Rules applied");
@@ -491,11 +505,13 @@ impl Pipeline {
 }
 
 /// Runs one rule's detector on a new sample of a series and steps its alert.
+#[allow(clippy::too_many_arguments)] // one step's inputs; grouping them would only rename them
 fn evaluate_rule(
     rule: &Rule,
+    ri: usize,
     state: &mut RuleSeries,
     identity: &SeriesIdentity,
-    id: SeriesId,
+    key: (Arc<str>, SeriesId),
     prev: Option<(i64, f64)>,
     (now, value): (i64, f64),
     b: &mut Batch,
@@ -507,7 +523,8 @@ fn evaluate_rule(
         return;
     };
     state.window.push(x);
-    *b.evaluations.entry(rule.name.clone()).or_default() += 1;
+    *b.evaluations.entry(ri).or_default() += 1;
+    let id = key.1;
     let before = state.alert;
     let transition = state
         .alert
@@ -516,7 +533,6 @@ fn evaluate_rule(
         AlertState::Firing { since_ms } => since_ms,
         _ => firing_since(before, now),
     };
-    let key: (Arc<str>, SeriesId) = (rule.name.as_str().into(), id);
     match state.alert {
         AlertState::Firing { since_ms: at } | AlertState::Pending { since_ms: at } => {
             let view = AlertView {
@@ -577,6 +593,7 @@ struct Batch {
     transitions: Vec<(String, Transition)>,
     /// Alerts that started or stopped firing, for the store.
     firing: Vec<(SeriesId, String, Option<i64>)>,
-    evaluations: HashMap<String, u64>,
+    /// Evaluations per rule index.
+    evaluations: HashMap<usize, u64>,
     dropped: u64,
 }
