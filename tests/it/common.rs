@@ -208,6 +208,25 @@ impl Sidecar {
         });
     }
 
+    /// The value of the first /metrics line starting with `prefix` as an integer, 0 when
+    /// absent (counters that were never incremented are not exported).
+    pub fn number(&self, prefix: &str) -> u64 {
+        metric_value(&self.metrics(), prefix)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Peak resident memory of the process so far, in kB.
+    pub fn peak_rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
     /// SIGTERM and wait.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")

@@ -8,6 +8,10 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
+/// One zscore rule over every series.
+const ANY_SERIES: &str =
+    "rules:\n  - name: any\n    match: '{__name__=~\".+\"}'\n    method: zscore\n";
+
 /// kill -9 at pseudo-random moments, 20 times: the store opens every time, windows keep
 /// their history (at most the last interval is lost), and a firing alert stays firing
 /// without a second firing event.
@@ -109,11 +113,7 @@ fn reset_mid_body_and_endless_body() {
     });
     let good = Exporter::start(Reply::Body("fine 1\n".into()));
     let dir = tempfile::tempdir().unwrap();
-    let rules = write(
-        dir.path(),
-        "rules.yaml",
-        "rules:\n  - name: any\n    match: '{__name__=~\".+\"}'\n    method: zscore\n",
-    );
+    let rules = write(dir.path(), "rules.yaml", ANY_SERIES);
     let s = Sidecar::start(
         dir.path(),
         &rules,
@@ -153,11 +153,7 @@ fn cardinality_bomb_is_bounded() {
     let bomb = Exporter::start(Reply::Body(body));
     let calm = Exporter::start(Reply::Body("calm 1\n".into()));
     let dir = tempfile::tempdir().unwrap();
-    let rules = write(
-        dir.path(),
-        "rules.yaml",
-        "rules:\n  - name: any\n    match: '{__name__=~\".+\"}'\n    method: zscore\n",
-    );
+    let rules = write(dir.path(), "rules.yaml", ANY_SERIES);
     let s = Sidecar::start(
         dir.path(),
         &rules,
@@ -196,13 +192,7 @@ fn cardinality_bomb_is_bounded() {
         Some("1"),
         "the other target is untouched"
     );
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
-    let hwm_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let hwm_kb = s.peak_rss_kb();
     eprintln!("cardinality bomb: peak RSS {} MB", hwm_kb / 1024);
     // Holding 1M parsed samples took ~900 MB; the bound leaves room for a debug build.
     assert!(hwm_kb < 400 * 1024, "peak RSS {} MB", hwm_kb / 1024);
@@ -246,14 +236,7 @@ fn rules_faults() {
     });
 
     // Reload storm with unchanged rules: 100 a second for 2 seconds.
-    let evals = || -> u64 {
-        metric_value(
-            &s.metrics(),
-            "anomaly_sidecar_rule_evaluations_total{rule=\"keep\"}",
-        )
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-    };
+    let evals = || s.number("anomaly_sidecar_rule_evaluations_total{rule=\"keep\"}");
     let before = evals();
     for _ in 0..200 {
         assert_eq!(http("POST", &s.addr, "/-/reload").unwrap().0, 200);
@@ -341,25 +324,9 @@ fn two_hundred_concurrent_metrics_readers() {
             .count();
         (rows == 5_000).then_some(())
     });
-    let evals = || -> u64 {
-        metric_value(
-            &s.metrics(),
-            "anomaly_sidecar_rule_evaluations_total{rule=\"z\"}",
-        )
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-    };
+    let evals = || s.number("anomaly_sidecar_rule_evaluations_total{rule=\"z\"}");
     let before = evals();
-    let hwm = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
-    eprintln!("before readers: peak RSS {} MB", hwm(s.child.id()) / 1024);
+    eprintln!("before readers: peak RSS {} MB", s.peak_rss_kb() / 1024);
     let readers: Vec<_> = (0..200)
         .map(|_| {
             let addr = s.addr.clone();
@@ -382,12 +349,6 @@ fn two_hundred_concurrent_metrics_readers() {
         "every reader saw every series"
     );
     wait_for("scraping went on", T, || (evals() > before).then_some(()));
-    let status = std::fs::read_to_string(format!("/proc/{}/status", s.child.id())).unwrap();
-    let hwm_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
+    let hwm_kb = s.peak_rss_kb();
     eprintln!("200 readers of 5k series: peak RSS {} MB", hwm_kb / 1024);
 }

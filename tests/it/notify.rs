@@ -130,14 +130,9 @@ fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
 }
 
 fn counter(s: &Sidecar, result: &str) -> u64 {
-    metric_value(
-        &s.metrics(),
-        &format!(
-            "anomaly_sidecar_notifications_total{{receiver=\"webhook-0\",result=\"{result}\"}}"
-        ),
-    )
-    .and_then(|v| v.parse().ok())
-    .unwrap_or(0)
+    s.number(&format!(
+        "anomaly_sidecar_notifications_total{{receiver=\"webhook-0\",result=\"{result}\"}}"
+    ))
 }
 
 #[test]
@@ -362,14 +357,7 @@ fn a_hanging_receiver_holds_only_its_own_queue() {
     // The healthy receiver gets the event although the other one hangs.
     let got = hook.wait_count(1);
     assert_eq!(got[0].body["status"], "firing");
-    let evals = |s: &Sidecar| -> u64 {
-        metric_value(
-            &s.metrics(),
-            "anomaly_sidecar_rule_evaluations_total{rule=\"too_high\"}",
-        )
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-    };
+    let evals = |s: &Sidecar| s.number("anomaly_sidecar_rule_evaluations_total{rule=\"too_high\"}");
     let before = evals(&s);
     std::thread::sleep(Duration::from_millis(1200));
     assert!(evals(&s) >= before + 3, "scraping and detection go on");
