@@ -10,7 +10,7 @@ use crate::notify::llm::LlmSettings;
 use crate::notify::{Notifier, NotifyError, NotifySettings};
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::scrape::{self, ScrapeSettings};
-use crate::server::{self, ReloadRequest, ServerState};
+use crate::server::{self, ReloadRequest, ServerState, WebGuard};
 use crate::store::{Store, StoreError};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +35,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("invalid --web.config.file: {0}")]
+    WebConfig(server::web::WebError),
     #[error("cannot set up: {0}")]
     Setup(String),
 }
@@ -53,6 +55,8 @@ pub struct App {
 pub async fn start(args: &RunArgs) -> Result<App, StartError> {
     let targets = scrape::parse_targets(&args.targets)?;
     let rules = Arc::new(rules::load_file(&args.rules).map_err(StartError::Rules)?);
+    let web =
+        Arc::new(WebGuard::load(args.web_config_file.as_deref()).map_err(StartError::WebConfig)?);
     let exporter = Arc::new(Exporter::new().map_err(|e| StartError::Setup(e.to_string()))?);
     set_reload_metrics(&exporter, true);
     let dir = args.data_dir.clone();
@@ -71,10 +75,10 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         .local_addr()
         .map_err(|e| StartError::Setup(e.to_string()))?;
     let client = scrape::client().map_err(|e| StartError::Setup(e.to_string()))?;
-    let external_url = args
-        .web_external_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}:{}", hostname(), listen_addr.port()));
+    let external_url = args.web_external_url.clone().unwrap_or_else(|| {
+        let scheme = if web.tls() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", hostname(), listen_addr.port())
+    });
     let notifier = if args.webhooks.is_empty() && args.alertmanagers.is_empty() {
         None
     } else {
@@ -156,9 +160,15 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         reload: args.web_enable_lifecycle.then_some(reload_tx),
         metrics_permits: Arc::new(tokio::sync::Semaphore::new(server::METRICS_IN_FLIGHT)),
     });
-    tasks.push(tokio::spawn(server::serve(listener, state, shutdown_rx)));
+    let tls = web.tls();
+    tasks.push(tokio::spawn(server::serve(
+        listener,
+        state,
+        web,
+        shutdown_rx,
+    )));
     ready.store(true, Ordering::Relaxed);
-    tracing::info!(listen = %listen_addr, "Serving /metrics");
+    tracing::info!(listen = %listen_addr, tls, "Serving /metrics");
     Ok(App {
         listen_addr,
         events,

@@ -41,6 +41,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         max_series: 100_000,
         max_scrape_bytes: 64 << 20,
         web_enable_lifecycle: true,
+        web_config_file: None,
         rules_check_interval: Duration::from_secs(2),
         store_cache_bytes: 8 << 20,
         webhooks: Vec::new(),

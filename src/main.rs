@@ -32,24 +32,45 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match cli.command {
-        Command::Check(args) => match config::rules::load_file(&args.rules) {
-            Ok(set) => {
-                println!("ok: {} rules", set.rules.len());
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                for e in &errors.0 {
-                    println!("{e}");
-                }
-                ExitCode::FAILURE
-            }
-        },
+        Command::Check(args) => check(&args),
         Command::Run(args) => runtime_then(|| async move {
             let app = app::start(&args).await?;
             app.wait(app::termination()).await;
             Ok(())
         }),
         Command::Demo(args) => runtime_then(|| demo::run(args)),
+    }
+}
+
+/// `check`: the rules file, and the web config when one is given (certificates included).
+fn check(args: &config::flags::CheckArgs) -> ExitCode {
+    let mut ok = true;
+    match config::rules::load_file(&args.rules) {
+        Ok(set) => println!("ok: {} rules", set.rules.len()),
+        Err(errors) => {
+            ok = false;
+            for e in &errors.0 {
+                println!("{e}");
+            }
+        }
+    }
+    if let Some(path) = &args.web_config_file {
+        match server::WebGuard::load(Some(path)) {
+            Ok(guard) => println!(
+                "ok: web config {} ({})",
+                path.display(),
+                if guard.tls() { "https" } else { "http" }
+            ),
+            Err(e) => {
+                ok = false;
+                println!("{e}");
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

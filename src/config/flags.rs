@@ -29,6 +29,9 @@ pub struct CheckArgs {
     /// Rules file to validate.
     #[arg(long, env = "ANOMALY_SIDECAR_RULES", default_value = "./rules.yaml")]
     pub rules: PathBuf,
+    /// Web config file to validate too (its certificates and keys are loaded).
+    #[arg(long = "web.config.file", env = "ANOMALY_SIDECAR_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -71,6 +74,10 @@ pub struct RunArgs {
         env = "ANOMALY_SIDECAR_WEB_ENABLE_LIFECYCLE"
     )]
     pub web_enable_lifecycle: bool,
+    /// Web configuration in Prometheus exporter-toolkit's format: TLS, basic auth (bcrypt),
+    /// response headers and a rate limit for every endpoint. Re-read when it changes.
+    #[arg(long = "web.config.file", env = "ANOMALY_SIDECAR_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// How often the rules file is checked for changes (covers ConfigMap symlink swaps).
     #[arg(long, env = "ANOMALY_SIDECAR_RULES_CHECK_INTERVAL", default_value = "5s", value_parser = duration)]
     pub rules_check_interval: Duration,

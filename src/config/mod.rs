@@ -6,5 +6,7 @@ pub mod glob;
 pub mod rules;
 pub mod selector;
 pub mod template;
+pub mod web;
+pub mod yaml;
 
 pub use rules::{Rule, RuleSet, Transform};

@@ -167,21 +167,8 @@ pub fn parse(file: &str, text: &str) -> Result<RuleSet, RuleErrors> {
             "file is empty: write `rules: []` to run no rules".into(),
         ));
     }
-    let options = serde_saphyr::Options {
-        with_snippet: false,
-        ..Default::default()
-    };
-    let raw: RawFile = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
-        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-        let msg = e.to_string();
-        let suffix = format!(" at line {line}, column {column}");
-        let msg = msg.strip_suffix(&suffix).unwrap_or(&msg).to_string();
-        // serde reports an unknown key at its mapping's start; point at the key itself.
-        let (line, column) = unknown_key(&msg)
-            .and_then(|key| find_key(text, key, line))
-            .unwrap_or((line, column));
-        one(line, column, rule_at_line(text, line), msg)
-    })?;
+    let raw: RawFile = super::yaml::decode(text)
+        .map_err(|e| one(e.line, e.column, rule_at_line(text, e.line), e.message))?;
     let mut v = validate::Validator {
         file,
         errors: Vec::new(),
@@ -192,33 +179,6 @@ pub fn parse(file: &str, text: &str) -> Result<RuleSet, RuleErrors> {
     } else {
         Err(RuleErrors(v.errors))
     }
-}
-
-fn unknown_key(msg: &str) -> Option<&str> {
-    let rest = msg.strip_prefix("unknown field `")?;
-    rest.split('`').next()
-}
-
-/// Line and column (1-based) of the first `key:` at or after `from_line`.
-fn find_key(text: &str, key: &str, from_line: u64) -> Option<(u64, u64)> {
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .skip(from_line.saturating_sub(1) as usize)
-    {
-        let mut search = 0;
-        while let Some(pos) = line[search..].find(key) {
-            let at = search + pos;
-            let before = line[..at].chars().next_back();
-            let after = line[at + key.len()..].trim_start();
-            let boundary = before.is_none_or(|c| c == ' ' || c == '{' || c == ',' || c == '-');
-            if boundary && after.starts_with(':') {
-                return Some((i as u64 + 1, at as u64 + 1));
-            }
-            search = at + key.len();
-        }
-    }
-    None
 }
 
 /// The name of the rule whose mapping starts last at or before `line`.

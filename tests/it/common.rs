@@ -152,6 +152,24 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts `run` with the given rules file, targets and extra flags; waits until ready.
     pub fn start(dir: &Path, rules: &Path, targets: &[String], extra: &[&str]) -> Self {
+        let mut s = Self::spawn(dir, rules, targets, extra);
+        s.wait_ready(|addr| http("GET", addr, "/-/ready").filter(|(st, _)| *st == 200));
+        s
+    }
+
+    /// Waits until `ready(addr)` answers, failing early if the process exits.
+    pub fn wait_ready<T>(&mut self, mut ready: impl FnMut(&str) -> Option<T>) -> T {
+        let addr = self.addr.clone();
+        wait_for("sidecar ready", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("sidecar exited early with {status}: {}", self.log());
+            }
+            ready(&addr)
+        })
+    }
+
+    /// Starts `run` without waiting for it.
+    pub fn spawn(dir: &Path, rules: &Path, targets: &[String], extra: &[&str]) -> Self {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let data_dir = dir.join("data");
@@ -175,20 +193,12 @@ impl Sidecar {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let child = cmd.spawn().unwrap();
-        let mut s = Self {
+        Self {
             child,
             addr,
             data_dir,
             log,
-        };
-        let addr = s.addr.clone();
-        wait_for("sidecar ready", Duration::from_secs(20), || {
-            if let Ok(Some(status)) = s.child.try_wait() {
-                panic!("sidecar exited early with {status}: {}", s.log());
-            }
-            http("GET", &addr, "/-/ready").filter(|(st, _)| *st == 200)
-        });
-        s
+        }
     }
 
     pub fn log(&self) -> String {

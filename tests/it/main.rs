@@ -14,3 +14,4 @@ mod notify;
 mod prometheus_path;
 mod reload;
 mod store;
+mod web;

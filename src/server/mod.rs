@@ -1,4 +1,9 @@
-//! HTTP routes only: /metrics, /api/v1/alerts, /-/healthy, /-/ready, POST /-/reload. Holds handles, not logic.
+//! HTTP routes only: /metrics, /api/v1/alerts, /-/healthy, /-/ready, POST /-/reload, behind
+//! the web config (TLS, basic auth, rate limit). Holds handles, not logic.
+
+pub mod web;
+
+pub use web::WebGuard;
 
 use crate::export::Exporter;
 use hyper::body::{Bytes, Incoming};
@@ -27,10 +32,16 @@ pub struct ServerState {
 /// /metrics responses sent concurrently; more readers queue.
 pub const METRICS_IN_FLIGHT: usize = 16;
 
+/// Largest request body we accept (we read none; a larger declared one is refused).
+const MAX_REQUEST_BODY: u64 = 64 << 10;
+/// A client must finish its TLS handshake or its request headers within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves until shutdown; open connections get a moment to finish.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<ServerState>,
+    guard: Arc<WebGuard>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -45,21 +56,81 @@ pub async fn serve(
             },
             _ = shutdown.changed() => return,
         };
-        let state = state.clone();
+        let (state, guard) = (state.clone(), guard.clone());
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "Connection ended with an error");
+            let applied = guard.current();
+            match applied.acceptor() {
+                None => connection(TokioIo::new(stream), state, guard).await,
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    };
+                    if !applied.client_allowed(tls.get_ref().1.peer_certificates()) {
+                        return tracing::warn!("Client certificate carries none of client_allowed_sans; connection closed");
+                    }
+                    connection(TokioIo::new(tls), state, guard).await
+                }
             }
         });
     }
+}
+
+async fn connection<S>(io: TokioIo<S>, state: Arc<ServerState>, guard: Arc<WebGuard>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let (state, guard) = (state.clone(), guard.clone());
+        async move { Ok::<_, Infallible>(handle(&state, &guard, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(io, service);
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "Connection ended with an error");
+    }
+}
+
+/// The web config's checks, then the route, then its headers.
+async fn handle(state: &ServerState, guard: &WebGuard, req: Request<Incoming>) -> Response<Chunks> {
+    let applied = guard.current();
+    let admitted = guard
+        .admit(&applied, req.headers().get(hyper::header::AUTHORIZATION))
+        .await;
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut response = match admitted {
+        Err(web::Denied::RateLimited) => text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n"),
+        Err(web::Denied::Unauthorized) => {
+            let mut r = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Basic"),
+            );
+            r
+        }
+        Ok(()) if declared.is_some_and(|n| n > MAX_REQUEST_BODY) => text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {MAX_REQUEST_BODY} bytes\n"),
+        ),
+        Ok(()) => route(state, req).await,
+    };
+    for (name, value) in applied.headers() {
+        if let (Ok(n), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(n, v);
+        }
+    }
+    response
 }
 
 /// A response body of ready-made chunks (so a shared, cached buffer is sent without a copy),
