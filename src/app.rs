@@ -35,6 +35,10 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("invalid --targets-file: {0}")]
+    TargetsFile(crate::config::targets::TargetsFileError),
+    #[error("no targets: give --target URL or --targets-file")]
+    NoTargets,
     #[error("invalid --web.config.file: {0}")]
     WebConfig(server::web::WebError),
     #[error("cannot set up: {0}")]
@@ -53,7 +57,14 @@ pub struct App {
 
 /// Loads config, opens the store and binds the port (all before any task runs), then spawns.
 pub async fn start(args: &RunArgs) -> Result<App, StartError> {
-    let targets = scrape::parse_targets(&args.targets)?;
+    let specs = match &args.targets_file {
+        Some(path) => crate::config::targets::load_file(path).map_err(StartError::TargetsFile)?,
+        None => Vec::new(),
+    };
+    let targets = scrape::parse_targets(&args.targets, &specs)?;
+    if targets.is_empty() {
+        return Err(StartError::NoTargets);
+    }
     let rules = Arc::new(rules::load_file(&args.rules).map_err(StartError::Rules)?);
     let web =
         Arc::new(WebGuard::load(args.web_config_file.as_deref()).map_err(StartError::WebConfig)?);
@@ -120,11 +131,12 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
     };
     let mut tasks = Vec::new();
     for (i, target) in targets.iter().cloned().enumerate() {
-        tracing::info!(target = %target.name, url = %target.url, "Scraping target");
+        tracing::info!(target = %target.name, url = %target.display_url(), "Scraping target");
+        let target_client = scrape::client_for(&target, &client)?;
         tasks.push(tokio::spawn(scrape::run_target(
             i,
             target,
-            client.clone(),
+            target_client,
             settings.clone(),
             results_tx.clone(),
             shutdown_rx.clone(),

@@ -42,6 +42,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         max_scrape_bytes: 64 << 20,
         web_enable_lifecycle: true,
         web_config_file: None,
+        targets_file: None,
         rules_check_interval: Duration::from_secs(2),
         store_cache_bytes: 8 << 20,
         webhooks: Vec::new(),

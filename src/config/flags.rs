@@ -44,9 +44,13 @@ pub struct RunArgs {
         long = "target",
         env = "ANOMALY_SIDECAR_TARGET",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "targets_file"
     )]
     pub targets: Vec<String>,
+    /// Targets that need credentials or TLS settings (bearer token, basic auth, CA, client
+    /// certificate), in Prometheus' scrape_config field names; added to the --target ones.
+    #[arg(long = "targets-file", env = "ANOMALY_SIDECAR_TARGETS_FILE")]
+    pub targets_file: Option<PathBuf>,
     /// Address to serve /metrics, /-/healthy, /-/ready and /-/reload on.
     #[arg(long, env = "ANOMALY_SIDECAR_LISTEN", default_value = "0.0.0.0:9477")]
     pub listen: SocketAddr,

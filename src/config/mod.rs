@@ -5,6 +5,7 @@ pub mod flags;
 pub mod glob;
 pub mod rules;
 pub mod selector;
+pub mod targets;
 pub mod template;
 pub mod web;
 pub mod yaml;

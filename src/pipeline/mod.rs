@@ -158,7 +158,7 @@ impl Pipeline {
             Err(e) => {
                 m.up.with_label_values(&[&target.name]).set(0);
                 if self.up[t] != Some(false) {
-                    tracing::warn!(target = %target.name, url = %target.url, error = %e, "Scrape failed");
+                    tracing::warn!(target = %target.name, url = %target.display_url(), error = %e, "Scrape failed");
                 }
                 self.up[t] = Some(false);
                 return;

@@ -5,6 +5,8 @@ pub mod parse;
 
 pub use parse::Sample;
 
+use crate::config::targets::{ClientTls, ScrapeAuth, TargetSpec};
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
@@ -15,6 +17,8 @@ pub struct Target {
     pub url: reqwest::Url,
     /// `host:port`, the `target` label and what a rule's `source` glob matches.
     pub name: String,
+    pub auth: Option<ScrapeAuth>,
+    pub tls: Option<ClientTls>,
 }
 
 /// Why a target's URL was refused at startup.
@@ -24,6 +28,8 @@ pub enum TargetError {
     Url(String, String),
     #[error("target {0:?} is given twice")]
     Duplicate(String),
+    #[error("target {0}: {1}")]
+    Tls(String, String),
 }
 
 impl Target {
@@ -47,15 +53,35 @@ impl Target {
         if url.path() != "/metrics" {
             name.push_str(url.path());
         }
-        Ok(Self { url, name })
+        Ok(Self {
+            url,
+            name,
+            auth: None,
+            tls: None,
+        })
+    }
+
+    /// The URL with any password in it masked, for logs.
+    pub fn display_url(&self) -> String {
+        let mut url = self.url.clone();
+        if url.password().is_some() {
+            let _ = url.set_password(Some("xxxxx"));
+        }
+        url.to_string()
     }
 }
 
-/// Parses every target, refusing duplicates.
-pub fn parse_targets(texts: &[String]) -> Result<Vec<Target>, TargetError> {
+/// Parses every target (flags, then the targets file), refusing duplicates.
+pub fn parse_targets(texts: &[String], specs: &[TargetSpec]) -> Result<Vec<Target>, TargetError> {
     let mut out: Vec<Target> = Vec::new();
-    for t in texts {
-        let target = Target::parse(t)?;
+    let plain = texts.iter().map(|t| TargetSpec {
+        url: t.clone(),
+        ..TargetSpec::default()
+    });
+    for spec in plain.chain(specs.iter().cloned()) {
+        let mut target = Target::parse(&spec.url)?;
+        target.auth = spec.auth;
+        target.tls = spec.tls;
         if out.iter().any(|o| o.name == target.name) {
             return Err(TargetError::Duplicate(target.name));
         }
@@ -77,6 +103,8 @@ pub enum ScrapeError {
     TooLarge(u64),
     #[error("body is not UTF-8")]
     NotUtf8,
+    #[error("cannot read {0}: {1}")]
+    Credentials(String, String),
     #[error("malformed exposition text: {0}")]
     Parse(#[from] parse::ParseError),
 }
@@ -116,12 +144,52 @@ pub struct ScrapeSettings {
     pub max_bytes: u64,
 }
 
-/// Builds the HTTP client used for every target.
+/// Builds the HTTP client shared by targets without TLS settings (and by receivers).
 pub fn client() -> Result<reqwest::Client, ScrapeError> {
-    reqwest::Client::builder()
-        .user_agent(concat!("anomaly-sidecar/", env!("CARGO_PKG_VERSION")))
+    builder()
         .build()
         .map_err(|e| ScrapeError::Request(e.to_string()))
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().user_agent(concat!("anomaly-sidecar/", env!("CARGO_PKG_VERSION")))
+}
+
+/// The client for `target`: the shared one, or its own when it has TLS settings (a CA given
+/// replaces the built-in roots, as in Prometheus). Files are read once, here, at startup.
+pub fn client_for(
+    target: &Target,
+    shared: &reqwest::Client,
+) -> Result<reqwest::Client, TargetError> {
+    let Some(tls) = &target.tls else {
+        return Ok(shared.clone());
+    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        TargetError::Tls(target.name.clone(), format!("{what}: {e}"))
+    };
+    let read =
+        |p: &std::path::Path| std::fs::read(p).map_err(|e| fail(&p.display().to_string(), &e));
+    let mut b = builder().danger_accept_invalid_certs(tls.insecure_skip_verify);
+    if let Some(ca) = &tls.ca_file {
+        let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
+            .map_err(|e| fail(&ca.display().to_string(), &e))?;
+        if certs.is_empty() {
+            return Err(fail(&ca.display().to_string(), &"no PEM certificate in it"));
+        }
+        b = b.tls_built_in_root_certs(false);
+        for c in certs {
+            b = b.add_root_certificate(c);
+        }
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        let mut pem = read(cert)?;
+        pem.push(b'\n');
+        pem.extend_from_slice(&read(key)?);
+        let identity =
+            reqwest::Identity::from_pem(&pem).map_err(|e| fail("cert_file/key_file", &e))?;
+        b = b.identity(identity);
+    }
+    b.build().map_err(|e| fail("TLS", &e))
 }
 
 /// Now in milliseconds since the epoch.
@@ -186,12 +254,14 @@ async fn fetch(
     target: &Target,
     max_bytes: u64,
 ) -> Result<Vec<u8>, ScrapeError> {
-    let mut resp = client
-        .get(target.url.clone())
-        .header(
-            reqwest::header::ACCEPT,
-            "text/plain;version=0.0.4;q=0.9,*/*;q=0.1",
-        )
+    let mut request = client.get(target.url.clone()).header(
+        reqwest::header::ACCEPT,
+        "text/plain;version=0.0.4;q=0.9,*/*;q=0.1",
+    );
+    if let Some(auth) = &target.auth {
+        request = request.header(reqwest::header::AUTHORIZATION, authorization(auth)?);
+    }
+    let mut resp = request
         .send()
         .await
         .map_err(|e| ScrapeError::Request(error_chain(&e)))?;
@@ -213,6 +283,35 @@ async fn fetch(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// The Authorization header, from files read now so a rotated token is used at once. The value
+/// is marked sensitive and never logged.
+fn authorization(auth: &ScrapeAuth) -> Result<reqwest::header::HeaderValue, ScrapeError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| ScrapeError::Credentials(p.display().to_string(), e.to_string()))
+    };
+    let text = match auth {
+        ScrapeAuth::Credentials { scheme, file } => format!("{scheme} {}", read(file)?),
+        ScrapeAuth::Basic {
+            username,
+            password_file,
+        } => {
+            use base64::Engine;
+            let pair = format!("{username}:{}", read(password_file)?);
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(pair)
+            )
+        }
+    };
+    let mut value = reqwest::header::HeaderValue::from_str(&text).map_err(|_| {
+        ScrapeError::Credentials("credentials".into(), "not a valid header value".into())
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// reqwest's Display hides the cause ("error sending request"); operators need the cause.
@@ -244,8 +343,10 @@ mod tests {
         );
         assert!(Target::parse("127.0.0.1:9100").is_err());
         assert!(Target::parse("ftp://x/metrics").is_err());
-        assert!(
-            parse_targets(&["http://a:1/metrics".into(), "http://a:1/metrics".into()]).is_err()
-        );
+        assert!(parse_targets(
+            &["http://a:1/metrics".into(), "http://a:1/metrics".into()],
+            &[]
+        )
+        .is_err());
     }
 }

@@ -22,6 +22,8 @@ pub enum Reply {
     Hangup,
     /// A 200 with raw bytes (e.g. invalid UTF-8).
     Bytes(Vec<u8>),
+    /// The body when the request's Authorization header is exactly this, else 401.
+    Authorized(String, String),
 }
 
 /// An HTTP exporter whose answer the test changes at will.
@@ -93,6 +95,19 @@ fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>) {
             (200, b.into_bytes())
         }
         Reply::Hangup => return,
+        Reply::Authorized(expected, b) => {
+            let head = String::from_utf8_lossy(&req).to_string();
+            let given = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("authorization")
+                    .then(|| v.trim().to_string())
+            });
+            if given.as_deref() == Some(expected.as_str()) {
+                (200, b.into_bytes())
+            } else {
+                (401, b"unauthorized\n".to_vec())
+            }
+        }
     };
     let head = format!(
         "HTTP/1.1 {status} X\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

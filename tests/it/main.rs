@@ -13,5 +13,6 @@ mod node_exporter;
 mod notify;
 mod prometheus_path;
 mod reload;
+mod scrape_auth;
 mod store;
 mod web;

@@ -24,7 +24,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA named `ca` (ca.pem, ca.key) in `dir`.
-fn ca(dir: &Path, ca: &str) {
+pub fn ca(dir: &Path, ca: &str) {
     openssl(
         dir,
         &[
@@ -48,7 +48,7 @@ fn ca(dir: &Path, ca: &str) {
 }
 
 /// A leaf `name` (name.pem, name.key) signed by CA `ca`, with the given SAN and usage.
-fn leaf(dir: &Path, ca: &str, name: &str, san: &str, usage: &str) {
+pub fn leaf(dir: &Path, ca: &str, name: &str, san: &str, usage: &str) {
     let ext = format!("{name}.ext");
     std::fs::write(
         dir.join(&ext),
@@ -94,7 +94,7 @@ fn leaf(dir: &Path, ca: &str, name: &str, san: &str, usage: &str) {
     );
 }
 
-fn server_cert(dir: &Path, ca_name: &str) {
+pub fn server_cert(dir: &Path, ca_name: &str) {
     leaf(
         dir,
         ca_name,
@@ -126,7 +126,7 @@ fn https(addr: &str, dir: &Path, ca: &str, user: Option<&str>, path: &str) -> (u
     curl(&args)
 }
 
-fn hash(password: &str) -> String {
+pub fn hash(password: &str) -> String {
     bcrypt::hash(password, 4).unwrap()
 }
 
