@@ -133,45 +133,33 @@ fn a_bad_targets_file_stops_startup_with_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let rules = write(dir, "rules.yaml", RULES);
-    let file = write(
-        dir,
-        "targets.yml",
+    let refused = |targets: &str| {
+        let file = write(dir, "targets.yml", targets);
+        let out = run(&[
+            "run",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--targets-file",
+            file.to_str().unwrap(),
+            "--data-dir",
+            dir.join("data").to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        stderr
+    };
+    let stderr = refused(
         "targets:\n  - url: http://127.0.0.1:1/metrics\n    tls_config: {ca_file: ca.pem}\n",
     );
-    let out = run(&[
-        "run",
-        "--rules",
-        rules.to_str().unwrap(),
-        "--targets-file",
-        file.to_str().unwrap(),
-        "--data-dir",
-        dir.join("data").to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(
             "targets.yml:2: target http://127.0.0.1:1/metrics: tls_config needs an https:// URL"
         ),
         "{stderr}"
     );
-
-    let file = write(
-        dir,
-        "targets.yml",
+    let stderr = refused(
         "targets:\n  - url: https://127.0.0.1:1/metrics\n    tls_config: {ca_file: missing.pem}\n",
     );
-    let out = run(&[
-        "run",
-        "--rules",
-        rules.to_str().unwrap(),
-        "--targets-file",
-        file.to_str().unwrap(),
-        "--data-dir",
-        dir.join("data").to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("missing.pem"), "{stderr}");
 
     let out = run(&["run", "--rules", rules.to_str().unwrap()]);
