@@ -76,6 +76,11 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         .await
         .map_err(|e| StartError::Setup(e.to_string()))??;
     tracing::info!(series = store.len(), dir = %args.data_dir.display(), "Store opened");
+    exporter.metrics.store_last_write_successful.set(1);
+    exporter
+        .metrics
+        .store_size_bytes
+        .set(store.size_on_disk() as i64);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| StartError::Listen {

@@ -133,7 +133,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "ANOMALY_SIDECAR_OUTBOX_MAX_EVENTS",
-        default_value_t = 100_000
+        default_value_t = 10_000
     )]
     pub outbox_max_events: usize,
     /// URL under which this sidecar is reachable (externalURL and generatorURL in payloads);

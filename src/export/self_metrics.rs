@@ -20,6 +20,7 @@ pub struct SelfMetrics {
     pub rules_last_reload_success_timestamp_seconds: Gauge,
     pub store_errors_total: IntCounterVec,
     pub store_size_bytes: IntGauge,
+    pub store_last_write_successful: IntGauge,
     pub notifications_total: IntCounterVec,
     pub outbox_events: IntGaugeVec,
     pub notification_latency_seconds: Histogram,
@@ -90,6 +91,10 @@ impl SelfMetrics {
                 opts("store_errors_total", "Failed writes to the history store."),
                 &["operation"],
             )?,
+            store_last_write_successful: IntGauge::with_opts(opts(
+                "store_last_write_successful",
+                "Whether the last write to the history store succeeded (0 while the disk is full or failing; detection goes on from memory).",
+            ))?,
             store_size_bytes: IntGauge::with_opts(opts(
                 "store_size_bytes",
                 "Bytes the history store uses on disk.",
@@ -140,6 +145,7 @@ impl SelfMetrics {
         ))?;
         registry.register(Box::new(m.store_errors_total.clone()))?;
         registry.register(Box::new(m.store_size_bytes.clone()))?;
+        registry.register(Box::new(m.store_last_write_successful.clone()))?;
         registry.register(Box::new(m.notifications_total.clone()))?;
         registry.register(Box::new(m.outbox_events.clone()))?;
         registry.register(Box::new(m.notification_latency_seconds.clone()))?;

@@ -89,7 +89,7 @@ impl Notifier {
     /// Opens each receiver's outbox in `db`. Outboxes are named after the URL, so a restart
     /// with the same receivers resumes their queues.
     pub fn open(
-        db: &sled::Db,
+        db: &crate::store::Database,
         s: &NotifySettings,
         client: &reqwest::Client,
         metrics: SelfMetrics,
@@ -210,26 +210,31 @@ impl Notifier {
                 id: id.clone(),
                 body: event.clone(),
             };
-            match r.outbox.push(&record) {
-                Ok(dropped) => {
-                    if dropped > 0 {
-                        self.metrics.outbox_dropped_total.inc_by(dropped);
-                        tracing::warn!(receiver = %r.name, dropped, "Outbox full: dropped the oldest events");
-                    }
-                }
-                Err(e) => {
-                    self.metrics
-                        .store_errors_total
-                        .with_label_values(&["outbox"])
-                        .inc();
-                    tracing::error!(receiver = %r.name, error = %e, "Cannot queue an event");
-                }
+            let (dropped, persisted) = r.outbox.push(&record);
+            if dropped > 0 {
+                self.metrics.outbox_dropped_total.inc_by(dropped);
+                tracing::warn!(receiver = %r.name, dropped, "Outbox full: dropped the oldest events");
+            }
+            if let Err(e) = persisted {
+                self.metrics
+                    .store_errors_total
+                    .with_label_values(&["outbox"])
+                    .inc();
+                tracing::debug!(receiver = %r.name, error = %e, "Event queued in memory only until the store is writable");
             }
             self.metrics
                 .outbox_events
                 .with_label_values(&[&r.name])
                 .set(r.outbox.len() as i64);
         }
+    }
+
+    /// Rewrites every outbox tree that missed writes (blocking; after the store reopened).
+    pub fn resync(&self) -> sled::Result<()> {
+        for r in &self.receivers {
+            r.outbox.resync()?;
+        }
+        Ok(())
     }
 
     /// Wakes every delivery task (after the queued events were flushed).
@@ -266,14 +271,7 @@ impl Notifier {
         let mut attempt: u32 = 0;
         let mut rng = Jitter::seeded();
         loop {
-            let head = match r.outbox.head() {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::error!(receiver = %r.name, error = %e, "Cannot read the outbox");
-                    None
-                }
-            };
-            let Some((seq, record)) = head else {
+            let Some((seq, record)) = r.outbox.head() else {
                 tokio::select! {
                     _ = r.wake.notified() => continue,
                     _ = shutdown.changed() => return,
@@ -284,9 +282,7 @@ impl Notifier {
                 _ = shutdown.changed() => return,
             };
             let Some(body) = body else {
-                if let Err(e) = r.outbox.remove(seq) {
-                    tracing::error!(receiver = %r.name, error = %e, "Cannot remove an outbox event");
-                }
+                let _ = r.outbox.remove(seq);
                 continue;
             };
             let started = Instant::now();
@@ -315,7 +311,7 @@ impl Notifier {
                     }
                     attempt = 0;
                     if let Err(e) = r.outbox.remove_durably(seq).await {
-                        tracing::error!(receiver = %r.name, error = %e, "Cannot remove a delivered event");
+                        tracing::debug!(receiver = %r.name, error = %e, "Delivered event removed in memory only until the store is writable");
                     }
                     self.metrics
                         .outbox_events

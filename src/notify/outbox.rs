@@ -1,8 +1,10 @@
-//! A receiver's outbox: events in sled, keyed by a sequence number, written before any
-//! delivery attempt and removed only once delivered (or rejected). Bounded: past the limit the
-//! oldest is dropped and counted, so a dead receiver never grows memory or disk without bound.
+//! A receiver's outbox: events keyed by a sequence number, in memory and in sled, written
+//! before any delivery attempt and removed only once delivered (or rejected). Bounded: past
+//! the limit the oldest is dropped and counted, so a dead receiver never grows memory or disk
+//! without bound.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::store::Database;
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 /// One queued event: its id (for receivers to drop duplicates) and the request body.
@@ -31,77 +33,136 @@ impl Record {
     }
 }
 
-/// A persistent FIFO of records.
+/// A FIFO of records held in memory and mirrored to its sled tree. Memory is the truth while
+/// running, so a full or failing disk delays nothing; the tree is what a restart resumes from,
+/// and is rewritten from memory (`resync`) once the database is writable again.
 pub struct Outbox {
-    tree: sled::Tree,
-    next_seq: AtomicU64,
+    db: Database,
+    tree: String,
     max_events: usize,
-    /// Serialises push-with-eviction so the bound holds under concurrent pushes.
-    push_lock: Mutex<()>,
+    state: Mutex<State>,
+}
+
+struct State {
+    queue: VecDeque<(u64, Record)>,
+    next_seq: u64,
+    /// A write to the tree failed: it no longer mirrors the queue.
+    dirty: bool,
 }
 
 impl Outbox {
-    /// Opens the outbox tree `name` in `db`, continuing its sequence after a restart.
-    pub fn open(db: &sled::Db, name: &str, max_events: usize) -> sled::Result<Self> {
-        let tree = db.open_tree(name)?;
-        let next = match tree.last()? {
-            Some((k, _)) => seq_of(&k).map_or(0, |s| s + 1),
-            None => 0,
-        };
+    /// Opens the outbox tree `name`, continuing its sequence after a restart.
+    pub fn open(db: &Database, name: &str, max_events: usize) -> sled::Result<Self> {
+        let tree = db.tree(name)?;
+        let max_events = max_events.max(1);
+        let mut queue = VecDeque::new();
+        let mut next_seq = 0;
+        for item in tree.iter() {
+            let (k, v) = item?;
+            match (seq_of(&k), Record::decode(&v)) {
+                (Some(seq), Some(r)) => {
+                    next_seq = seq + 1;
+                    queue.push_back((seq, r));
+                }
+                _ => tracing::error!("Dropping an undecodable outbox record"),
+            }
+        }
+        // A smaller --outbox-max-events than before: the oldest go (the tree follows at resync).
+        let dirty = queue.len() > max_events;
+        while queue.len() > max_events {
+            queue.pop_front();
+        }
         Ok(Self {
-            tree,
-            next_seq: AtomicU64::new(next),
-            max_events: max_events.max(1),
-            push_lock: Mutex::new(()),
+            db: db.clone(),
+            tree: name.to_string(),
+            max_events,
+            state: Mutex::new(State {
+                queue,
+                next_seq,
+                dirty,
+            }),
         })
     }
 
-    /// Appends a record; returns how many old records were dropped to stay in bounds.
-    pub fn push(&self, record: &Record) -> sled::Result<u64> {
-        let _guard = self.push_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
-        self.tree.insert(seq.to_be_bytes(), record.encode())?;
-        let mut dropped = 0;
-        while self.tree.len() > self.max_events {
-            if self.tree.pop_min()?.is_none() {
-                break;
-            }
-            dropped += 1;
-        }
-        Ok(dropped)
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The oldest record, if any. Undecodable records are removed (and reported as such).
-    pub fn head(&self) -> sled::Result<Option<(u64, Record)>> {
-        while let Some((k, v)) = self.tree.first()? {
-            match (seq_of(&k), Record::decode(&v)) {
-                (Some(seq), Some(r)) => return Ok(Some((seq, r))),
-                _ => {
-                    tracing::error!("Dropping an undecodable outbox record");
-                    self.tree.remove(k)?;
-                }
+    /// Appends a record; returns how many old records were dropped to stay in bounds, and
+    /// whether the tree took the change (the record is queued either way).
+    pub fn push(&self, record: &Record) -> (u64, sled::Result<()>) {
+        let mut st = self.state();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.queue.push_back((seq, record.clone()));
+        let mut evicted = Vec::new();
+        while st.queue.len() > self.max_events {
+            if let Some((old, _)) = st.queue.pop_front() {
+                evicted.push(old);
             }
         }
-        Ok(None)
+        let persisted = (|| {
+            let tree = self.db.tree(&self.tree)?;
+            tree.insert(seq.to_be_bytes(), record.encode())?;
+            for old in &evicted {
+                tree.remove(old.to_be_bytes())?;
+            }
+            Ok(())
+        })();
+        st.dirty |= persisted.is_err();
+        (evicted.len() as u64, persisted)
     }
 
-    /// Removes a delivered (or rejected) record.
+    /// The oldest record, if any.
+    pub fn head(&self) -> Option<(u64, Record)> {
+        self.state().queue.front().cloned()
+    }
+
+    /// Removes a delivered (or rejected) record; an error means only the tree missed it.
     pub fn remove(&self, seq: u64) -> sled::Result<()> {
-        self.tree.remove(seq.to_be_bytes())?;
-        Ok(())
+        let mut st = self.state();
+        st.queue.retain(|(s, _)| *s != seq);
+        let persisted = self
+            .db
+            .tree(&self.tree)
+            .and_then(|t| t.remove(seq.to_be_bytes()).map(|_| ()));
+        st.dirty |= persisted.is_err();
+        persisted
     }
 
     /// Removes a delivered record and waits until that is on disk, so a restart right after
     /// a delivery does not send it again (it would carry the same event id if it did).
     pub async fn remove_durably(&self, seq: u64) -> sled::Result<()> {
         self.remove(seq)?;
-        self.tree.flush_async().await?;
-        Ok(())
+        self.db.flush_async().await
     }
 
     /// Records waiting.
     pub fn len(&self) -> usize {
-        self.tree.len()
+        self.state().queue.len()
+    }
+
+    /// Rewrites the tree from memory if a write to it failed (blocking).
+    pub fn resync(&self) -> sled::Result<()> {
+        let mut st = self.state();
+        if !st.dirty {
+            return Ok(());
+        }
+        let tree = self.db.tree(&self.tree)?;
+        let live: std::collections::HashSet<u64> = st.queue.iter().map(|(s, _)| *s).collect();
+        let mut batch = sled::Batch::default();
+        for item in tree.iter() {
+            let (k, _) = item?;
+            if seq_of(&k).is_none_or(|s| !live.contains(&s)) {
+                batch.remove(k);
+            }
+        }
+        for (seq, r) in &st.queue {
+            batch.insert(&seq.to_be_bytes(), r.encode());
+        }
+        tree.apply_batch(batch)?;
+        st.dirty = false;
+        Ok(())
     }
 }
 
@@ -123,39 +184,44 @@ mod tests {
     #[test]
     fn fifo_survives_reopen_and_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), 1 << 20).unwrap();
         {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
             let o = Outbox::open(&db, "outbox-x", 3).unwrap();
-            assert_eq!(o.push(&rec(1)).unwrap(), 0);
-            o.push(&rec(2)).unwrap();
-            o.push(&rec(3)).unwrap();
-            assert_eq!(o.push(&rec(4)).unwrap(), 1, "oldest dropped");
-            let (seq, r) = o.head().unwrap().unwrap();
+            assert_eq!(o.push(&rec(1)).0, 0);
+            o.push(&rec(2)).1.unwrap();
+            o.push(&rec(3)).1.unwrap();
+            assert_eq!(o.push(&rec(4)).0, 1, "oldest dropped");
+            let (seq, r) = o.head().unwrap();
             assert_eq!(r, rec(2));
             o.remove(seq).unwrap();
             db.flush().unwrap();
         }
-        // sled's threads may hold the lock a moment after the first handle is dropped.
-        let db = (0..100)
-            .find_map(|_| {
-                let db = sled::Config::new().path(dir.path()).open().ok();
-                if db.is_none() {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                db
-            })
-            .expect("reopen");
+        db.reopen().unwrap();
         let o = Outbox::open(&db, "outbox-x", 3).unwrap();
         assert_eq!(o.len(), 2);
-        assert_eq!(o.head().unwrap().unwrap().1, rec(3));
-        o.push(&rec(5)).unwrap();
-        let (seq, _) = o.head().unwrap().unwrap();
+        assert_eq!(o.head().unwrap().1, rec(3));
+        o.push(&rec(5)).1.unwrap();
+        let (seq, _) = o.head().unwrap();
         o.remove(seq).unwrap();
-        o.remove(o.head().unwrap().unwrap().0).unwrap();
-        assert_eq!(
-            o.head().unwrap().unwrap().1,
-            rec(5),
-            "order kept across restarts"
-        );
+        o.remove(o.head().unwrap().0).unwrap();
+        assert_eq!(o.head().unwrap().1, rec(5), "order kept across restarts");
+    }
+
+    #[test]
+    fn a_failed_tree_is_rewritten_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(dir.path(), 1 << 20).unwrap();
+        let o = Outbox::open(&db, "outbox-y", 10).unwrap();
+        o.push(&rec(1)).1.unwrap();
+        o.push(&rec(2)).1.unwrap();
+        // Simulate writes the tree missed: memory moves on, the tree does not.
+        o.state().queue.pop_front();
+        o.state().queue.push_back((7, rec(7)));
+        o.state().dirty = true;
+        o.resync().unwrap();
+        db.reopen().unwrap();
+        let again = Outbox::open(&db, "outbox-y", 10).unwrap();
+        let seqs: Vec<u64> = again.state().queue.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [1, 7]);
     }
 }

@@ -3,6 +3,7 @@
 //! exporter its rows and the world its alert events. The one owner of store and rule state.
 
 mod carry_over;
+mod persist;
 mod rule_series;
 
 use crate::alert::{AlertEvent, AlertState, Transition};
@@ -49,6 +50,8 @@ pub struct Pipeline {
     notifier: Option<Arc<Notifier>>,
     last_expiry_ms: i64,
     last_resend_ms: i64,
+    /// While the store is failing: when to try reopening it next, and the backoff.
+    store_retry: Option<(std::time::Instant, std::time::Duration)>,
 }
 
 impl Pipeline {
@@ -91,6 +94,7 @@ impl Pipeline {
             notifier,
             last_expiry_ms: 0,
             last_resend_ms: 0,
+            store_retry: None,
         };
         p.restore_firing();
         p
@@ -126,22 +130,6 @@ impl Pipeline {
         }
         self.persist().await;
         tracing::info!("Pipeline stopped; store flushed");
-    }
-
-    async fn persist(&mut self) {
-        let (writer, batch) = self.store.take_batch();
-        let result = tokio::task::spawn_blocking(move || writer.write(batch)).await;
-        let err = match result {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
-        };
-        self.exporter
-            .metrics
-            .store_errors_total
-            .with_label_values(&["write"])
-            .inc();
-        tracing::error!(error = %err, "Cannot write to the history store; keeping windows in memory");
     }
 
     /// Evaluates one scrape.

@@ -6,7 +6,15 @@
 //! sample and one remove of the sample that left the window. Each scrape's writes go in one
 //! batch followed by a flush, so a kill -9 loses at most the scrape being written.
 
-use std::collections::{HashMap, VecDeque};
+mod codec;
+mod database;
+
+pub use database::Database;
+
+use codec::{
+    decode_identity, decode_sample, decode_seq, encode_identity, encode_sample, sample_key,
+};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -61,6 +69,16 @@ impl SeriesEntry {
     }
 }
 
+const SERIES: &str = "series";
+const SAMPLES: &str = "samples";
+const ALERTS: &str = "alerts";
+
+fn alert_key(id: SeriesId, rule_key: &str) -> Vec<u8> {
+    let mut key = id.to_be_bytes().to_vec();
+    key.extend_from_slice(rule_key.as_bytes());
+    key
+}
+
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,10 +102,7 @@ pub struct WriteBatch {
 /// A cheap handle that applies batches (blocking; run it off the async runtime).
 #[derive(Clone)]
 pub struct StoreWriter {
-    db: sled::Db,
-    series: sled::Tree,
-    samples: sled::Tree,
-    alerts: sled::Tree,
+    db: Database,
 }
 
 impl StoreWriter {
@@ -96,9 +111,9 @@ impl StoreWriter {
         if batch.empty {
             return Ok(());
         }
-        self.series.apply_batch(batch.series)?;
-        self.samples.apply_batch(batch.samples)?;
-        self.alerts.apply_batch(batch.alerts)?;
+        self.db.tree(SERIES)?.apply_batch(batch.series)?;
+        self.db.tree(SAMPLES)?.apply_batch(batch.samples)?;
+        self.db.tree(ALERTS)?.apply_batch(batch.alerts)?;
         self.db.flush()?;
         Ok(())
     }
@@ -122,27 +137,9 @@ pub struct OverLimit;
 impl Store {
     /// Opens (or creates) the store in `dir` and loads every series.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let open_err = |source| StoreError::Open {
-            dir: dir.display().to_string(),
-            source,
-        };
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            // We flush after every scrape batch ourselves; no background timer needed.
-            .flush_every_ms(None)
-            .open()
-            .map_err(open_err)?;
-        let series_tree = db.open_tree("series").map_err(open_err)?;
-        let samples_tree = db.open_tree("samples").map_err(open_err)?;
-        let alerts_tree = db.open_tree("alerts").map_err(open_err)?;
+        let db = Database::open(dir, cache_bytes)?;
         let mut store = Self {
-            writer: StoreWriter {
-                db,
-                series: series_tree,
-                samples: samples_tree,
-                alerts: alerts_tree,
-            },
+            writer: StoreWriter { db },
             series: HashMap::new(),
             firing: HashMap::new(),
             per_target: HashMap::new(),
@@ -156,7 +153,10 @@ impl Store {
     }
 
     fn load(&mut self) -> Result<(), StoreError> {
-        for item in self.writer.alerts.iter() {
+        let db = &self.writer.db;
+        let (series, samples_tree, alerts) =
+            (db.tree(SERIES)?, db.tree(SAMPLES)?, db.tree(ALERTS)?);
+        for item in alerts.iter() {
             let (k, v) = item?;
             let parsed = (|| {
                 let id = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
@@ -168,7 +168,7 @@ impl Store {
             self.firing.insert(key, since);
         }
         let mut targets: HashMap<String, Arc<str>> = HashMap::new();
-        for item in self.writer.series.iter() {
+        for item in series.iter() {
             let (key, value) = item?;
             let id = u64::from_be_bytes(
                 key.as_ref()
@@ -184,7 +184,7 @@ impl Store {
             identity.target = t;
             let mut samples = VecDeque::new();
             let mut next_seq = 0;
-            for s in self.writer.samples.scan_prefix(id.to_be_bytes()) {
+            for s in samples_tree.scan_prefix(id.to_be_bytes()) {
                 let (k, v) = s?;
                 let (Some(seq), Some(sample)) = (decode_seq(&k), decode_sample(&v)) else {
                     return Err(StoreError::Corrupt(format!("sample of series {id:016x}")));
@@ -287,8 +287,7 @@ impl Store {
 
     /// Records that an alert started firing (`Some(since)`) or stopped (`None`).
     pub fn set_firing(&mut self, id: SeriesId, rule_key: &str, since: Option<i64>) {
-        let mut key = id.to_be_bytes().to_vec();
-        key.extend_from_slice(rule_key.as_bytes());
+        let key = alert_key(id, rule_key);
         match since {
             Some(t) => {
                 self.firing.insert((id, rule_key.to_string()), t);
@@ -360,81 +359,83 @@ impl Store {
     }
 
     /// The database handle, for other trees that share its file and flushes (the outboxes).
-    pub fn db(&self) -> sled::Db {
+    pub fn db(&self) -> Database {
         self.writer.db.clone()
     }
 
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> u64 {
-        self.writer.db.size_on_disk().unwrap_or(0)
+        self.writer.db.size_on_disk()
     }
-}
 
-fn sample_key(id: SeriesId, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&id.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-fn decode_seq(k: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(k.get(8..16)?.try_into().ok()?))
-}
-
-fn encode_sample(ts: i64, v: f64) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&ts.to_be_bytes());
-    b[8..].copy_from_slice(&v.to_bits().to_be_bytes());
-    b
-}
-
-fn decode_sample(b: &[u8]) -> Option<(i64, f64)> {
-    let ts = i64::from_be_bytes(b.get(..8)?.try_into().ok()?);
-    let v = f64::from_bits(u64::from_be_bytes(b.get(8..16)?.try_into().ok()?));
-    Some((ts, v))
-}
-
-fn encode_identity(s: &SeriesIdentity) -> Vec<u8> {
-    let mut out = vec![u8::from(s.counter_like)];
-    let mut put = |t: &str| {
-        out.extend_from_slice(&(t.len() as u32).to_be_bytes());
-        out.extend_from_slice(t.as_bytes());
-    };
-    put(&s.target);
-    put(&s.name);
-    for (k, v) in &s.labels {
-        put(k);
-        put(v);
+    /// After the database was reopened (blocking): writes every held series' identity and
+    /// window and every firing alert again, and removes what failed writes left behind, a
+    /// thousand series per batch so memory stays small. Pending writes are superseded.
+    pub fn resync(&mut self) -> Result<(), StoreError> {
+        self.pending = WriteBatch {
+            empty: true,
+            ..WriteBatch::default()
+        };
+        let db = &self.writer.db;
+        let (series, samples, alerts) = (db.tree(SERIES)?, db.tree(SAMPLES)?, db.tree(ALERTS)?);
+        let (mut gone_series, mut gone_samples) = (sled::Batch::default(), sled::Batch::default());
+        for item in series.iter() {
+            let (k, _) = item?;
+            let held = k.as_ref().try_into().ok().map(u64::from_be_bytes);
+            if held.is_some_and(|id| self.series.contains_key(&id)) {
+                continue;
+            }
+            for s in samples.scan_prefix(&k) {
+                gone_samples.remove(s?.0);
+            }
+            gone_series.remove(k);
+        }
+        samples.apply_batch(gone_samples)?;
+        series.apply_batch(gone_series)?;
+        let ids: Vec<SeriesId> = self.series.keys().copied().collect();
+        for chunk in ids.chunks(1000) {
+            let (mut ser, mut sam) = (sled::Batch::default(), sled::Batch::default());
+            for id in chunk {
+                let Some(entry) = self.series.get(id) else {
+                    continue;
+                };
+                ser.insert(&id.to_be_bytes(), encode_identity(&entry.identity));
+                let first = entry.next_seq - entry.samples.len() as u64;
+                for s in samples.scan_prefix(id.to_be_bytes()) {
+                    let (k, _) = s?;
+                    if decode_seq(&k).is_none_or(|seq| seq < first || seq >= entry.next_seq) {
+                        sam.remove(k);
+                    }
+                }
+                for (i, (ts, v)) in entry.samples.iter().enumerate() {
+                    sam.insert(
+                        &sample_key(*id, first + i as u64),
+                        &encode_sample(*ts, *v)[..],
+                    );
+                }
+            }
+            series.apply_batch(ser)?;
+            samples.apply_batch(sam)?;
+        }
+        let mut firing = sled::Batch::default();
+        let live: HashSet<Vec<u8>> = self
+            .firing
+            .keys()
+            .map(|(id, rule)| alert_key(*id, rule))
+            .collect();
+        for item in alerts.iter() {
+            let (k, _) = item?;
+            if !live.contains(k.as_ref()) {
+                firing.remove(k);
+            }
+        }
+        for ((id, rule), since) in &self.firing {
+            firing.insert(alert_key(*id, rule), &since.to_be_bytes()[..]);
+        }
+        alerts.apply_batch(firing)?;
+        db.flush()?;
+        Ok(())
     }
-    out
-}
-
-fn decode_identity(b: &[u8]) -> Option<SeriesIdentity> {
-    let counter_like = *b.first()? == 1;
-    let mut rest = b.get(1..)?;
-    let mut strings = Vec::new();
-    while !rest.is_empty() {
-        let n = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let s = std::str::from_utf8(rest.get(4..4 + n)?).ok()?.to_string();
-        strings.push(s);
-        rest = &rest[4 + n..];
-    }
-    if strings.len() < 2 || strings.len() % 2 != 0 {
-        return None;
-    }
-    let mut it = strings.into_iter();
-    let target: Arc<str> = it.next()?.into();
-    let name = it.next()?;
-    let mut labels = Vec::new();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        labels.push((k, v));
-    }
-    Some(SeriesIdentity {
-        target,
-        name,
-        labels,
-        counter_like,
-    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ mod alertmanager;
 mod check;
 mod deploy;
 mod detection;
+mod disk;
 mod failures;
 mod faults;
 mod llm;

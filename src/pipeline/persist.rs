@@ -1,0 +1,76 @@
+//! Writing each scrape's changes to the store, and getting the store back after a write
+//! failed (a full disk): detection goes on from memory meanwhile, and once the database
+//! reopens, memory is written back whole.
+
+use super::Pipeline;
+use std::time::{Duration, Instant};
+
+/// First wait before reopening a failed store; doubles up to `MAX_RETRY`.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+const MAX_RETRY: Duration = Duration::from_secs(80);
+
+impl Pipeline {
+    /// Writes the scrape's batch (flushed), or, while the store is failing, tries to recover it.
+    pub(super) async fn persist(&mut self) {
+        if let Some((at, _)) = self.store_retry {
+            if Instant::now() >= at {
+                self.recover();
+            }
+            // Until recovered the batch is not written: the resync rewrites everything.
+            let _ = self.store.take_batch();
+            return;
+        }
+        let (writer, batch) = self.store.take_batch();
+        let result = tokio::task::spawn_blocking(move || writer.write(batch)).await;
+        let err = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.failed("write", FIRST_RETRY);
+        tracing::error!(error = %err, retry_in = ?FIRST_RETRY, "Cannot write to the history store; detection goes on from memory");
+    }
+
+    /// Reopens the database and writes memory back (the windows, firing alerts and outboxes).
+    fn recover(&mut self) {
+        let notifier = self.notifier.clone();
+        let store = &mut self.store;
+        // Blocking, and rare (only after a failed write): reopening waits for sled's file lock
+        // and the resync rewrites every window.
+        let result = tokio::task::block_in_place(|| {
+            store.db().reopen()?;
+            store.resync()?;
+            if let Some(n) = &notifier {
+                n.resync()?;
+            }
+            Ok::<_, crate::store::StoreError>(())
+        });
+        match result {
+            Ok(()) => {
+                self.store_retry = None;
+                self.exporter.metrics.store_last_write_successful.set(1);
+                tracing::info!(
+                    series = self.store.len(),
+                    "History store writable again; memory written back"
+                );
+            }
+            Err(e) => {
+                let backoff = self
+                    .store_retry
+                    .map_or(FIRST_RETRY, |(_, b)| (b * 2).min(MAX_RETRY));
+                self.failed("reopen", backoff);
+                tracing::warn!(error = %e, retry_in = ?backoff, "History store still failing");
+            }
+        }
+    }
+
+    fn failed(&mut self, operation: &str, backoff: Duration) {
+        self.exporter
+            .metrics
+            .store_errors_total
+            .with_label_values(&[operation])
+            .inc();
+        self.exporter.metrics.store_last_write_successful.set(0);
+        self.store_retry = Some((Instant::now() + backoff, backoff));
+    }
+}
