@@ -471,6 +471,25 @@ mod tests {
     }
 
     #[test]
+    fn an_hour_of_a_failing_receiver_costs_about_twenty_attempts() {
+        // The delivery loop's schedule against a receiver that answers 500 for an hour, at the
+        // default --max-retry-interval: 1, 2, 4 … 256 s, then every 5 min, all ±20 %.
+        let max = Duration::from_secs(300);
+        let mut rng = Jitter(0x1234_5678_9abc_def1);
+        for _ in 0..100 {
+            let (mut t, mut attempt) = (Duration::ZERO, 0u32);
+            while t < Duration::from_secs(3600) {
+                t += backoff(attempt, max, rng.next());
+                attempt += 1;
+            }
+            assert!(
+                (15..=25).contains(&attempt),
+                "{attempt} attempts in an hour"
+            );
+        }
+    }
+
+    #[test]
     fn backoff_grows_and_caps() {
         let max = Duration::from_secs(300);
         let d0 = backoff(0, max, 0.5);

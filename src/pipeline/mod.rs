@@ -262,7 +262,11 @@ impl Pipeline {
             .entry(list)
             .or_insert_with_key(|l| Arc::from(l.as_slice()))
             .clone();
-        self.matches.insert(id, r.clone());
+        // A target at --max-series gets no new cache entries: a cardinality bomb would
+        // otherwise cost an entry per dropped series until the next prune.
+        if self.store.target_series(target) < self.settings.max_series {
+            self.matches.insert(id, r.clone());
+        }
         r
     }
 

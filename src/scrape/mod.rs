@@ -271,7 +271,9 @@ async fn fetch(
     if resp.content_length().is_some_and(|n| n > max_bytes) {
         return Err(ScrapeError::TooLarge(max_bytes));
     }
-    let mut body = Vec::new();
+    // Sized up front when the length is known: growing by doubling would briefly hold 1.5×
+    // a large body (the old and the new buffer).
+    let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0).min(max_bytes) as usize);
     while let Some(chunk) = resp
         .chunk()
         .await

@@ -44,12 +44,7 @@ impl Exporter {
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let (r, c) = (r.clone(), c.clone());
-                thread::spawn(move || {
-                    let now = c.0.fetch_add(1, Ordering::SeqCst) + 1;
-                    c.1.fetch_max(now, Ordering::SeqCst);
-                    serve(stream, r);
-                    c.0.fetch_sub(1, Ordering::SeqCst);
-                });
+                thread::spawn(move || serve(stream, r, &c));
             }
         });
         Self {
@@ -76,7 +71,10 @@ impl Exporter {
     }
 }
 
-fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>) {
+/// Counts a request as in flight from its arrival until its answer starts: a request that
+/// arrives before the previous answer was sent is a real overlap, one that arrives while
+/// this thread is still closing the previous connection is not.
+fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>, c: &(AtomicUsize, AtomicUsize)) {
     let mut buf = [0u8; 4096];
     let mut req = Vec::new();
     while !req.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -85,8 +83,25 @@ fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>) {
             Ok(n) => req.extend_from_slice(&buf[..n]),
         }
     }
+    let now = c.0.fetch_add(1, Ordering::SeqCst) + 1;
+    c.1.fetch_max(now, Ordering::SeqCst);
+    let answer = answer(&req, &reply);
+    c.0.fetch_sub(1, Ordering::SeqCst);
+    let Some((status, body)) = answer else {
+        return;
+    };
+    let head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(&body);
+}
+
+/// The status and body for one request (None: hang up), after any delay the reply asks for.
+fn answer(req: &[u8], reply: &Mutex<Reply>) -> Option<(u16, Vec<u8>)> {
     let reply = reply.lock().unwrap().clone();
-    let (status, body) = match reply {
+    Some(match reply {
         Reply::Body(b) => (200, b.into_bytes()),
         Reply::Bytes(b) => (200, b),
         Reply::Status(s) => (s, b"error\n".to_vec()),
@@ -94,9 +109,9 @@ fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>) {
             thread::sleep(d);
             (200, b.into_bytes())
         }
-        Reply::Hangup => return,
+        Reply::Hangup => return None,
         Reply::Authorized(expected, b) => {
-            let head = String::from_utf8_lossy(&req).to_string();
+            let head = String::from_utf8_lossy(req).to_string();
             let given = head.lines().find_map(|l| {
                 let (k, v) = l.split_once(':')?;
                 k.eq_ignore_ascii_case("authorization")
@@ -108,13 +123,7 @@ fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>) {
                 (401, b"unauthorized\n".to_vec())
             }
         }
-    };
-    let head = format!(
-        "HTTP/1.1 {status} X\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&body);
+    })
 }
 
 /// A free port on 127.0.0.1 (bound and released; good enough for tests).

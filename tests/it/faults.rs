@@ -142,6 +142,51 @@ fn reset_mid_body_and_endless_body() {
     assert!(m.contains("metric=\"fine\""));
 }
 
+/// Scrapes `body` (of `samples` distinct series) next to a calm target with --max-series
+/// 1000: the big target is capped and the rest counted, the calm one untouched. Returns the
+/// peak RSS in kB and the big scrape's duration.
+fn huge_scrape(body: String, samples: u64, extra: &[&str]) -> (u64, String) {
+    let big = Exporter::start(Reply::Body(body));
+    let calm = Exporter::start(Reply::Body("calm 1\n".into()));
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", ANY_SERIES);
+    let mut args = vec![
+        "--max-series",
+        "1000",
+        "--scrape-interval",
+        "5s",
+        "--scrape-timeout",
+        "60s",
+    ];
+    args.extend(extra);
+    let s = Sidecar::start(dir.path(), &rules, &[big.url(), calm.url()], &args);
+    let dropped = format!(
+        "anomaly_sidecar_dropped_series_total{{target=\"{}\"}}",
+        big.name()
+    );
+    wait_for(
+        "every sample of the scrape processed",
+        Duration::from_secs(120),
+        || (s.number(&dropped) == samples - 1000).then_some(()),
+    );
+    let series = |t: &str| s.number(&format!("anomaly_sidecar_series{{target=\"{t}\"}}"));
+    assert_eq!(series(&big.name()), 1000);
+    assert_eq!(series(&calm.name()), 1, "the other target is untouched");
+    assert_eq!(
+        s.number(&format!("anomaly_sidecar_up{{target=\"{}\"}}", calm.name())),
+        1
+    );
+    let took = metric_value(
+        &s.metrics(),
+        &format!(
+            "anomaly_sidecar_scrape_duration_seconds{{target=\"{}\"}}",
+            big.name()
+        ),
+    )
+    .unwrap_or_default();
+    (s.peak_rss_kb(), took)
+}
+
 /// A million distinct series in one scrape: --max-series holds, the rest is counted, and
 /// memory stays bounded (the samples are never all held at once).
 #[test]
@@ -150,52 +195,34 @@ fn cardinality_bomb_is_bounded() {
     for i in 0..1_000_000u32 {
         body.push_str(&format!("bomb{{i=\"{i}\",job=\"x\"}} {}\n", i % 7));
     }
-    let bomb = Exporter::start(Reply::Body(body));
-    let calm = Exporter::start(Reply::Body("calm 1\n".into()));
-    let dir = tempfile::tempdir().unwrap();
-    let rules = write(dir.path(), "rules.yaml", ANY_SERIES);
-    let s = Sidecar::start(
-        dir.path(),
-        &rules,
-        &[bomb.url(), calm.url()],
-        &[
-            "--max-series",
-            "1000",
-            "--scrape-interval",
-            "3s",
-            "--scrape-timeout",
-            "20s",
-        ],
-    );
-    let series = |t: &str| {
-        metric_value(
-            &s.metrics(),
-            &format!("anomaly_sidecar_series{{target=\"{t}\"}}"),
-        )
-    };
-    wait_for("bomb capped", Duration::from_secs(60), || {
-        series(&bomb.name()).filter(|v| v == "1000")
-    });
-    wait_for("dropped counted", Duration::from_secs(60), || {
-        metric_value(
-            &s.metrics(),
-            &format!(
-                "anomaly_sidecar_dropped_series_total{{target=\"{}\"}}",
-                bomb.name()
-            ),
-        )
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|n| *n >= 999_000)
-    });
-    assert_eq!(
-        series(&calm.name()).as_deref(),
-        Some("1"),
-        "the other target is untouched"
-    );
-    let hwm_kb = s.peak_rss_kb();
+    let (hwm_kb, _) = huge_scrape(body, 1_000_000, &[]);
     eprintln!("cardinality bomb: peak RSS {} MB", hwm_kb / 1024);
     // Holding 1M parsed samples took ~900 MB; the bound leaves room for a debug build.
     assert!(hwm_kb < 400 * 1024, "peak RSS {} MB", hwm_kb / 1024);
+}
+
+/// 100 MB of valid samples in one scrape (long labels): the scrape succeeds within its
+/// limit, --max-series holds, and memory stays near one copy of the body.
+#[test]
+fn a_hundred_megabyte_scrape() {
+    let mut body = String::with_capacity(105 << 20);
+    body.push_str("# TYPE http_request_duration_seconds gauge\n");
+    let mut i = 0u32;
+    while body.len() < 100 << 20 {
+        body.push_str(&format!(
+            "http_request_duration_seconds{{instance=\"host-{:06}.example.internal:8080\",path=\"/api/v1/resources/{i}\",method=\"GET\"}} {}.25\n",
+            i % 5000,
+            i % 97
+        ));
+        i += 1;
+    }
+    let megabytes = body.len() >> 20;
+    let (hwm_kb, took) = huge_scrape(body, u64::from(i), &["--max-scrape-bytes", "134217728"]);
+    eprintln!(
+        "{megabytes} MB body, {i} samples: scrape {took} s (debug build), peak RSS {} MB",
+        hwm_kb / 1024
+    );
+    assert!(hwm_kb < 300 * 1024, "peak RSS {} MB", hwm_kb / 1024);
 }
 
 /// rules.yaml faults: a rule removed while firing resolves and its gauges go; a reload storm
@@ -295,6 +322,9 @@ fn two_hundred_concurrent_metrics_readers() {
         body.push_str(&format!("load{{i=\"{i}\"}} {}\n", i % 5));
     }
     let exporter = Exporter::start(Reply::Body(body));
+    // A second target whose scrape (800ms) outlasts the interval (500ms): under the readers'
+    // load its scrapes must still never overlap.
+    let slow = Exporter::start(Reply::Slow(Duration::from_millis(800), "slow 1\n".into()));
     let dir = tempfile::tempdir().unwrap();
     let rules = write(
         dir.path(),
@@ -304,8 +334,8 @@ fn two_hundred_concurrent_metrics_readers() {
     let s = Sidecar::start(
         dir.path(),
         &rules,
-        &[exporter.url()],
-        &["--scrape-interval", "500ms"],
+        &[exporter.url(), slow.url()],
+        &["--scrape-interval", "500ms", "--scrape-timeout", "5s"],
     );
     let series = || {
         metric_value(
@@ -349,6 +379,119 @@ fn two_hundred_concurrent_metrics_readers() {
         "every reader saw every series"
     );
     wait_for("scraping went on", T, || (evals() > before).then_some(()));
+    assert_eq!(
+        slow.concurrency.1.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a scrape never overlaps itself"
+    );
+    assert_eq!(
+        s.number(&format!("anomaly_sidecar_up{{target=\"{}\"}}", slow.name())),
+        1
+    );
     let hwm_kb = s.peak_rss_kb();
     eprintln!("200 readers of 5k series: peak RSS {} MB", hwm_kb / 1024);
+}
+
+/// Receivers that fail for a long time, in compressed time: with `--max-retry-interval 1s`,
+/// 30 s of a receiver answering 500 is as many capped retry intervals as 2.5 hours at the
+/// default 5m. Its outbox stays at the bound, retries never spin, a slow receiver and a
+/// healthy one are not held up, and scraping keeps its pace.
+#[test]
+fn receivers_failing_for_hours_of_compressed_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "rules:\n  - name: flappy\n    match: g\n    method: threshold\n    threshold: 100\n",
+    );
+    let exporter = Exporter::start(Reply::Body("g 5\n".into()));
+    let failing = Webhook::start_on(0, vec![500; 100_000]);
+    let slow = Webhook::start_on(0, vec![1000 + 700; 100_000]);
+    let healthy = Webhook::start_on(0, vec![]);
+    let urls = [failing.url(), slow.url(), healthy.url()];
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[exporter.url()],
+        &[
+            "--webhook",
+            &urls[0],
+            "--webhook",
+            &urls[1],
+            "--webhook",
+            &urls[2],
+            "--max-retry-interval",
+            "1s",
+            "--outbox-max-events",
+            "20",
+        ],
+    );
+    let evals = || s.number("anomaly_sidecar_rule_evaluations_total{rule=\"flappy\"}");
+    let started = Instant::now();
+    let evals_before = evals();
+    let mut rss_at_10s = 0;
+    let mut flips = 0;
+    while started.elapsed() < Duration::from_secs(30) {
+        flips += 1;
+        exporter.set_body(if flips % 2 == 1 { "g 500\n" } else { "g 5\n" });
+        std::thread::sleep(Duration::from_millis(500));
+        if rss_at_10s == 0 && started.elapsed() >= Duration::from_secs(10) {
+            rss_at_10s = current_rss_kb(&s);
+        }
+    }
+    let elapsed = started.elapsed();
+    let events = s.log().matches("FIRING").count() + s.log().matches("RESOLVED").count();
+    assert!(events >= 40, "only {events} events");
+    let outbox = |r: &str| {
+        s.number(&format!(
+            "anomaly_sidecar_outbox_events{{receiver=\"{r}\"}}"
+        ))
+    };
+    assert!(
+        outbox("webhook-0") <= 20,
+        "failing receiver's outbox {}",
+        outbox("webhook-0")
+    );
+    assert!(s.number("anomaly_sidecar_outbox_dropped_total") >= (events - 20) as u64 / 2);
+    let attempts = failing.requests.load(std::sync::atomic::Ordering::SeqCst);
+    // Backoff 1, 1 (capped) … with ±20 % jitter: at most one attempt per 0.8 s, plus the first.
+    assert!(
+        attempts as f64 <= elapsed.as_secs_f64() / 0.8 + 5.0,
+        "{attempts} attempts in {elapsed:?}"
+    );
+    assert!(attempts >= 10, "retries stopped: {attempts}");
+    // The healthy receiver has every event, the slow one keeps answering.
+    wait_for("healthy receiver has every event", T, || {
+        (healthy.distinct().len() >= events).then_some(())
+    });
+    assert!(slow.requests.load(std::sync::atomic::Ordering::SeqCst) >= 20);
+    // Scraping (200ms) kept its pace: at least 80 % of the evaluations it should have made.
+    let made = evals() - evals_before;
+    let expected = elapsed.as_millis() as u64 / 200;
+    assert!(
+        made * 10 >= expected * 8,
+        "{made} evaluations of {expected}"
+    );
+    let rss_end = current_rss_kb(&s);
+    eprintln!(
+        "compressed outage: {events} events, {attempts} attempts to the failing receiver in {elapsed:?}, \
+         {made}/{expected} evaluations, RSS {} MB at 10 s and {} MB at 30 s",
+        rss_at_10s / 1024,
+        rss_end / 1024
+    );
+    assert!(
+        rss_end < rss_at_10s + 8 * 1024,
+        "RSS grew from {rss_at_10s} to {rss_end} kB"
+    );
+}
+
+fn current_rss_kb(s: &Sidecar) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", s.child.id()))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -30,6 +30,8 @@ pub struct Webhook {
     pub port: u16,
     pub got: Arc<Mutex<Vec<Got>>>,
     pub script: Arc<Mutex<Vec<u16>>>,
+    /// Every request received, answered or not.
+    pub requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Webhook {
@@ -38,14 +40,20 @@ impl Webhook {
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
         let script = Arc::new(Mutex::new(script));
-        let (g, s) = (got.clone(), script.clone());
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (g, s, r) = (got.clone(), script.clone(), requests.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (g, s) = (g.clone(), s.clone());
-                std::thread::spawn(move || handle(stream, g, s));
+                let (g, s, r) = (g.clone(), s.clone(), r.clone());
+                std::thread::spawn(move || handle(stream, g, s, &r));
             }
         });
-        Self { port, got, script }
+        Self {
+            port,
+            got,
+            script,
+            requests,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -85,10 +93,12 @@ fn handle(
     mut stream: std::net::TcpStream,
     got: Arc<Mutex<Vec<Got>>>,
     script: Arc<Mutex<Vec<u16>>>,
+    requests: &std::sync::atomic::AtomicUsize,
 ) {
     let Some((head, raw)) = read_request(&mut stream) else {
         return;
     };
+    requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let headers = head
         .lines()
         .skip(1)
@@ -108,6 +118,13 @@ fn handle(
     if status == 0 {
         return; // hang up without answering
     }
+    // 1xxx: answer 200 after that many milliseconds minus 1000 (a slow receiver).
+    let status = if status >= 1000 {
+        std::thread::sleep(Duration::from_millis(u64::from(status - 1000)));
+        200
+    } else {
+        status
+    };
     if (200..300).contains(&status) {
         let body = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
         got.lock().unwrap().push(Got { headers, body, raw });
