@@ -1,17 +1,6 @@
 //! anomaly-sidecar: parse flags, set up logging, dispatch, map errors to exit codes.
 
-mod alert;
-mod app;
-mod config;
-mod demo;
-mod detect;
-mod export;
-mod notify;
-mod pipeline;
-mod scrape;
-mod server;
-mod store;
-
+use anomaly_sidecar::{app, config, demo, server};
 use clap::Parser;
 use config::flags::{Cli, Command};
 use std::io::IsTerminal;

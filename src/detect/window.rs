@@ -64,9 +64,14 @@ impl Window {
         if self.values.is_empty() {
             self.shift = value;
         }
+        let mut dominated = false;
         if self.values.len() == self.capacity {
             if let Some(old) = self.values.pop_front() {
                 let d = old - self.shift;
+                // An evicted value that dominated the sums takes their precision with it
+                // (1e15 + 1 − 1e15 = 0): recompute exactly. Rare: an outlier leaving.
+                dominated =
+                    d * d > 0.5 * self.sum_sq || !(d * d).is_finite() || !self.sum_sq.is_finite();
                 self.sum -= d;
                 self.sum_sq -= d * d;
                 if let Some(sorted) = &mut self.sorted {
@@ -85,9 +90,19 @@ impl Window {
             sorted.insert(i, value);
         }
         self.pushes_since_exact += 1;
-        if self.pushes_since_exact >= self.capacity {
+        if dominated || self.pushes_since_exact >= self.capacity || self.offset_dominates() {
             self.recompute();
         }
+    }
+
+    /// Whether the values moved so far from `shift` that the sums keep too few digits of
+    /// their spread (sum² / n within 1e-9 of sum_sq), or overflowed: then re-centre.
+    fn offset_dominates(&self) -> bool {
+        if !self.sum.is_finite() || !self.sum_sq.is_finite() {
+            return true;
+        }
+        let n = self.values.len() as f64;
+        self.sum_sq > 0.0 && self.sum_sq - self.sum * self.sum / n <= 1e-9 * self.sum_sq
     }
 
     /// Recomputes the sums exactly around the current mean.
@@ -132,6 +147,35 @@ impl Window {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_outlier_leaving_the_window_leaves_exact_statistics() {
+        // Found by the detector fuzz target: after 1e15 (or 1e300) is evicted, the running
+        // sums had lost the small values' contribution until the periodic recompute.
+        for outlier in [1e15, 1e300, -1e300, -6.8e124] {
+            let mut w = Window::new(3, false);
+            for v in [outlier, 1.0, 2.0, 3.0] {
+                w.push(v);
+            }
+            assert_eq!(w.mean(), Some(2.0), "after {outlier}");
+            assert_eq!(w.stddev(), Some(1.0), "after {outlier}");
+        }
+        // Two nearly equal huge values, then small ones: the shift stays far from them.
+        let mut w = Window::new(5, false);
+        for v in [
+            -6.835577954926025e124,
+            -6.835577954925989e124,
+            1.0,
+            1.0,
+            1.0,
+            1.0,
+            1.0,
+        ] {
+            w.push(v);
+        }
+        assert_eq!(w.mean(), Some(1.0));
+        assert_eq!(w.stddev(), Some(0.0));
+    }
 
     fn naive(values: &[f64]) -> (f64, f64) {
         let n = values.len() as f64;

@@ -203,7 +203,7 @@ impl Notifier {
             }
             // A re-send only refreshes endsAt; one still queued for a backlogged Alertmanager
             // would just crowd out events that matter (and the next re-send follows anyway).
-            if alertmanagers_only && r.outbox.len() > 0 {
+            if alertmanagers_only && !r.outbox.is_empty() {
                 continue;
             }
             let record = Record {

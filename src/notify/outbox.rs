@@ -142,6 +142,10 @@ impl Outbox {
         self.state().queue.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.state().queue.is_empty()
+    }
+
     /// Rewrites the tree from memory if a write to it failed (blocking).
     pub fn resync(&self) -> sled::Result<()> {
         let mut st = self.state();

@@ -119,6 +119,14 @@ pub struct ScrapeBody {
 }
 
 impl ScrapeBody {
+    /// A fetched body, checked: UTF-8 and valid exposition text (this is what every scrape
+    /// goes through, and what the exposition fuzz target feeds).
+    pub fn from_bytes(body: Vec<u8>) -> Result<Self, ScrapeError> {
+        let text = String::from_utf8(body).map_err(|_| ScrapeError::NotUtf8)?;
+        let samples = parse::validate(&text)?;
+        Ok(Self { text, samples })
+    }
+
     /// The samples, in order (the body was validated, so none fails).
     pub fn samples(&self) -> impl Iterator<Item = Sample> + '_ {
         parse::samples(&self.text).filter_map(Result::ok)
@@ -244,9 +252,7 @@ pub async fn scrape_once(
     let body = tokio::time::timeout(settings.timeout, fetch)
         .await
         .map_err(|_| ScrapeError::Timeout(settings.timeout))??;
-    let text = String::from_utf8(body).map_err(|_| ScrapeError::NotUtf8)?;
-    let samples = parse::validate(&text)?;
-    Ok(ScrapeBody { text, samples })
+    ScrapeBody::from_bytes(body)
 }
 
 async fn fetch(

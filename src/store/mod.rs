@@ -212,6 +212,10 @@ impl Store {
         self.series.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
     /// Series held for `target`.
     pub fn target_series(&self, target: &str) -> usize {
         self.per_target.get(target).copied().unwrap_or(0)

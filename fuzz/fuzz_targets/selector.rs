@@ -1,0 +1,4 @@
+#![no_main]
+//! Fuzz target: see anomaly_sidecar::fuzzing::selector for the path fed and the invariants checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| anomaly_sidecar::fuzzing::selector(data));

@@ -1,0 +1,16 @@
+//! anomaly-sidecar as a library: the pipeline's modules, for the binary (`main.rs`), the
+//! fuzz targets (`fuzz/`) and benchmarks. The folders follow the pipeline: scrape → store →
+//! detect → alert → export and notify, with config at the side.
+
+pub mod alert;
+pub mod app;
+pub mod config;
+pub mod demo;
+pub mod detect;
+pub mod export;
+pub mod fuzzing;
+pub mod notify;
+pub mod pipeline;
+pub mod scrape;
+pub mod server;
+pub mod store;
