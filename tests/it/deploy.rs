@@ -96,6 +96,66 @@ fn default_and_standalone_example_render_and_validate() {
     );
     assert!(kind(&docs, "ServiceMonitor").is_none() && kind(&docs, "PrometheusRule").is_none());
 
+    // With a web config: its Secret mounted whole, the flag set, probes on the TCP port, and
+    // the ServiceMonitor speaking TLS with basic auth.
+    let docs = documents(&render(
+        &helm,
+        &validate,
+        &chart(),
+        &[
+            "--set",
+            "webConfig.existingSecret=sidecar-web",
+            "--set",
+            "targetsFile.existingSecret=sidecar-targets",
+            "--set",
+            "standalone.enabled=true",
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "serviceMonitor.endpoint.scheme=https",
+            "--set",
+            "serviceMonitor.endpoint.basicAuth.username.name=web-auth",
+            "--set",
+            "serviceMonitor.endpoint.basicAuth.username.key=user",
+            "--set",
+            "serviceMonitor.endpoint.basicAuth.password.name=web-auth",
+            "--set",
+            "serviceMonitor.endpoint.basicAuth.password.key=password",
+        ],
+    ));
+    let pod = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.contains(&"--web.config.file=/etc/anomaly-sidecar-web/web-config.yml"),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--targets-file=/etc/anomaly-sidecar-targets/targets.yml"),
+        "{args:?}"
+    );
+    assert!(
+        c["livenessProbe"]["tcpSocket"].is_object() && c["readinessProbe"]["tcpSocket"].is_object()
+    );
+    let volumes = pod["volumes"].as_array().unwrap();
+    for secret in ["sidecar-web", "sidecar-targets"] {
+        assert!(
+            volumes.iter().any(|v| v["secret"]["secretName"] == secret),
+            "{secret}"
+        );
+    }
+    let sm = kind(&docs, "ServiceMonitor").expect("ServiceMonitor");
+    assert_eq!(sm["spec"]["endpoints"][0]["scheme"], "https");
+    assert_eq!(
+        sm["spec"]["endpoints"][0]["basicAuth"]["password"]["key"],
+        "password"
+    );
+
     let example = chart().join("examples/standalone-values.yaml");
     let docs = documents(&render(
         &helm,

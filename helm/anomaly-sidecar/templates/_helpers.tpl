@@ -70,6 +70,12 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
     {{- if .Values.notify.webhookSecret.existingSecret }}
     - --webhook-secret-file=/var/run/secrets/anomaly-sidecar/webhook-secret
     {{- end }}
+    {{- if .Values.webConfig.existingSecret }}
+    - --web.config.file=/etc/anomaly-sidecar-web/{{ .Values.webConfig.key }}
+    {{- end }}
+    {{- if .Values.targetsFile.existingSecret }}
+    - --targets-file=/etc/anomaly-sidecar-targets/{{ .Values.targetsFile.key }}
+    {{- end }}
     {{- with .Values.notify.llmUrl }}
     - --llm-url={{ . }}
     - --llm-model={{ $.Values.notify.llmModel }}
@@ -81,6 +87,18 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
     - name: http-metrics
       containerPort: {{ .Values.port }}
       protocol: TCP
+  {{- if .Values.webConfig.existingSecret }}
+  # Behind the web config every endpoint may need credentials or TLS a kubelet probe lacks.
+  livenessProbe:
+    tcpSocket:
+      port: http-metrics
+    periodSeconds: 10
+    failureThreshold: 6
+  readinessProbe:
+    tcpSocket:
+      port: http-metrics
+    periodSeconds: 5
+  {{- else }}
   livenessProbe:
     httpGet:
       path: /-/healthy
@@ -92,6 +110,7 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
       path: /-/ready
       port: http-metrics
     periodSeconds: 5
+  {{- end }}
   resources:
     {{- toYaml .Values.resources | nindent 4 }}
   securityContext:
@@ -109,9 +128,20 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
       mountPath: /var/run/secrets/anomaly-sidecar
       readOnly: true
     {{- end }}
+    {{- if .Values.webConfig.existingSecret }}
+    # The whole Secret: the web config names its certificate and key relative to itself.
+    - name: anomaly-sidecar-web
+      mountPath: /etc/anomaly-sidecar-web
+      readOnly: true
+    {{- end }}
+    {{- if .Values.targetsFile.existingSecret }}
+    - name: anomaly-sidecar-targets
+      mountPath: /etc/anomaly-sidecar-targets
+      readOnly: true
+    {{- end }}
 {{- end }}
 
-{{/* Volumes of the container above: the rules ConfigMap, the data dir, the webhook secret. */}}
+{{/* Volumes of the container above: the rules ConfigMap, the data dir, the Secrets. */}}
 {{- define "anomaly-sidecar.volumes" -}}
 - name: anomaly-sidecar-rules
   configMap:
@@ -131,5 +161,15 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
     items:
       - key: {{ .Values.notify.webhookSecret.key }}
         path: webhook-secret
+{{- end }}
+{{- with .Values.webConfig.existingSecret }}
+- name: anomaly-sidecar-web
+  secret:
+    secretName: {{ . }}
+{{- end }}
+{{- with .Values.targetsFile.existingSecret }}
+- name: anomaly-sidecar-targets
+  secret:
+    secretName: {{ . }}
 {{- end }}
 {{- end }}
