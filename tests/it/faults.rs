@@ -514,3 +514,58 @@ fn current_rss_kb(s: &Sidecar) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Slowloris: 200 clients that dribble a request header one byte at a time never finish it.
+/// /metrics keeps answering meanwhile, and each of them is cut off after the 10 s allowed for
+/// request headers, however busy it keeps the connection.
+#[test]
+fn slowloris_clients_are_cut_off() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", ANY_SERIES);
+    let exporter = Exporter::start(Reply::Body("g 1\n".into()));
+    let s = Sidecar::start(dir.path(), &rules, &[exporter.url()], &[]);
+    let clients: Vec<_> = (0..200)
+        .map(|_| {
+            let addr = s.addr.clone();
+            std::thread::spawn(move || {
+                let mut c = std::net::TcpStream::connect(&addr).unwrap();
+                c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+                c.set_read_timeout(Some(Duration::from_millis(400)))
+                    .unwrap();
+                let started = Instant::now();
+                let mut buf = [0u8; 64];
+                while started.elapsed() < Duration::from_secs(20) {
+                    if c.write_all(b"X").is_err() {
+                        return Some(started.elapsed());
+                    }
+                    match c.read(&mut buf) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                        _ => return Some(started.elapsed()),
+                    }
+                }
+                None
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let t = Instant::now();
+    let (status, body) = http("GET", &s.addr, "/metrics").expect("an answer under slowloris");
+    assert_eq!(status, 200);
+    assert!(body.contains("anomaly_sidecar_up"));
+    let answered_in = t.elapsed();
+    let cut: Vec<Duration> = clients
+        .into_iter()
+        .filter_map(|c| c.join().unwrap())
+        .collect();
+    eprintln!(
+        "slowloris: /metrics answered in {answered_in:?}; {} of 200 slow clients cut off, the last after {:?}",
+        cut.len(),
+        cut.iter().max()
+    );
+    assert_eq!(cut.len(), 200, "every slow client is cut off");
+    assert!(cut.iter().all(|d| *d < Duration::from_secs(15)));
+    assert!(answered_in < Duration::from_secs(2));
+}
