@@ -40,6 +40,10 @@ fn unknown_key(msg: &str) -> Option<&str> {
 
 /// Line and column (1-based) of the first `key:` at or after `from_line`.
 pub fn find_key(text: &str, key: &str, from_line: u64) -> Option<(u64, u64)> {
+    // An empty key (serde names one for `? : x`) would match everywhere without progress.
+    if key.is_empty() {
+        return None;
+    }
     for (i, line) in text
         .lines()
         .enumerate()
@@ -58,4 +62,25 @@ pub fn find_key(text: &str, key: &str, from_line: u64) -> Option<(u64, u64)> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_unknown_key_is_located_without_looping() {
+        // Found by the rules_yaml fuzz target: `? !binary ''` makes serde report an unknown
+        // field with an empty name, and searching for "" never advanced.
+        let text = "    ?                 !binary    '   \n      '   \ne]";
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        struct Only {
+            #[allow(dead_code)]
+            rules: Vec<String>,
+        }
+        assert!(decode::<Only>(text).is_err());
+        assert_eq!(find_key("a: 1\n", "", 1), None);
+        assert_eq!(find_key("x: 1\n  key: 2\n", "key", 1), Some((2, 3)));
+    }
 }
