@@ -1,31 +1,115 @@
-//! Byte layouts of the store's sled records (big-endian keys, so a prefix scan of a series
-//! returns its samples in order).
+//! Byte layouts of the store's sled records: journal records, windows and identities.
 
 use super::{SeriesId, SeriesIdentity};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
-pub(super) fn sample_key(id: SeriesId, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&id.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
+/// Samples per journal record: a scrape of 100k series is 25 records of 64 KiB.
+pub(super) const RECORD_SAMPLES: usize = 4096;
+/// Bytes of one journal sample: series id and value.
+pub(super) const JOURNAL_SAMPLE_BYTES: usize = 16;
+
+/// A journal record under construction: the scrape's timestamp, then (id, value) pairs.
+pub(super) fn record_start(ts_ms: i64) -> Vec<u8> {
+    let mut r = Vec::with_capacity(8 + RECORD_SAMPLES * JOURNAL_SAMPLE_BYTES);
+    r.extend_from_slice(&ts_ms.to_le_bytes());
+    r
 }
 
-pub(super) fn decode_seq(k: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(k.get(8..16)?.try_into().ok()?))
+pub(super) fn record_push(record: &mut Vec<u8>, id: SeriesId, value: f64) {
+    record.extend_from_slice(&id.to_le_bytes());
+    record.extend_from_slice(&value.to_bits().to_le_bytes());
 }
 
-pub(super) fn encode_sample(ts: i64, v: f64) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..8].copy_from_slice(&ts.to_be_bytes());
-    b[8..].copy_from_slice(&v.to_bits().to_be_bytes());
-    b
+/// The samples in a journal record; None when it is malformed.
+pub(super) fn record_decode(b: &[u8]) -> Option<(i64, impl Iterator<Item = (SeriesId, f64)> + '_)> {
+    let ts = i64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+    let body = b.get(8..)?;
+    if body.len() % JOURNAL_SAMPLE_BYTES != 0 {
+        return None;
+    }
+    let pairs = body.chunks_exact(JOURNAL_SAMPLE_BYTES).map(|c| {
+        let (id, v) = c.split_at(8);
+        let id = u64::from_le_bytes(id.try_into().unwrap_or_default());
+        let v = f64::from_bits(u64::from_le_bytes(v.try_into().unwrap_or_default()));
+        (id, v)
+    });
+    Some((ts, pairs))
 }
 
-pub(super) fn decode_sample(b: &[u8]) -> Option<(i64, f64)> {
-    let ts = i64::from_be_bytes(b.get(..8)?.try_into().ok()?);
-    let v = f64::from_bits(u64::from_be_bytes(b.get(8..16)?.try_into().ok()?));
-    Some((ts, v))
+/// A window: capacity, count, the values (8 bytes each), then the timestamps as the first
+/// one and zigzag varints of the change of interval (one byte a sample when regular), so a
+/// window costs little more than its raw values on disk.
+pub(super) fn encode_window(capacity: usize, samples: &VecDeque<(i64, f64)>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + samples.len() * 9);
+    out.extend_from_slice(&(capacity.min(u32::MAX as usize) as u32).to_le_bytes());
+    out.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+    for (_, v) in samples {
+        out.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
+    let mut prev_ts = 0i64;
+    let mut prev_delta = 0i64;
+    for (i, (ts, _)) in samples.iter().enumerate() {
+        if i == 0 {
+            out.extend_from_slice(&ts.to_le_bytes());
+        } else {
+            let delta = ts.wrapping_sub(prev_ts);
+            put_varint(&mut out, zigzag(delta.wrapping_sub(prev_delta)));
+            prev_delta = delta;
+        }
+        prev_ts = *ts;
+    }
+    out
+}
+
+/// Capacity and samples of an encoded window; None when it is malformed.
+pub(super) fn decode_window(b: &[u8]) -> Option<(usize, VecDeque<(i64, f64)>)> {
+    let capacity = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let n = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?) as usize;
+    let values = b.get(8..8usize.checked_add(n.checked_mul(8)?)?)?;
+    let mut rest = &b[8 + n * 8..];
+    let mut samples = VecDeque::with_capacity(n);
+    let (mut ts, mut delta) = (0i64, 0i64);
+    for (i, v) in values.chunks_exact(8).enumerate() {
+        if i == 0 {
+            ts = i64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+            rest = &rest[8..];
+        } else {
+            let (dod, used) = get_varint(rest)?;
+            rest = &rest[used..];
+            delta = delta.wrapping_add(unzigzag(dod));
+            ts = ts.wrapping_add(delta);
+        }
+        samples.push_back((ts, f64::from_bits(u64::from_le_bytes(v.try_into().ok()?))));
+    }
+    rest.is_empty().then_some((capacity, samples))
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
 }
 
 pub(super) fn encode_identity(s: &SeriesIdentity) -> Vec<u8> {
@@ -69,4 +153,44 @@ pub(super) fn decode_identity(b: &[u8]) -> Option<SeriesIdentity> {
         labels,
         counter_like,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn windows_round_trip(
+            capacity in 1usize..2000,
+            samples in prop::collection::vec((any::<i64>(), any::<f64>()), 0..200),
+        ) {
+            let w: VecDeque<(i64, f64)> = samples.into_iter().collect();
+            let (c, back) = decode_window(&encode_window(capacity, &w)).unwrap();
+            prop_assert_eq!(c, capacity);
+            prop_assert_eq!(back.len(), w.len());
+            for (a, b) in back.iter().zip(&w) {
+                prop_assert_eq!(a.0, b.0);
+                prop_assert_eq!(a.1.to_bits(), b.1.to_bits());
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(b in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = decode_window(&b);
+            if let Some((_, pairs)) = record_decode(&b) {
+                let _ = pairs.count();
+            }
+        }
+    }
+
+    #[test]
+    fn a_regular_window_costs_nine_bytes_a_sample() {
+        let w: VecDeque<(i64, f64)> = (0..60)
+            .map(|i| (1_700_000_000_000 + i * 15_000, i as f64))
+            .collect();
+        // Header, values, first timestamp, the first interval (3 bytes), then 1 byte each.
+        assert_eq!(encode_window(60, &w).len(), 8 + 60 * 8 + 8 + 3 + 58);
+    }
 }

@@ -51,6 +51,11 @@ impl Database {
         self.current()?.open_tree(name)
     }
 
+    /// Removes a tree; true if it existed.
+    pub fn drop_tree(&self, name: &str) -> Result<bool, sled::Error> {
+        self.current()?.drop_tree(name)
+    }
+
     /// Makes every write so far durable.
     pub fn flush(&self) -> Result<(), sled::Error> {
         self.current()?.flush().map(|_| ())

@@ -1,22 +1,33 @@
 //! Per-series sample windows: held in memory for evaluation, persisted in sled so a restart
 //! evaluates its first scrape against the old history. Knows nothing of rules or detectors.
 //!
-//! Layout: tree `series`: id → identity (target, name, labels, counter flag), written once;
-//! tree `samples`: id ‖ seq (big-endian) → timestamp ms ‖ value, one 16-byte insert per
-//! sample and one remove of the sample that left the window. Each scrape's writes go in one
-//! batch followed by a flush, so a kill -9 loses at most the scrape being written.
+//! Layout, so a scrape costs one append rather than a write per sample:
+//! - `history/journal.log` (ours, `files.rs`): records of a scrape's timestamp and up to 4096
+//!   (series, value) pairs, appended and synced per scrape;
+//! - `history/windows.snap` (ours): every window (capacity, values, compact timestamps) and
+//!   the last journal seq it includes, replaced atomically by a compaction once the journal
+//!   reaches half the windows' raw size (8 bytes a value), which then empties the journal.
+//!   Disk stays under ~1.6× the raw windows;
+//! - sled tree `series`: id → identity (target, name, labels, counter flag), written once;
+//!   `capacity`: id → window capacity, written when it changes; `alerts`: firing alerts.
+//!
+//! Each scrape's writes are flushed before the next scrape is processed, so a kill -9 loses
+//! at most the scrape being written; a restart loads the windows and replays the journal.
 
 mod codec;
 mod database;
+mod files;
+mod recovery;
 
 pub use database::Database;
 
 use codec::{
-    decode_identity, decode_sample, decode_seq, encode_identity, encode_sample, sample_key,
+    encode_identity, encode_window, record_push, record_start, JOURNAL_SAMPLE_BYTES, RECORD_SAMPLES,
 };
-use std::collections::{HashMap, HashSet, VecDeque};
+use files::HistoryFiles;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Stable id of a series: FNV-1a over target, name and labels (stable across versions,
 /// unlike std's hasher, since it is persisted).
@@ -57,8 +68,8 @@ pub struct SeriesIdentity {
 pub struct SeriesEntry {
     pub identity: Arc<SeriesIdentity>,
     samples: VecDeque<(i64, f64)>,
-    /// Sequence number of the next sample; samples[i] has seq `next_seq - len + i`.
-    next_seq: u64,
+    /// Most samples kept (the longest window of its rules); 0 until the first append.
+    capacity: usize,
     last_seen_ms: i64,
 }
 
@@ -70,8 +81,14 @@ impl SeriesEntry {
 }
 
 const SERIES: &str = "series";
-const SAMPLES: &str = "samples";
 const ALERTS: &str = "alerts";
+/// id → the series' window capacity (u32), written when it changes (rules reloaded), so a
+/// journal replay keeps exactly the window.
+const CAPACITY: &str = "capacity";
+/// The layout before the journal (one record per sample); dropped at open.
+const OLD_SAMPLES: &str = "samples";
+/// The journal is compacted no sooner than this, however small the windows.
+const MIN_COMPACTION_BYTES: u64 = 1 << 20;
 
 fn alert_key(id: SeriesId, rule_key: &str) -> Vec<u8> {
     let mut key = id.to_be_bytes().to_vec();
@@ -88,14 +105,20 @@ pub enum StoreError {
     Io(#[from] sled::Error),
     #[error("store holds a corrupt record: {0}")]
     Corrupt(String),
+    #[error("history files: {0}")]
+    History(#[from] std::io::Error),
 }
 
 /// Writes of one scrape, applied together.
 #[derive(Default)]
 pub struct WriteBatch {
     series: sled::Batch,
-    samples: sled::Batch,
     alerts: sled::Batch,
+    /// Finished journal records and their seq.
+    journal: Vec<(u64, Vec<u8>)>,
+    capacity: sled::Batch,
+    /// A compaction: the last journal seq included, the number of windows, the windows.
+    snapshot: Option<(u64, u64, Vec<u8>)>,
     empty: bool,
 }
 
@@ -103,18 +126,25 @@ pub struct WriteBatch {
 #[derive(Clone)]
 pub struct StoreWriter {
     db: Database,
+    files: Arc<Mutex<HistoryFiles>>,
 }
 
 impl StoreWriter {
-    /// Applies a batch and flushes it to disk.
+    /// Applies a batch: the journal records (synced), sled's changes (flushed), then any
+    /// snapshot, which includes those records. A kill -9 anywhere loses at most this batch.
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         if batch.empty {
             return Ok(());
         }
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files.append(&batch.journal)?;
         self.db.tree(SERIES)?.apply_batch(batch.series)?;
-        self.db.tree(SAMPLES)?.apply_batch(batch.samples)?;
         self.db.tree(ALERTS)?.apply_batch(batch.alerts)?;
+        self.db.tree(CAPACITY)?.apply_batch(batch.capacity)?;
         self.db.flush()?;
+        if let Some((through, count, windows)) = batch.snapshot {
+            files.write_snapshot(through, count, &windows)?;
+        }
         Ok(())
     }
 }
@@ -128,6 +158,11 @@ pub struct Store {
     firing: HashMap<(SeriesId, String), i64>,
     per_target: HashMap<Arc<str>, usize>,
     pending: WriteBatch,
+    /// The journal record being filled, and its seq.
+    record: Option<Vec<u8>>,
+    next_seq: u64,
+    /// Journal bytes since the last compaction.
+    journal_bytes: u64,
 }
 
 /// Why a new series was not admitted.
@@ -138,8 +173,15 @@ impl Store {
     /// Opens (or creates) the store in `dir` and loads every series.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = Database::open(dir, cache_bytes)?;
+        if db.drop_tree(OLD_SAMPLES)? {
+            tracing::warn!("Store upgraded to the journal layout; history before it is dropped");
+        }
+        let (files, loaded) = HistoryFiles::open(&dir.join("history"))?;
         let mut store = Self {
-            writer: StoreWriter { db },
+            writer: StoreWriter {
+                db,
+                files: Arc::new(Mutex::new(files)),
+            },
             series: HashMap::new(),
             firing: HashMap::new(),
             per_target: HashMap::new(),
@@ -147,64 +189,12 @@ impl Store {
                 empty: true,
                 ..WriteBatch::default()
             },
+            record: None,
+            next_seq: 0,
+            journal_bytes: 0,
         };
-        store.load()?;
+        store.load(loaded)?;
         Ok(store)
-    }
-
-    fn load(&mut self) -> Result<(), StoreError> {
-        let db = &self.writer.db;
-        let (series, samples_tree, alerts) =
-            (db.tree(SERIES)?, db.tree(SAMPLES)?, db.tree(ALERTS)?);
-        for item in alerts.iter() {
-            let (k, v) = item?;
-            let parsed = (|| {
-                let id = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
-                let rule = std::str::from_utf8(k.get(8..)?).ok()?.to_string();
-                let since = i64::from_be_bytes(v.as_ref().try_into().ok()?);
-                Some(((id, rule), since))
-            })();
-            let (key, since) = parsed.ok_or_else(|| StoreError::Corrupt("alert record".into()))?;
-            self.firing.insert(key, since);
-        }
-        let mut targets: HashMap<String, Arc<str>> = HashMap::new();
-        for item in series.iter() {
-            let (key, value) = item?;
-            let id = u64::from_be_bytes(
-                key.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("series key".into()))?,
-            );
-            let mut identity = decode_identity(&value)
-                .ok_or_else(|| StoreError::Corrupt(format!("series {id:016x}")))?;
-            let t = targets
-                .entry(identity.target.to_string())
-                .or_insert_with(|| identity.target.clone())
-                .clone();
-            identity.target = t;
-            let mut samples = VecDeque::new();
-            let mut next_seq = 0;
-            for s in samples_tree.scan_prefix(id.to_be_bytes()) {
-                let (k, v) = s?;
-                let (Some(seq), Some(sample)) = (decode_seq(&k), decode_sample(&v)) else {
-                    return Err(StoreError::Corrupt(format!("sample of series {id:016x}")));
-                };
-                samples.push_back(sample);
-                next_seq = seq + 1;
-            }
-            let last_seen_ms = samples.back().map_or(0, |s| s.0);
-            *self.per_target.entry(identity.target.clone()).or_default() += 1;
-            self.series.insert(
-                id,
-                SeriesEntry {
-                    identity: Arc::new(identity),
-                    samples,
-                    next_seq,
-                    last_seen_ms,
-                },
-            );
-        }
-        Ok(())
     }
 
     /// Number of series held.
@@ -249,7 +239,7 @@ impl Store {
                 SeriesEntry {
                     identity: Arc::new(identity),
                     samples: VecDeque::new(),
-                    next_seq: 0,
+                    capacity: 0,
                     last_seen_ms: 0,
                 },
             );
@@ -262,19 +252,40 @@ impl Store {
         let Some(entry) = self.series.get_mut(&id) else {
             return;
         };
-        let seq = entry.next_seq;
-        entry.next_seq += 1;
         entry.last_seen_ms = ts_ms;
+        if entry.capacity != capacity.max(1) {
+            entry.capacity = capacity.max(1);
+            let c = entry.capacity.min(u32::MAX as usize) as u32;
+            self.pending
+                .capacity
+                .insert(&id.to_be_bytes(), &c.to_le_bytes()[..]);
+        }
         entry.samples.push_back((ts_ms, value));
-        self.pending
-            .samples
-            .insert(&sample_key(id, seq), &encode_sample(ts_ms, value)[..]);
-        while entry.samples.len() > capacity.max(1) {
+        while entry.samples.len() > entry.capacity {
             entry.samples.pop_front();
-            let old = entry.next_seq - 1 - entry.samples.len() as u64;
-            self.pending.samples.remove(&sample_key(id, old));
+        }
+        let same_scrape = self
+            .record
+            .as_ref()
+            .is_some_and(|r| r[..8] == ts_ms.to_le_bytes()[..]);
+        if !same_scrape {
+            self.finish_record();
+        }
+        let record = self.record.get_or_insert_with(|| record_start(ts_ms));
+        record_push(record, id, value);
+        if record.len() >= 8 + RECORD_SAMPLES * JOURNAL_SAMPLE_BYTES {
+            self.finish_record();
         }
         self.pending.empty = false;
+    }
+
+    /// Moves the record being filled into the pending batch.
+    fn finish_record(&mut self) {
+        if let Some(record) = self.record.take() {
+            self.journal_bytes += record.len() as u64;
+            self.pending.journal.push((self.next_seq, record));
+            self.next_seq += 1;
+        }
     }
 
     /// Since when the alert of `rule_key` on series `id` has been firing, if it was.
@@ -334,6 +345,7 @@ impl Store {
             *c = c.saturating_sub(1);
         }
         self.pending.series.remove(&id.to_be_bytes());
+        self.pending.capacity.remove(&id.to_be_bytes());
         let alerts: Vec<String> = self
             .firing
             .keys()
@@ -343,15 +355,21 @@ impl Store {
         for rule in alerts {
             self.set_firing(id, &rule, None);
         }
-        let first = entry.next_seq - entry.samples.len() as u64;
-        for seq in first..entry.next_seq {
-            self.pending.samples.remove(&sample_key(id, seq));
-        }
         self.pending.empty = false;
     }
 
-    /// Takes the writes accumulated since the last call, with a handle to apply them.
+    /// Takes the writes accumulated since the last call, with a handle to apply them; adds a
+    /// compaction when the journal has grown to half the windows' raw size.
     pub fn take_batch(&mut self) -> (StoreWriter, WriteBatch) {
+        self.finish_record();
+        let raw: u64 = self
+            .series
+            .values()
+            .map(|e| e.samples.len() as u64 * 8)
+            .sum();
+        if self.journal_bytes >= (raw / 2).max(MIN_COMPACTION_BYTES) {
+            self.compact_into_pending();
+        }
         let batch = std::mem::replace(
             &mut self.pending,
             WriteBatch {
@@ -362,174 +380,31 @@ impl Store {
         (self.writer.clone(), batch)
     }
 
+    /// Every window, with the journal seq they include, into the pending batch.
+    fn compact_into_pending(&mut self) {
+        self.finish_record();
+        // Seq 0 stays unused, so "through 0" never hides a record.
+        self.next_seq = self.next_seq.max(1);
+        let mut windows = Vec::with_capacity(self.series.len() * (12 + 16 + 9 * 60));
+        for (id, e) in &self.series {
+            files::entry(&mut windows, *id, &encode_window(e.capacity, &e.samples));
+        }
+        self.pending.snapshot = Some((self.next_seq - 1, self.series.len() as u64, windows));
+        self.pending.empty = false;
+        self.journal_bytes = 0;
+    }
+
     /// The database handle, for other trees that share its file and flushes (the outboxes).
     pub fn db(&self) -> Database {
         self.writer.db.clone()
     }
 
-    /// Bytes sled uses on disk.
+    /// Bytes on disk: sled's and the history files'.
     pub fn size_on_disk(&self) -> u64 {
-        self.writer.db.size_on_disk()
-    }
-
-    /// After the database was reopened (blocking): writes every held series' identity and
-    /// window and every firing alert again, and removes what failed writes left behind, a
-    /// thousand series per batch so memory stays small. Pending writes are superseded.
-    pub fn resync(&mut self) -> Result<(), StoreError> {
-        self.pending = WriteBatch {
-            empty: true,
-            ..WriteBatch::default()
-        };
-        let db = &self.writer.db;
-        let (series, samples, alerts) = (db.tree(SERIES)?, db.tree(SAMPLES)?, db.tree(ALERTS)?);
-        let (mut gone_series, mut gone_samples) = (sled::Batch::default(), sled::Batch::default());
-        for item in series.iter() {
-            let (k, _) = item?;
-            let held = k.as_ref().try_into().ok().map(u64::from_be_bytes);
-            if held.is_some_and(|id| self.series.contains_key(&id)) {
-                continue;
-            }
-            for s in samples.scan_prefix(&k) {
-                gone_samples.remove(s?.0);
-            }
-            gone_series.remove(k);
-        }
-        samples.apply_batch(gone_samples)?;
-        series.apply_batch(gone_series)?;
-        let ids: Vec<SeriesId> = self.series.keys().copied().collect();
-        for chunk in ids.chunks(1000) {
-            let (mut ser, mut sam) = (sled::Batch::default(), sled::Batch::default());
-            for id in chunk {
-                let Some(entry) = self.series.get(id) else {
-                    continue;
-                };
-                ser.insert(&id.to_be_bytes(), encode_identity(&entry.identity));
-                let first = entry.next_seq - entry.samples.len() as u64;
-                for s in samples.scan_prefix(id.to_be_bytes()) {
-                    let (k, _) = s?;
-                    if decode_seq(&k).is_none_or(|seq| seq < first || seq >= entry.next_seq) {
-                        sam.remove(k);
-                    }
-                }
-                for (i, (ts, v)) in entry.samples.iter().enumerate() {
-                    sam.insert(
-                        &sample_key(*id, first + i as u64),
-                        &encode_sample(*ts, *v)[..],
-                    );
-                }
-            }
-            series.apply_batch(ser)?;
-            samples.apply_batch(sam)?;
-        }
-        let mut firing = sled::Batch::default();
-        let live: HashSet<Vec<u8>> = self
-            .firing
-            .keys()
-            .map(|(id, rule)| alert_key(*id, rule))
-            .collect();
-        for item in alerts.iter() {
-            let (k, _) = item?;
-            if !live.contains(k.as_ref()) {
-                firing.remove(k);
-            }
-        }
-        for ((id, rule), since) in &self.firing {
-            firing.insert(alert_key(*id, rule), &since.to_be_bytes()[..]);
-        }
-        alerts.apply_batch(firing)?;
-        db.flush()?;
-        Ok(())
+        let files = self.writer.files.lock().map_or(0, |f| f.size());
+        self.writer.db.size_on_disk() + files
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// sled's background threads may hold the file lock a moment after the last handle of the
-    /// previous open is dropped; a real restart is a new process and never sees this.
-    fn reopen(dir: &Path) -> Store {
-        for _ in 0..100 {
-            if let Ok(s) = Store::open(dir, 1 << 20) {
-                return s;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        Store::open(dir, 1 << 20).unwrap()
-    }
-
-    fn ident(target: &str, name: &str) -> SeriesIdentity {
-        SeriesIdentity {
-            target: target.into(),
-            name: name.into(),
-            labels: vec![("a".into(), "1".into())],
-            counter_like: true,
-        }
-    }
-
-    #[test]
-    fn windows_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let id = series_id("t:1", "m", &[("a".into(), "1".into())]);
-        {
-            let mut s = Store::open(dir.path(), 1 << 20).unwrap();
-            s.admit(id, || ident("t:1", "m"), 10).unwrap();
-            s.set_firing(id, "rule@1", Some(42));
-            for i in 0..10 {
-                s.append(id, 1000 * i, i as f64, 4);
-            }
-            let (w, b) = s.take_batch();
-            w.write(b).unwrap();
-        }
-        let s = reopen(dir.path());
-        let e = s.get(id).unwrap();
-        assert_eq!(*e.identity, ident("t:1", "m"));
-        let vals: Vec<f64> = e.samples().iter().map(|x| x.1).collect();
-        assert_eq!(vals, vec![6.0, 7.0, 8.0, 9.0]);
-        assert_eq!(s.target_series("t:1"), 1);
-        assert_eq!(s.firing_since(id, "rule@1"), Some(42));
-        assert_eq!(s.firing_since(id, "rule@2"), None);
-    }
-
-    #[test]
-    fn max_series_is_per_target() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut s = Store::open(dir.path(), 1 << 20).unwrap();
-        assert!(s.admit(1, || ident("a", "x"), 2).is_ok());
-        assert!(s.admit(2, || ident("a", "y"), 2).is_ok());
-        assert_eq!(s.admit(3, || ident("a", "z"), 2).unwrap_err(), OverLimit);
-        assert!(s.admit(4, || ident("b", "x"), 2).is_ok());
-        assert!(
-            s.admit(1, || ident("a", "x"), 2).is_ok(),
-            "known series stay"
-        );
-    }
-
-    #[test]
-    fn expiry_removes_from_disk() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let mut s = Store::open(dir.path(), 1 << 20).unwrap();
-            s.admit(1, || ident("a", "x"), 10).unwrap();
-            s.admit(2, || ident("a", "y"), 10).unwrap();
-            s.append(1, 1_000, 1.0, 5);
-            s.append(2, 9_000, 1.0, 5);
-            assert_eq!(s.expire(5_000), vec![1]);
-            let (w, b) = s.take_batch();
-            w.write(b).unwrap();
-        }
-        let s = reopen(dir.path());
-        assert!(s.get(1).is_none());
-        assert!(s.get(2).is_some());
-        assert_eq!(s.target_series("a"), 1);
-    }
-
-    #[test]
-    fn ids_are_stable() {
-        assert_eq!(series_id("t", "m", &[]), series_id("t", "m", &[]));
-        assert_ne!(
-            series_id("t", "m", &[("ab".into(), "c".into())]),
-            series_id("t", "m", &[("a".into(), "bc".into())])
-        );
-    }
-}
+mod tests;

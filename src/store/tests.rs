@@ -1,0 +1,148 @@
+use super::*;
+
+/// sled's background threads may hold the file lock a moment after the last handle of the
+/// previous open is dropped; a real restart is a new process and never sees this.
+fn reopen(dir: &Path) -> Store {
+    for _ in 0..100 {
+        if let Ok(s) = Store::open(dir, 1 << 20) {
+            return s;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Store::open(dir, 1 << 20).unwrap()
+}
+
+fn ident(target: &str, name: &str) -> SeriesIdentity {
+    SeriesIdentity {
+        target: target.into(),
+        name: name.into(),
+        labels: vec![("a".into(), "1".into())],
+        counter_like: true,
+    }
+}
+
+#[test]
+fn windows_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = series_id("t:1", "m", &[("a".into(), "1".into())]);
+    {
+        let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.admit(id, || ident("t:1", "m"), 10).unwrap();
+        s.set_firing(id, "rule@1", Some(42));
+        for i in 0..10 {
+            s.append(id, 1000 * i, i as f64, 4);
+        }
+        let (w, b) = s.take_batch();
+        w.write(b).unwrap();
+    }
+    let s = reopen(dir.path());
+    let e = s.get(id).unwrap();
+    assert_eq!(*e.identity, ident("t:1", "m"));
+    let vals: Vec<f64> = e.samples().iter().map(|x| x.1).collect();
+    assert_eq!(vals, vec![6.0, 7.0, 8.0, 9.0]);
+    assert_eq!(s.target_series("t:1"), 1);
+    assert_eq!(s.firing_since(id, "rule@1"), Some(42));
+    assert_eq!(s.firing_since(id, "rule@2"), None);
+}
+
+fn write(s: &mut Store) {
+    let (w, b) = s.take_batch();
+    w.write(b).unwrap();
+}
+
+#[test]
+fn compaction_keeps_windows_and_bounds_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<SeriesId> = (0..1000).collect();
+    let expected: Vec<(i64, f64)>;
+    {
+        let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+        for id in &ids {
+            s.admit(*id, || ident("t", &format!("m{id}")), 10_000)
+                .unwrap();
+        }
+        // 200 scrapes of 1000 series at window 60: 3.2 MB of journal, so compactions.
+        for scrape in 0..200i64 {
+            for id in &ids {
+                s.append(*id, scrape * 1000, (scrape * 7 + *id as i64) as f64, 60);
+            }
+            write(&mut s);
+        }
+        expected = s.get(999).unwrap().samples().iter().copied().collect();
+        let journal = std::fs::metadata(dir.path().join("history/journal.log"))
+            .unwrap()
+            .len();
+        assert!(journal < 1 << 20, "journal compacted: {journal} bytes left");
+    }
+    let s = reopen(dir.path());
+    let got: Vec<(i64, f64)> = s.get(999).unwrap().samples().iter().copied().collect();
+    assert_eq!(got.len(), 60);
+    assert_eq!(got, expected);
+    assert_eq!(s.len(), 1000);
+}
+
+#[test]
+fn records_after_a_compaction_replay_after_a_reopen_without_a_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.admit(1, || ident("a", "x"), 10).unwrap();
+        s.append(1, 1_000, 1.0, 5);
+        s.compact_into_pending();
+        write(&mut s);
+    }
+    {
+        let mut s = reopen(dir.path());
+        s.append(1, 2_000, 2.0, 5);
+        write(&mut s);
+    }
+    let s = reopen(dir.path());
+    let vals: Vec<f64> = s.get(1).unwrap().samples().iter().map(|x| x.1).collect();
+    assert_eq!(
+        vals,
+        vec![1.0, 2.0],
+        "the record after the compaction is not skipped"
+    );
+}
+
+#[test]
+fn max_series_is_per_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+    assert!(s.admit(1, || ident("a", "x"), 2).is_ok());
+    assert!(s.admit(2, || ident("a", "y"), 2).is_ok());
+    assert_eq!(s.admit(3, || ident("a", "z"), 2).unwrap_err(), OverLimit);
+    assert!(s.admit(4, || ident("b", "x"), 2).is_ok());
+    assert!(
+        s.admit(1, || ident("a", "x"), 2).is_ok(),
+        "known series stay"
+    );
+}
+
+#[test]
+fn expiry_removes_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.admit(1, || ident("a", "x"), 10).unwrap();
+        s.admit(2, || ident("a", "y"), 10).unwrap();
+        s.append(1, 1_000, 1.0, 5);
+        s.append(2, 9_000, 1.0, 5);
+        assert_eq!(s.expire(5_000), vec![1]);
+        let (w, b) = s.take_batch();
+        w.write(b).unwrap();
+    }
+    let s = reopen(dir.path());
+    assert!(s.get(1).is_none());
+    assert!(s.get(2).is_some());
+    assert_eq!(s.target_series("a"), 1);
+}
+
+#[test]
+fn ids_are_stable() {
+    assert_eq!(series_id("t", "m", &[]), series_id("t", "m", &[]));
+    assert_ne!(
+        series_id("t", "m", &[("ab".into(), "c".into())]),
+        series_id("t", "m", &[("a".into(), "bc".into())])
+    );
+}
