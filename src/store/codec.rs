@@ -1,41 +1,8 @@
-//! Byte layouts of the store's sled records: journal records, windows and identities.
+//! Byte layouts of what the store writes: windows and series identities.
 
-use super::{SeriesId, SeriesIdentity};
+use super::SeriesIdentity;
 use std::collections::VecDeque;
 use std::sync::Arc;
-
-/// Samples per journal record: a scrape of 100k series is 25 records of 64 KiB.
-pub(super) const RECORD_SAMPLES: usize = 4096;
-/// Bytes of one journal sample: series id and value.
-pub(super) const JOURNAL_SAMPLE_BYTES: usize = 16;
-
-/// A journal record under construction: the scrape's timestamp, then (id, value) pairs.
-pub(super) fn record_start(ts_ms: i64) -> Vec<u8> {
-    let mut r = Vec::with_capacity(8 + RECORD_SAMPLES * JOURNAL_SAMPLE_BYTES);
-    r.extend_from_slice(&ts_ms.to_le_bytes());
-    r
-}
-
-pub(super) fn record_push(record: &mut Vec<u8>, id: SeriesId, value: f64) {
-    record.extend_from_slice(&id.to_le_bytes());
-    record.extend_from_slice(&value.to_bits().to_le_bytes());
-}
-
-/// The samples in a journal record; None when it is malformed.
-pub(super) fn record_decode(b: &[u8]) -> Option<(i64, impl Iterator<Item = (SeriesId, f64)> + '_)> {
-    let ts = i64::from_le_bytes(b.get(..8)?.try_into().ok()?);
-    let body = b.get(8..)?;
-    if body.len() % JOURNAL_SAMPLE_BYTES != 0 {
-        return None;
-    }
-    let pairs = body.chunks_exact(JOURNAL_SAMPLE_BYTES).map(|c| {
-        let (id, v) = c.split_at(8);
-        let id = u64::from_le_bytes(id.try_into().unwrap_or_default());
-        let v = f64::from_bits(u64::from_le_bytes(v.try_into().unwrap_or_default()));
-        (id, v)
-    });
-    Some((ts, pairs))
-}
 
 /// A window: capacity, count, the values (8 bytes each), then the timestamps as the first
 /// one and zigzag varints of the change of interval (one byte a sample when regular), so a
@@ -179,9 +146,7 @@ mod tests {
         #[test]
         fn garbage_never_panics(b in prop::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_window(&b);
-            if let Some((_, pairs)) = record_decode(&b) {
-                let _ = pairs.count();
-            }
+            let _ = super::super::journal::decode(&b, &mut Vec::new());
         }
     }
 

@@ -2,14 +2,15 @@
 //! evaluates its first scrape against the old history. Knows nothing of rules or detectors.
 //!
 //! Layout, so a scrape costs one append rather than a write per sample:
-//! - `history/journal.log` (ours, `files.rs`): records of a scrape's timestamp and up to 4096
-//!   (series, value) pairs, appended and synced per scrape;
-//! - `history/windows.snap` (ours): every window (capacity, values, compact timestamps) and
-//!   the last journal seq it includes, replaced atomically by a compaction once the journal
-//!   reaches half the windows' raw size (8 bytes a value), which then empties the journal.
-//!   Disk stays under ~1.6× the raw windows;
-//! - sled tree `series`: id → identity (target, name, labels, counter flag), written once;
-//!   `capacity`: id → window capacity, written when it changes; `alerts`: firing alerts.
+//! - `history/journal.log` (ours, `files.rs`): the changes since the last compaction as
+//!   records (`journal.rs`): series defined, window capacities, a scrape's values (16 bytes
+//!   a sample), series removed; appended and synced per scrape;
+//! - `history/windows.snap` (ours): every series' identity and window (capacity, values,
+//!   compact timestamps) and the last journal seq included, replaced atomically by a
+//!   compaction once the journal reaches half the windows' raw size (8 bytes a value), which
+//!   then empties the journal. Disk stays under ~1.6× the raw windows plus the identities;
+//! - sled: firing alerts (tree `alerts`) and the receivers' outboxes. It held identities and
+//!   samples once; at 100k series its in-memory tree cost ~450 MB.
 //!
 //! Each scrape's writes are flushed before the next scrape is processed, so a kill -9 loses
 //! at most the scrape being written; a restart loads the windows and replays the journal.
@@ -17,13 +18,12 @@
 mod codec;
 mod database;
 mod files;
+mod journal;
 mod recovery;
 
 pub use database::Database;
 
-use codec::{
-    encode_identity, encode_window, record_push, record_start, JOURNAL_SAMPLE_BYTES, RECORD_SAMPLES,
-};
+use codec::{encode_identity, encode_window};
 use files::HistoryFiles;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -80,13 +80,9 @@ impl SeriesEntry {
     }
 }
 
-const SERIES: &str = "series";
 const ALERTS: &str = "alerts";
-/// id → the series' window capacity (u32), written when it changes (rules reloaded), so a
-/// journal replay keeps exactly the window.
-const CAPACITY: &str = "capacity";
-/// The layout before the journal (one record per sample); dropped at open.
-const OLD_SAMPLES: &str = "samples";
+/// Trees of earlier layouts (a record per sample; identities in sled); dropped at open.
+const OLD_TREES: [&str; 3] = ["samples", "series", "capacity"];
 /// The journal is compacted no sooner than this, however small the windows.
 const MIN_COMPACTION_BYTES: u64 = 1 << 20;
 
@@ -112,11 +108,9 @@ pub enum StoreError {
 /// Writes of one scrape, applied together.
 #[derive(Default)]
 pub struct WriteBatch {
-    series: sled::Batch,
     alerts: sled::Batch,
-    /// Finished journal records and their seq.
+    /// Journal records and their seq.
     journal: Vec<(u64, Vec<u8>)>,
-    capacity: sled::Batch,
     /// A compaction: the last journal seq included, the number of windows, the windows.
     snapshot: Option<(u64, u64, Vec<u8>)>,
     empty: bool,
@@ -138,9 +132,7 @@ impl StoreWriter {
         }
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         files.append(&batch.journal)?;
-        self.db.tree(SERIES)?.apply_batch(batch.series)?;
         self.db.tree(ALERTS)?.apply_batch(batch.alerts)?;
-        self.db.tree(CAPACITY)?.apply_batch(batch.capacity)?;
         self.db.flush()?;
         if let Some((through, count, windows)) = batch.snapshot {
             files.write_snapshot(through, count, &windows)?;
@@ -158,8 +150,8 @@ pub struct Store {
     firing: HashMap<(SeriesId, String), i64>,
     per_target: HashMap<Arc<str>, usize>,
     pending: WriteBatch,
-    /// The journal record being filled, and its seq.
-    record: Option<Vec<u8>>,
+    /// Changes since the last batch, as journal records.
+    journal: journal::Builder,
     next_seq: u64,
     /// Journal bytes since the last compaction.
     journal_bytes: u64,
@@ -173,7 +165,11 @@ impl Store {
     /// Opens (or creates) the store in `dir` and loads every series.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = Database::open(dir, cache_bytes)?;
-        if db.drop_tree(OLD_SAMPLES)? {
+        let mut upgraded = false;
+        for old in OLD_TREES {
+            upgraded |= db.drop_tree(old)?;
+        }
+        if upgraded {
             tracing::warn!("Store upgraded to the journal layout; history before it is dropped");
         }
         let (files, loaded) = HistoryFiles::open(&dir.join("history"))?;
@@ -189,7 +185,7 @@ impl Store {
                 empty: true,
                 ..WriteBatch::default()
             },
-            record: None,
+            journal: journal::Builder::default(),
             next_seq: 0,
             journal_bytes: 0,
         };
@@ -230,9 +226,7 @@ impl Store {
                 return Err(OverLimit);
             }
             *count += 1;
-            self.pending
-                .series
-                .insert(&id.to_be_bytes(), encode_identity(&identity));
+            self.journal.series(id, &identity);
             self.pending.empty = false;
             self.series.insert(
                 id,
@@ -255,33 +249,19 @@ impl Store {
         entry.last_seen_ms = ts_ms;
         if entry.capacity != capacity.max(1) {
             entry.capacity = capacity.max(1);
-            let c = entry.capacity.min(u32::MAX as usize) as u32;
-            self.pending
-                .capacity
-                .insert(&id.to_be_bytes(), &c.to_le_bytes()[..]);
+            self.journal.capacity(id, entry.capacity);
         }
         entry.samples.push_back((ts_ms, value));
         while entry.samples.len() > entry.capacity {
             entry.samples.pop_front();
         }
-        let same_scrape = self
-            .record
-            .as_ref()
-            .is_some_and(|r| r[..8] == ts_ms.to_le_bytes()[..]);
-        if !same_scrape {
-            self.finish_record();
-        }
-        let record = self.record.get_or_insert_with(|| record_start(ts_ms));
-        record_push(record, id, value);
-        if record.len() >= 8 + RECORD_SAMPLES * JOURNAL_SAMPLE_BYTES {
-            self.finish_record();
-        }
+        self.journal.sample(id, ts_ms, value);
         self.pending.empty = false;
     }
 
-    /// Moves the record being filled into the pending batch.
-    fn finish_record(&mut self) {
-        if let Some(record) = self.record.take() {
+    /// Moves the journal records built so far into the pending batch, numbered.
+    fn finish_records(&mut self) {
+        for record in self.journal.take() {
             self.journal_bytes += record.len() as u64;
             self.pending.journal.push((self.next_seq, record));
             self.next_seq += 1;
@@ -344,8 +324,7 @@ impl Store {
         if let Some(c) = self.per_target.get_mut(&entry.identity.target) {
             *c = c.saturating_sub(1);
         }
-        self.pending.series.remove(&id.to_be_bytes());
-        self.pending.capacity.remove(&id.to_be_bytes());
+        self.journal.removed(id);
         let alerts: Vec<String> = self
             .firing
             .keys()
@@ -361,7 +340,7 @@ impl Store {
     /// Takes the writes accumulated since the last call, with a handle to apply them; adds a
     /// compaction when the journal has grown to half the windows' raw size.
     pub fn take_batch(&mut self) -> (StoreWriter, WriteBatch) {
-        self.finish_record();
+        self.finish_records();
         let raw: u64 = self
             .series
             .values()
@@ -382,12 +361,18 @@ impl Store {
 
     /// Every window, with the journal seq they include, into the pending batch.
     fn compact_into_pending(&mut self) {
-        self.finish_record();
+        self.finish_records();
         // Seq 0 stays unused, so "through 0" never hides a record.
         self.next_seq = self.next_seq.max(1);
-        let mut windows = Vec::with_capacity(self.series.len() * (12 + 16 + 9 * 60));
+        let mut windows = Vec::with_capacity(self.series.len() * (12 + 200 + 9 * 60));
+        let mut entry = Vec::new();
         for (id, e) in &self.series {
-            files::entry(&mut windows, *id, &encode_window(e.capacity, &e.samples));
+            entry.clear();
+            let identity = encode_identity(&e.identity);
+            entry.extend_from_slice(&(identity.len() as u32).to_le_bytes());
+            entry.extend_from_slice(&identity);
+            entry.extend_from_slice(&encode_window(e.capacity, &e.samples));
+            files::entry(&mut windows, *id, &entry);
         }
         self.pending.snapshot = Some((self.next_seq - 1, self.series.len() as u64, windows));
         self.pending.empty = false;

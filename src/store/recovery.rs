@@ -1,10 +1,10 @@
-//! Getting the store back: loading windows and replaying the journal at open, and writing
-//! memory back whole after the database was reopened (a full disk that has space again).
+//! Getting the store back: loading the snapshot and replaying the journal at open, and
+//! writing memory back whole after the database was reopened (a full disk with space again).
 
-use super::codec::{decode_identity, decode_window, encode_identity, record_decode};
-use super::{
-    alert_key, files, SeriesEntry, Store, StoreError, WriteBatch, ALERTS, CAPACITY, SERIES,
-};
+use super::codec::decode_identity;
+use super::codec::decode_window;
+use super::journal::{self, Change};
+use super::{alert_key, files, SeriesEntry, SeriesId, SeriesIdentity, Store, StoreError, ALERTS};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -13,9 +13,7 @@ impl Store {
         for what in &history.repaired {
             tracing::warn!("History store repaired at open: {what}");
         }
-        let db = &self.writer.db;
-        let (series, alerts) = (db.tree(SERIES)?, db.tree(ALERTS)?);
-        for item in alerts.iter() {
+        for item in self.writer.db.tree(ALERTS)?.iter() {
             let (k, v) = item?;
             let parsed = (|| {
                 let id = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
@@ -27,71 +25,31 @@ impl Store {
             self.firing.insert(key, since);
         }
         let mut targets: HashMap<String, Arc<str>> = HashMap::new();
-        for item in series.iter() {
-            let (key, value) = item?;
-            let id = u64::from_be_bytes(
-                key.as_ref()
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("series key".into()))?,
-            );
-            let mut identity = decode_identity(&value)
-                .ok_or_else(|| StoreError::Corrupt(format!("series {id:016x}")))?;
-            let t = targets
-                .entry(identity.target.to_string())
-                .or_insert_with(|| identity.target.clone())
-                .clone();
-            identity.target = t;
-            *self.per_target.entry(identity.target.clone()).or_default() += 1;
-            self.series.insert(
-                id,
-                SeriesEntry {
-                    identity: Arc::new(identity),
-                    samples: VecDeque::new(),
-                    capacity: 0,
-                    last_seen_ms: 0,
-                },
-            );
-        }
-        for item in db.tree(CAPACITY)?.iter() {
-            let (key, value) = item?;
-            let id = key.as_ref().try_into().map(u64::from_be_bytes);
-            let c = value.as_ref().try_into().map(u32::from_le_bytes);
-            if let (Ok(id), Ok(c)) = (id, c) {
-                if let Some(e) = self.series.get_mut(&id) {
-                    e.capacity = c as usize;
-                }
-            }
-        }
         let mut through = None;
-        if let Some((t, windows)) = history.snapshot {
+        if let Some((t, entries)) = history.snapshot {
             through = Some(t);
-            for (id, window) in windows {
-                let Some(entry) = self.series.get_mut(&id) else {
-                    continue; // a series removed since
-                };
-                let (capacity, samples) = decode_window(&window)
-                    .ok_or_else(|| StoreError::Corrupt("series window".into()))?;
-                if entry.capacity == 0 {
-                    entry.capacity = capacity;
+            for (id, entry) in entries {
+                let (identity, capacity, samples) = decode_entry(&entry)
+                    .ok_or_else(|| StoreError::Corrupt(format!("window of series {id:016x}")))?;
+                self.define(id, identity, &mut targets);
+                if let Some(e) = self.series.get_mut(&id) {
+                    e.capacity = capacity;
+                    e.samples = samples;
                 }
-                entry.samples = samples;
             }
         }
         // The journal after the snapshot: what it misses, in order.
+        let mut changes = Vec::new();
         for (seq, record) in history.journal {
             self.next_seq = seq + 1;
             if through.is_some_and(|t| seq <= t) {
                 continue;
             }
-            let (ts, pairs) = record_decode(&record)
-                .ok_or_else(|| StoreError::Corrupt("journal record".into()))?;
-            for (id, v) in pairs {
-                if let Some(e) = self.series.get_mut(&id) {
-                    e.samples.push_back((ts, v));
-                    while e.capacity > 0 && e.samples.len() > e.capacity {
-                        e.samples.pop_front();
-                    }
-                }
+            changes.clear();
+            journal::decode(&record, &mut changes)
+                .ok_or_else(|| StoreError::Corrupt(format!("journal record {seq}")))?;
+            for change in changes.drain(..) {
+                self.replay(change, &mut targets);
             }
             self.journal_bytes += record.len() as u64;
         }
@@ -104,36 +62,68 @@ impl Store {
         Ok(())
     }
 
-    /// After the database was reopened (blocking): writes every held series' identity and
-    /// window and every firing alert again, drops the journal (the windows now include all of
-    /// it) and removes what failed writes left behind. Pending writes are superseded.
-    pub fn resync(&mut self) -> Result<(), StoreError> {
-        self.record = None;
-        self.pending = WriteBatch {
-            empty: true,
-            ..WriteBatch::default()
-        };
-        let db = self.writer.db.clone();
-        let (series, alerts) = (db.tree(SERIES)?, db.tree(ALERTS)?);
-        let mut gone = sled::Batch::default();
-        for item in series.iter() {
-            let (k, _) = item?;
-            let held = k.as_ref().try_into().ok().map(u64::from_be_bytes);
-            if !held.is_some_and(|id| self.series.contains_key(&id)) {
-                gone.remove(k);
+    fn replay(&mut self, change: Change, targets: &mut HashMap<String, Arc<str>>) {
+        match change {
+            Change::Series(id, identity) => self.define(id, identity, targets),
+            Change::Capacity(id, capacity) => {
+                if let Some(e) = self.series.get_mut(&id) {
+                    e.capacity = capacity;
+                }
+            }
+            Change::Sample(id, ts, v) => {
+                if let Some(e) = self.series.get_mut(&id) {
+                    e.samples.push_back((ts, v));
+                    while e.capacity > 0 && e.samples.len() > e.capacity {
+                        e.samples.pop_front();
+                    }
+                }
+            }
+            Change::Removed(id) => {
+                if let Some(e) = self.series.remove(&id) {
+                    if let Some(c) = self.per_target.get_mut(&e.identity.target) {
+                        *c = c.saturating_sub(1);
+                    }
+                }
             }
         }
-        series.apply_batch(gone.clone())?;
-        db.tree(CAPACITY)?.apply_batch(gone)?;
-        for (id, e) in &self.series {
-            let key = id.to_be_bytes();
-            self.pending
-                .series
-                .insert(&key, encode_identity(&e.identity));
-            let c = e.capacity.min(u32::MAX as usize) as u32;
-            self.pending.capacity.insert(&key, &c.to_le_bytes()[..]);
+    }
+
+    /// Adds a series found on disk (its target name shared with the target's other series).
+    fn define(
+        &mut self,
+        id: SeriesId,
+        mut identity: SeriesIdentity,
+        targets: &mut HashMap<String, Arc<str>>,
+    ) {
+        if self.series.contains_key(&id) {
+            return;
         }
-        let mut firing = sled::Batch::default();
+        identity.target = targets
+            .entry(identity.target.to_string())
+            .or_insert_with(|| identity.target.clone())
+            .clone();
+        *self.per_target.entry(identity.target.clone()).or_default() += 1;
+        self.series.insert(
+            id,
+            SeriesEntry {
+                identity: Arc::new(identity),
+                samples: VecDeque::new(),
+                capacity: 0,
+                last_seen_ms: 0,
+            },
+        );
+    }
+
+    /// After the database was reopened (blocking): writes every window and identity in a
+    /// snapshot (which empties the journal) and every firing alert again. Pending changes are
+    /// superseded by it.
+    pub fn resync(&mut self) -> Result<(), StoreError> {
+        self.journal.clear();
+        self.pending = super::WriteBatch {
+            empty: true,
+            ..super::WriteBatch::default()
+        };
+        let alerts = self.writer.db.tree(ALERTS)?;
         let live: HashSet<Vec<u8>> = self
             .firing
             .keys()
@@ -142,17 +132,27 @@ impl Store {
         for item in alerts.iter() {
             let (k, _) = item?;
             if !live.contains(k.as_ref()) {
-                firing.remove(k);
+                self.pending.alerts.remove(k);
             }
         }
         for ((id, rule), since) in &self.firing {
-            firing.insert(alert_key(*id, rule), &since.to_be_bytes()[..]);
+            self.pending
+                .alerts
+                .insert(alert_key(*id, rule), &since.to_be_bytes()[..]);
         }
-        self.pending.alerts = firing;
-        // Everything the journal holds is in memory: a compaction through the newest seq
-        // writes it all and deletes the journal.
         self.compact_into_pending();
         let (writer, batch) = self.take_batch();
         writer.write(batch)
     }
+}
+
+/// A series as a snapshot holds it: identity, window capacity, samples.
+type Entry = (SeriesIdentity, usize, VecDeque<(i64, f64)>);
+
+/// A snapshot entry: identity length, identity, window.
+fn decode_entry(b: &[u8]) -> Option<Entry> {
+    let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let identity = decode_identity(b.get(4..4 + len)?)?;
+    let (capacity, samples) = decode_window(b.get(4 + len..)?)?;
+    Some((identity, capacity, samples))
 }
