@@ -74,6 +74,15 @@ pub struct SeriesEntry {
 }
 
 impl SeriesEntry {
+    fn new(identity: SeriesIdentity) -> Self {
+        Self {
+            identity: Arc::new(identity),
+            samples: VecDeque::new(),
+            capacity: 0,
+            last_seen_ms: 0,
+        }
+    }
+
     /// The samples held, oldest first.
     pub fn samples(&self) -> &VecDeque<(i64, f64)> {
         &self.samples
@@ -228,15 +237,7 @@ impl Store {
             *count += 1;
             self.journal.series(id, &identity);
             self.pending.empty = false;
-            self.series.insert(
-                id,
-                SeriesEntry {
-                    identity: Arc::new(identity),
-                    samples: VecDeque::new(),
-                    capacity: 0,
-                    last_seen_ms: 0,
-                },
-            );
+            self.series.insert(id, SeriesEntry::new(identity));
         }
         Ok(())
     }

@@ -103,15 +103,7 @@ impl Store {
             .or_insert_with(|| identity.target.clone())
             .clone();
         *self.per_target.entry(identity.target.clone()).or_default() += 1;
-        self.series.insert(
-            id,
-            SeriesEntry {
-                identity: Arc::new(identity),
-                samples: VecDeque::new(),
-                capacity: 0,
-                last_seen_ms: 0,
-            },
-        );
+        self.series.insert(id, SeriesEntry::new(identity));
     }
 
     /// After the database was reopened (blocking): writes every window and identity in a
