@@ -24,6 +24,7 @@ pub struct SelfMetrics {
     pub notifications_total: IntCounterVec,
     pub outbox_events: IntGaugeVec,
     pub notification_latency_seconds: Histogram,
+    pub scrape_to_export_seconds: Histogram,
     pub outbox_dropped_total: IntCounter,
     pub llm_requests_total: IntCounterVec,
 }
@@ -110,6 +111,16 @@ impl SelfMetrics {
                 opts("outbox_events", "Events waiting in the receiver's outbox."),
                 &["receiver"],
             )?,
+            scrape_to_export_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "scrape_to_export_seconds",
+                    "From the start of a scrape to its samples evaluated and on /metrics.",
+                )
+                .namespace("anomaly_sidecar")
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )?,
             notification_latency_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "notification_latency_seconds",
@@ -149,6 +160,7 @@ impl SelfMetrics {
         registry.register(Box::new(m.notifications_total.clone()))?;
         registry.register(Box::new(m.outbox_events.clone()))?;
         registry.register(Box::new(m.notification_latency_seconds.clone()))?;
+        registry.register(Box::new(m.scrape_to_export_seconds.clone()))?;
         registry.register(Box::new(m.outbox_dropped_total.clone()))?;
         registry.register(Box::new(m.llm_requests_total.clone()))?;
         let build_info = IntGaugeVec::new(

@@ -117,7 +117,13 @@ impl Pipeline {
                 }
                 r = results.recv() => match r {
                     Some(r) => {
+                        let started_ms = r.at_ms;
                         self.process(r);
+                        let took = crate::scrape::now_ms().saturating_sub(started_ms);
+                        self.exporter
+                            .metrics
+                            .scrape_to_export_seconds
+                            .observe(took as f64 / 1000.0);
                         // Events reach the outboxes' disk in this flush, before any attempt.
                         self.persist().await;
                         if let Some(n) = &self.notifier {

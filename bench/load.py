@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""End-to-end load bench: the sidecar and Prometheus side by side on the same exporter.
+
+For each configuration (series count N, scrape interval) it starts a synthetic exporter that
+serves pre-rendered bodies (so its own cost stays negligible), then runs
+  1. anomaly-sidecar with one zscore rule over every series, window 60, and
+  2. Prometheus with the equivalent recording rule, (x - avg_over_time(x[W])) / stddev_over_time(x[W]),
+for the same time each, and prints both and their ratios in one table:
+samples evaluated per second, CPU cores (from /proc, after a warm-up), samples per CPU-second,
+peak RSS, bytes on disk, and for the sidecar scrape-to-gauge latency p50/p99.
+
+    python3 bench/load.py                       # 10k and 100k series at 1s, 60 s each
+    python3 bench/load.py --series 10000,100000,1000000 --interval 1,15 --duration 120
+
+Needs a release build (target/release/anomaly-sidecar) and Debian's `prometheus`.
+"""
+
+import argparse
+import http.server
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIDECAR = os.path.join(ROOT, "target", "release", "anomaly-sidecar")
+TICK = os.sysconf("SC_CLK_TCK")
+NAMES = ["http_requests_in_flight", "db_query_latency_seconds", "queue_depth",
+         "cache_hit_ratio", "worker_busy_threads", "upstream_latency_seconds"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render_bodies(n, variants=3, seed=7):
+    """`variants` bodies of n series with realistic names and 3-6 labels, unique label sets
+    across names (Prometheus' rule drops __name__ and must not see duplicates)."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        name = NAMES[i % len(NAMES)]
+        labels = [f'service="svc-{i % 97}"', f'instance="10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}:9100"',
+                  f'series_id="{i}"']
+        if i % 2:
+            labels.append(f'method="{["GET", "POST", "PUT"][i % 3]}"')
+        if i % 3:
+            labels.append(f'code="{200 + i % 5}"')
+        if i % 5 == 0:
+            labels.append(f'path="/api/v1/items/{i % 1000}"')
+        lines.append((name, ",".join(labels), 50 + 10 * rng.random()))
+    lines.sort(key=lambda l: NAMES.index(l[0]))
+    bodies = []
+    for _ in range(variants):
+        out = []
+        last = None
+        for name, labels, base in lines:
+            if name != last:
+                out.append(f"# TYPE {name} gauge\n")
+                last = name
+            out.append(f"{name}{{{labels}}} {base + rng.gauss(0, 1):.4f}\n")
+        bodies.append("".join(out).encode())
+    return bodies
+
+
+class Exporter:
+    def __init__(self, bodies):
+        self.bodies = bodies
+        self.count = 0
+        exporter = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = exporter.bodies[exporter.count % len(exporter.bodies)]
+                exporter.count += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.port = free_port()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def metrics(port, path="/metrics"):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
+
+
+def value(text, prefix):
+    """Sum of the samples whose line starts with prefix."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    return total if found else None
+
+
+def buckets(text, name):
+    out = []
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
+    return out
+
+
+def quantile(before, after, q):
+    b = dict(before)
+    counts = [(le, c - b.get(le, 0.0)) for le, c in after]
+    total = counts[-1][1] if counts else 0
+    if total <= 0:
+        return None
+    for le, c in counts:
+        if c >= q * total:
+            return le
+    return None
+
+
+def du(path):
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(dirpath, f))
+            except OSError:
+                pass
+    return total
+
+
+def wait_port(port, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def run_sidecar(exporter, n, interval, warmup, duration, work):
+    rules = os.path.join(work, "rules.yaml")
+    with open(rules, "w") as f:
+        f.write("rules:\n  - name: z\n    match: '{__name__=~\".+\"}'\n    method: zscore\n    window: 60\n")
+    port = free_port()
+    data = os.path.join(work, "sidecar-data")
+    proc = subprocess.Popen(
+        [SIDECAR, "run", "--rules", rules, "--target", f"http://127.0.0.1:{exporter.port}/metrics",
+         "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--scrape-interval", f"{interval}s",
+         "--scrape-timeout", f"{max(interval, 10)}s", "--max-series", str(n * 2)],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "sidecar.log"), "w"))
+    try:
+        wait_port(port)
+        time.sleep(warmup)
+        m0 = metrics(port)
+        c0, t0 = cpu_seconds(proc.pid), time.time()
+        time.sleep(duration)
+        c1, t1 = cpu_seconds(proc.pid), time.time()
+        m1 = metrics(port)
+        ev = "anomaly_sidecar_rule_evaluations_total"
+        evaluated = (value(m1, ev) or 0) - (value(m0, ev) or 0)
+        lat = "anomaly_sidecar_scrape_to_export_seconds"
+        return {
+            "samples/s": evaluated / (t1 - t0),
+            "cores": (c1 - c0) / (t1 - t0),
+            "peak RSS MB": peak_rss_mb(proc.pid),
+            "disk MB": du(data) / 1e6,
+            "latency p50 s": quantile(buckets(m0, lat), buckets(m1, lat), 0.5),
+            "latency p99 s": quantile(buckets(m0, lat), buckets(m1, lat), 0.99),
+        }
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def run_prometheus(exporter, n, interval, warmup, duration, work):
+    prom = shutil.which("prometheus")
+    if not prom:
+        return None
+    window = f"{60 * interval}s"
+    sel = '{__name__=~"' + "|".join(NAMES) + '"}'
+    rules = os.path.join(work, "prom-rules.yml")
+    with open(rules, "w") as f:
+        f.write("groups:\n  - name: zscore\n    rules:\n      - record: anomaly:zscore\n"
+                f"        expr: '({sel} - avg_over_time({sel}[{window}])) / stddev_over_time({sel}[{window}])'\n")
+    config = os.path.join(work, "prometheus.yml")
+    with open(config, "w") as f:
+        f.write(f"global:\n  scrape_interval: {interval}s\n  evaluation_interval: {interval}s\n"
+                f"  scrape_timeout: {min(interval, 10)}s\nrule_files: ['{rules}']\n"
+                f"scrape_configs:\n  - job_name: bench\n    static_configs:\n"
+                f"      - targets: ['127.0.0.1:{exporter.port}']\n")
+    port = free_port()
+    data = os.path.join(work, "prom-data")
+    proc = subprocess.Popen(
+        [prom, f"--config.file={config}", f"--storage.tsdb.path={data}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "prometheus.log"), "w"))
+    try:
+        wait_port(port)
+        time.sleep(warmup)
+        m0 = metrics(port)
+        c0, t0 = cpu_seconds(proc.pid), time.time()
+        time.sleep(duration)
+        c1, t1 = cpu_seconds(proc.pid), time.time()
+        m1 = metrics(port)
+        it = "prometheus_rule_group_iterations_total"
+        missed = "prometheus_rule_group_iterations_missed_total"
+        iterations = (value(m1, it) or 0) - (value(m0, it) or 0)
+        skipped = (value(m1, missed) or 0) - (value(m0, missed) or 0)
+        scheduled = iterations
+        done = max(scheduled - skipped, 0)
+        return {
+            "samples/s": n * done / (t1 - t0),
+            "cores": (c1 - c0) / (t1 - t0),
+            "peak RSS MB": peak_rss_mb(proc.pid),
+            "disk MB": du(data) / 1e6,
+            "rule group s": value(m1, "prometheus_rule_group_last_duration_seconds"),
+            "iterations missed": f"{int(skipped)}/{int(scheduled)}",
+        }
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    if v >= 1000:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--series", default="10000,100000")
+    ap.add_argument("--interval", default="1", help="seconds, comma-separated")
+    ap.add_argument("--duration", type=float, default=60)
+    ap.add_argument("--warmup", type=float, default=None, help="default: 20 s or two intervals")
+    args = ap.parse_args()
+    if not os.path.exists(SIDECAR):
+        sys.exit("build first: cargo build --release")
+    rows = []
+    for n in [int(x) for x in args.series.split(",")]:
+        bodies = render_bodies(n, variants=2 if n >= 1_000_000 else 3)
+        exporter = Exporter(bodies)
+        for interval in [int(x) for x in args.interval.split(",")]:
+            warmup = args.warmup if args.warmup is not None else max(20, 2 * interval)
+            with tempfile.TemporaryDirectory() as work:
+                print(f"== {n:,} series @{interval}s: sidecar ...", file=sys.stderr, flush=True)
+                s = run_sidecar(exporter, n, interval, warmup, args.duration, work)
+                print(f"== {n:,} series @{interval}s: prometheus ...", file=sys.stderr, flush=True)
+                p = run_prometheus(exporter, n, interval, warmup, args.duration, work)
+            rows.append((n, interval, s, p))
+        exporter.stop()
+    print(f"\nbody size per scrape ~{len(bodies[0]) / 1e6:.1f} MB at {n:,} series; "
+          f"{args.duration:.0f} s measured after the warm-up; 60-sample window")
+    keys = ["samples/s", "cores", "samples per CPU-s", "peak RSS MB", "disk MB",
+            "latency p50 s", "latency p99 s", "rule group s", "iterations missed"]
+    print(f"{'series':>9} {'every':>5} {'measure':<18} {'sidecar':>12} {'prometheus':>12} {'ratio':>8}")
+    for n, interval, s, p in rows:
+        for side in (s, p):
+            if side and side.get("cores"):
+                side["samples per CPU-s"] = side["samples/s"] / side["cores"]
+        for k in keys:
+            sv, pv = s.get(k), (p or {}).get(k)
+            if sv is None and pv is None:
+                continue
+            ratio = "-"
+            if isinstance(sv, (int, float)) and isinstance(pv, (int, float)) and pv:
+                ratio = f"{sv / pv:.3g}"
+            print(f"{n:>9,} {interval:>4}s {k:<18} {fmt(sv):>12} {fmt(pv):>12} {ratio:>8}")
+
+
+if __name__ == "__main__":
+    main()
