@@ -14,7 +14,7 @@ use crate::alert::AlertEvent;
 use crate::detect::Verdict;
 use crate::store::SeriesId;
 use hyper::body::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,7 +44,7 @@ pub struct AlertView {
 
 /// Shared between the pipeline (the only writer) and the HTTP server (readers).
 pub struct Exporter {
-    rows: RwLock<BTreeMap<RowKey, AnomalyRow>>,
+    rows: RwLock<HashMap<RowKey, AnomalyRow>>,
     alerts: RwLock<BTreeMap<RowKey, AlertView>>,
     /// Bumped on every change of `rows`; the rendered text is reused while it stands still.
     generation: AtomicU64,
@@ -109,7 +109,7 @@ impl Exporter {
         let registry = prometheus::Registry::new();
         let metrics = SelfMetrics::register(&registry)?;
         Ok(Self {
-            rows: RwLock::new(BTreeMap::new()),
+            rows: RwLock::new(HashMap::new()),
             alerts: RwLock::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
             rendered: Mutex::new(None),

@@ -6,6 +6,7 @@ use super::{firing_since, Pipeline};
 use crate::alert::Transition;
 use crate::config::RuleSet;
 use crate::detect::Verdict;
+use crate::store::IdMap;
 use crate::store::SeriesId;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,7 +47,7 @@ impl Pipeline {
     /// Swaps in new rules. Rules whose definition did not change keep their windows and alert
     /// state; removed or changed rules resolve their firing alerts and drop their gauges.
     pub fn set_rules(&mut self, new: Arc<RuleSet>) {
-        let mut old: HashMap<String, (String, HashMap<SeriesId, RuleSeries>)> = HashMap::new();
+        let mut old: HashMap<String, (String, IdMap<RuleSeries>)> = HashMap::new();
         let old_rules = std::mem::replace(&mut self.rules, new.clone());
         for (rule, states) in old_rules.rules.iter().zip(std::mem::take(&mut self.states)) {
             old.insert(rule.name.clone(), (rule.fingerprint(), states));
@@ -62,9 +63,9 @@ impl Pipeline {
                 }
                 Some(other) => {
                     old.insert(rule.name.clone(), other);
-                    HashMap::new()
+                    IdMap::default()
                 }
-                None => HashMap::new(),
+                None => IdMap::default(),
             })
             .collect();
         let now = crate::scrape::now_ms();

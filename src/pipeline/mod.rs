@@ -12,9 +12,9 @@ use crate::detect::{self, Verdict};
 use crate::export::{AlertView, AnomalyRow, ExportChanges, Exporter};
 use crate::notify::Notifier;
 use crate::scrape::{Sample, ScrapeResult, Target};
-use crate::store::{series_id, SeriesId, SeriesIdentity, Store};
+use crate::store::{series_id, IdMap, IdSet, SeriesId, SeriesIdentity, Store};
 use rule_series::{event, new_state, transform, RuleSeries};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -31,17 +31,17 @@ pub struct Pipeline {
     settings: PipelineSettings,
     rules: Arc<RuleSet>,
     /// Parallel to `rules.rules`.
-    states: Vec<HashMap<SeriesId, RuleSeries>>,
+    states: Vec<IdMap<RuleSeries>>,
     /// Rule names, parallel to `rules.rules`, shared by every row key (no allocation per sample).
     names: Vec<Arc<str>>,
     /// Indices of the rules that select a series, cached until the rules change.
-    matches: HashMap<SeriesId, Arc<[usize]>>,
+    matches: IdMap<Arc<[usize]>>,
     /// Distinct match lists, shared by every series with the same rules (most series share a
     /// handful), so the cache costs one pointer per series, not one allocation.
     match_lists: HashMap<Vec<usize>, Arc<[usize]>>,
     store: Store,
     /// Per target: series present in its last successful scrape.
-    seen: Vec<HashSet<SeriesId>>,
+    seen: Vec<IdSet>,
     /// Per target: last scrape outcome, so up/down is logged once per change.
     up: Vec<Option<bool>>,
     exporter: Arc<Exporter>,
@@ -65,7 +65,7 @@ impl Pipeline {
         notifier: Option<Arc<Notifier>>,
     ) -> Self {
         let n = targets.len();
-        let states = rules.rules.iter().map(|_| HashMap::new()).collect();
+        let states = rules.rules.iter().map(|_| IdMap::default()).collect();
         let names = rules
             .rules
             .iter()
@@ -84,10 +84,10 @@ impl Pipeline {
             rules,
             states,
             names,
-            matches: HashMap::new(),
+            matches: IdMap::default(),
             match_lists: HashMap::new(),
             store,
-            seen: vec![HashSet::new(); n],
+            seen: vec![IdSet::default(); n],
             up: vec![None; n],
             exporter,
             events,
@@ -170,7 +170,7 @@ impl Pipeline {
         let now = result.at_ms;
         let target_name: Arc<str> = target.name.as_str().into();
         let mut batch = Batch::default();
-        let mut current = HashSet::with_capacity(self.seen[t].len());
+        let mut current = IdSet::with_capacity_and_hasher(self.seen[t].len(), Default::default());
         for sample in body.samples() {
             self.sample(&target_name, sample, now, &mut current, &mut batch);
         }
@@ -281,7 +281,7 @@ impl Pipeline {
         target: &Arc<str>,
         s: Sample,
         now: i64,
-        current: &mut HashSet<SeriesId>,
+        current: &mut IdSet,
         b: &mut Batch,
     ) {
         let id = series_id(target, &s.name, &s.labels);

@@ -105,23 +105,30 @@ impl HistoryFiles {
         written
     }
 
-    /// Replaces the snapshot with `windows` (entries as `entry` makes them) including the
-    /// journal through `through`, then empties the journal. Atomic: a crash leaves the old
-    /// snapshot and the whole journal, or the new snapshot.
-    pub fn write_snapshot(&mut self, through: u64, count: u64, windows: &[u8]) -> io::Result<()> {
+    /// Replaces the snapshot with `count` entries that `entries` writes (with `entry`),
+    /// including the journal through `through`, then empties the journal. Atomic: a crash
+    /// leaves the old snapshot and the whole journal, or the new snapshot.
+    pub fn write_snapshot(
+        &mut self,
+        through: u64,
+        count: u64,
+        entries: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()> {
         let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(&through.to_le_bytes());
-        crc.update(&count.to_le_bytes());
-        crc.update(windows);
-        let mut f = File::create(&tmp)?;
-        f.write_all(SNAPSHOT_MAGIC)?;
-        f.write_all(&through.to_le_bytes())?;
-        f.write_all(&count.to_le_bytes())?;
-        f.write_all(windows)?;
-        f.write_all(&crc.finalize().to_le_bytes())?;
-        f.sync_all()?;
-        drop(f);
+        let file = File::create(&tmp)?;
+        let mut out = Checksummed {
+            inner: io::BufWriter::with_capacity(1 << 20, file),
+            crc: crc32fast::Hasher::new(),
+        };
+        out.inner.write_all(SNAPSHOT_MAGIC)?;
+        out.write_all(&through.to_le_bytes())?;
+        out.write_all(&count.to_le_bytes())?;
+        entries(&mut out)?;
+        let crc = out.crc.finalize();
+        out.inner.write_all(&crc.to_le_bytes())?;
+        let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
         std::fs::rename(&tmp, self.dir.join(SNAPSHOT))?;
         File::open(&self.dir)?.sync_all()?;
         self.journal.set_len(0)?;
@@ -140,10 +147,27 @@ impl HistoryFiles {
 }
 
 /// One snapshot entry: series id, window length, encoded window.
-pub fn entry(out: &mut Vec<u8>, id: u64, window: &[u8]) {
-    out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&(window.len() as u32).to_le_bytes());
-    out.extend_from_slice(window);
+pub fn entry(out: &mut dyn Write, id: u64, window: &[u8]) -> io::Result<()> {
+    out.write_all(&id.to_le_bytes())?;
+    out.write_all(&(window.len() as u32).to_le_bytes())?;
+    out.write_all(window)
+}
+
+/// A writer that checksums what passes through it.
+struct Checksummed<W: Write> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn invalid(what: &str) -> io::Error {
@@ -248,9 +272,8 @@ mod tests {
         );
         assert_eq!(loaded.repaired.len(), 1);
         f.append(&[(3, b"three".to_vec())]).unwrap();
-        let mut windows = Vec::new();
-        entry(&mut windows, 7, b"window-7");
-        f.write_snapshot(3, 1, &windows).unwrap();
+        f.write_snapshot(3, 1, |out| entry(out, 7, b"window-7"))
+            .unwrap();
         f.append(&[(4, b"four".to_vec())]).unwrap();
         drop(f);
         let (_, loaded) = HistoryFiles::open(dir.path()).unwrap();

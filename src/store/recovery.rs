@@ -132,9 +132,10 @@ impl Store {
                 .alerts
                 .insert(alert_key(*id, rule), &since.to_be_bytes()[..]);
         }
-        self.compact_into_pending();
+        self.pending.empty = false;
         let (writer, batch) = self.take_batch();
-        writer.write(batch)
+        writer.write(batch)?;
+        self.compact()
     }
 }
 
