@@ -11,6 +11,7 @@ peak RSS, bytes on disk, and for the sidecar scrape-to-gauge latency p50/p99.
 
     python3 bench/load.py                       # 10k and 100k series at 1s, 60 s each
     python3 bench/load.py --series 10000,100000,1000000 --interval 1,15 --duration 120
+    python3 bench/load.py --series 20000 --soak 3600 --out bench/soak   # an hour, 10% churn / 5 min
 
 Needs a release build (target/release/anomaly-sidecar) and Debian's `prometheus`.
 """
@@ -42,12 +43,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-def render_bodies(n, variants=3, seed=7):
+def render_bodies(n, variants=3, seed=7, churned=0, epoch=0):
     """`variants` bodies of n series with realistic names and 3-6 labels, unique label sets
-    across names (Prometheus' rule drops __name__ and must not see duplicates)."""
+    across names (Prometheus' rule drops __name__ and must not see duplicates). The first
+    `churned` series get new ids in every `epoch` (series churn)."""
     rng = random.Random(seed)
     lines = []
-    for i in range(n):
+    for j in range(n):
+        i = j + epoch * n if j < churned else j
         name = NAMES[i % len(NAMES)]
         labels = [f'service="svc-{i % 97}"', f'instance="10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}:9100"',
                   f'series_id="{i}"']
@@ -257,6 +260,69 @@ def run_prometheus(exporter, n, interval, warmup, duration, work):
         proc.wait(timeout=60)
 
 
+def soak(n, interval, seconds, churn_every, churn_frac, out_prefix):
+    """Runs the sidecar alone for `seconds` with `churn_frac` of the series replaced every
+    `churn_every` seconds (retention 2 × churn_every), sampling RSS and disk every 10 s into
+    CSV, and a PNG when matplotlib is importable."""
+    work = tempfile.mkdtemp()
+    churned = int(n * churn_frac)
+    exporter = Exporter(render_bodies(n, variants=2, churned=churned))
+    rules = os.path.join(work, "rules.yaml")
+    with open(rules, "w") as f:
+        f.write("rules:\n  - name: z\n    match: '{__name__=~\".+\"}'\n    method: zscore\n    window: 60\n")
+    port = free_port()
+    data = os.path.join(work, "data")
+    proc = subprocess.Popen(
+        [SIDECAR, "run", "--rules", rules, "--target", f"http://127.0.0.1:{exporter.port}/metrics",
+         "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--scrape-interval", f"{interval}s",
+         "--max-series", str(n * 4), "--retention", f"{2 * churn_every}s"],
+        stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "sidecar.log"), "w"))
+    rows = []
+    start = time.time()
+    epoch = 0
+    try:
+        wait_port(port)
+        while time.time() - start < seconds:
+            time.sleep(10)
+            t = time.time() - start
+            if churned and t // churn_every > epoch:
+                epoch = int(t // churn_every)
+                exporter.bodies = render_bodies(n, variants=2, churned=churned, epoch=epoch)
+            with open(f"/proc/{proc.pid}/status") as f:
+                rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+            rows.append((t, rss, du(data) / 1e6))
+            print(f"{t:7.0f} s  RSS {rss:7.1f} MB  disk {rows[-1][2]:7.1f} MB", file=sys.stderr, flush=True)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        exporter.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    with open(out_prefix + ".csv", "w") as f:
+        f.write("seconds,rss_mb,disk_mb\n")
+        for r in rows:
+            f.write(f"{r[0]:.0f},{r[1]:.1f},{r[2]:.2f}\n")
+    raw = 8 * 60 * n / 1e6
+    first = [r for r in rows if r[0] >= 300][:1] or rows[:1]
+    print(f"soak {n:,} series @{interval}s, {churned:,} replaced every {churn_every}s: "
+          f"RSS {first[0][1]:.0f} MB at {first[0][0]:.0f} s, {rows[-1][1]:.0f} MB at {rows[-1][0]:.0f} s "
+          f"(max {max(r[1] for r in rows):.0f}); disk max {max(r[2] for r in rows):.1f} MB = "
+          f"{max(r[2] for r in rows) / raw:.2f}x the raw windows ({raw:.1f} MB)")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.plot([r[0] / 60 for r in rows], [r[1] for r in rows], label="RSS MB")
+        ax.plot([r[0] / 60 for r in rows], [r[2] for r in rows], label="disk MB")
+        ax.set_xlabel("minutes")
+        ax.set_title(f"anomaly-sidecar, {n:,} series @{interval}s, {int(churn_frac * 100)}% churn every {churn_every}s")
+        ax.legend()
+        fig.savefig(out_prefix + ".png", dpi=100)
+        print(f"plot: {out_prefix}.png")
+    except ImportError:
+        print("no matplotlib: CSV only (pip install matplotlib for the PNG)")
+
+
 def fmt(v):
     if v is None:
         return "-"
@@ -275,9 +341,19 @@ def main():
     ap.add_argument("--interval", default="1", help="seconds, comma-separated")
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--warmup", type=float, default=None, help="default: 20 s or two intervals")
+    ap.add_argument("--soak", type=float, default=0,
+                    help="instead: run the sidecar alone this many seconds (e.g. 3600) and plot RSS and disk")
+    ap.add_argument("--churn-every", type=int, default=300)
+    ap.add_argument("--churn", type=float, default=0.1, help="share of series replaced each time")
+    ap.add_argument("--out", default="soak", help="CSV/PNG path prefix for --soak")
     args = ap.parse_args()
     if not os.path.exists(SIDECAR):
         sys.exit("build first: cargo build --release")
+    if args.soak:
+        n = int(args.series.split(",")[0])
+        interval = int(args.interval.split(",")[0])
+        soak(n, interval, args.soak, args.churn_every, args.churn, args.out)
+        return
     rows = []
     for n in [int(x) for x in args.series.split(",")]:
         bodies = render_bodies(n, variants=2 if n >= 1_000_000 else 3)
