@@ -9,6 +9,7 @@
 //! number. The format is a simple line grammar; this parser is a single pass over the bytes with
 //! no regex, tested against captured text (and a target of the fuzzing issue).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// The TYPE of a metric family.
@@ -52,9 +53,29 @@ pub fn parse(body: &str) -> Result<Vec<Sample>, ParseError> {
 /// malformed line. A scrape is validated this way first so that a bad line fails it before
 /// any of its samples is applied, without holding every sample in memory at once.
 pub fn validate(body: &str) -> Result<usize, ParseError> {
+    // The same grammar as `samples`, with labels borrowed from the body into one reused
+    // buffer: a validation pass allocates nothing per sample.
+    let mut types = HashMap::new();
+    let mut labels = Vec::new();
     let mut n = 0;
-    for s in samples(body) {
-        s?;
+    for (i, raw) in body.lines().enumerate() {
+        let fail = |message: String| ParseError {
+            line: i + 1,
+            message,
+        };
+        let line = raw.trim_start_matches([' ', '\t']);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            match comment_line(comment, &mut types) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        labels.clear();
+        parse_line(line, &mut labels).map_err(fail)?;
         n += 1;
     }
     Ok(n)
@@ -171,7 +192,28 @@ fn valid_metric_name(name: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b':')
 }
 
+/// A parsed line: name, value, timestamp; its labels go into the caller's buffer, sorted.
+type Line<'a> = (&'a str, f64, Option<i64>);
+
 fn parse_sample(line: &str) -> Result<Sample, String> {
+    let mut labels = Vec::new();
+    let (name, value, timestamp_ms) = parse_line(line, &mut labels)?;
+    Ok(Sample {
+        name: name.to_string(),
+        labels: labels
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into_owned()))
+            .collect(),
+        value,
+        timestamp_ms,
+        counter_like: false,
+    })
+}
+
+fn parse_line<'a>(
+    line: &'a str,
+    labels: &mut Vec<(&'a str, Cow<'a, str>)>,
+) -> Result<Line<'a>, String> {
     let bytes = line.as_bytes();
     let mut i = 0;
     while i < bytes.len()
@@ -183,9 +225,8 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
     if !valid_metric_name(name) {
         return Err(format!("expected a metric name at {:?}", excerpt(line)));
     }
-    let mut labels = Vec::new();
     if bytes.get(i) == Some(&b'{') {
-        i = parse_labels(line, i + 1, &mut labels)?;
+        i = parse_labels(line, i + 1, labels)?;
     }
     let mut rest = &line[i..];
     // An OpenMetrics exemplar (`# {trace_id="…"} 1.0`) may follow; it is not ours to judge.
@@ -208,24 +249,18 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
     if let Some(extra) = fields.next() {
         return Err(format!("unexpected text {extra:?} after the sample"));
     }
-    labels.sort_by(|a, b| a.0.cmp(&b.0));
+    labels.sort_by(|a, b| a.0.cmp(b.0));
     if labels.windows(2).any(|w| w[0].0 == w[1].0) {
         return Err(format!("duplicate label name in {:?}", excerpt(line)));
     }
-    Ok(Sample {
-        name: name.to_string(),
-        labels,
-        value,
-        timestamp_ms,
-        counter_like: false,
-    })
+    Ok((name, value, timestamp_ms))
 }
 
 /// Parses `name="value",...}` starting after `{`; returns the index after `}`.
-fn parse_labels(
-    line: &str,
+fn parse_labels<'a>(
+    line: &'a str,
     mut i: usize,
-    out: &mut Vec<(String, String)>,
+    out: &mut Vec<(&'a str, Cow<'a, str>)>,
 ) -> Result<usize, String> {
     let b = line.as_bytes();
     loop {
@@ -259,24 +294,29 @@ fn parse_labels(
             return Err(format!("expected a quoted value for label {label:?}"));
         }
         i += 1;
-        let mut value = String::new();
+        // Borrowed unless an escape needs rewriting.
+        let mut value: Cow<'a, str> = Cow::Borrowed("");
         let mut seg = i;
         loop {
             match b.get(i) {
                 None => return Err(format!("unterminated value of label {label:?}")),
                 Some(b'"') => {
-                    value.push_str(&line[seg..i]);
+                    match &mut value {
+                        Cow::Borrowed(_) => value = Cow::Borrowed(&line[seg..i]),
+                        Cow::Owned(v) => v.push_str(&line[seg..i]),
+                    }
                     i += 1;
                     break;
                 }
                 Some(b'\\') => {
-                    value.push_str(&line[seg..i]);
+                    let v = value.to_mut();
+                    v.push_str(&line[seg..i]);
                     match b.get(i + 1) {
-                        Some(b'\\') => value.push('\\'),
-                        Some(b'"') => value.push('"'),
-                        Some(b'n') => value.push('\n'),
+                        Some(b'\\') => v.push('\\'),
+                        Some(b'"') => v.push('"'),
+                        Some(b'n') => v.push('\n'),
                         // Unknown escapes are kept as written, as Prometheus does.
-                        Some(_) => value.push('\\'),
+                        Some(_) => v.push('\\'),
                         None => return Err(format!("unterminated value of label {label:?}")),
                     }
                     i += if matches!(b.get(i + 1), Some(b'\\' | b'"' | b'n')) {
@@ -289,7 +329,7 @@ fn parse_labels(
                 Some(_) => i += 1,
             }
         }
-        out.push((label.to_string(), value));
+        out.push((label, value));
         while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
             i += 1;
         }
