@@ -149,3 +149,20 @@ fn ids_are_stable() {
         series_id("t", "m", &[("a".into(), "bc".into())])
     );
 }
+
+#[test]
+fn a_data_dir_of_the_per_sample_layout_opens_and_its_old_trees_go() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        for old in ["samples", "series", "capacity"] {
+            db.open_tree(old).unwrap().insert(b"k", b"v").unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let s = reopen(dir.path());
+    assert_eq!(s.len(), 0);
+    for old in ["samples", "series", "capacity"] {
+        assert!(s.writer.db.tree(old).unwrap().is_empty(), "{old} dropped");
+    }
+}
