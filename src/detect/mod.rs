@@ -223,16 +223,20 @@ fn trend(v: &mut Verdict, history: &Window, x: f64, trend_window: usize, deviati
     if trend_window < 2 || history.len() < need {
         return;
     }
-    let run: Vec<f64> = history
+    // The last `need` values and x, walked without collecting them (no allocation a sample).
+    let mut run = history
         .values()
-        .rev()
-        .take(need)
-        .rev()
-        .chain(std::iter::once(x))
-        .collect();
-    let first = run[0];
-    let rising = run.windows(2).all(|p| p[1] > p[0]);
-    let falling = run.windows(2).all(|p| p[1] < p[0]);
+        .skip(history.len() - need)
+        .chain(std::iter::once(x));
+    let Some(first) = run.next() else {
+        return;
+    };
+    let (mut rising, mut falling, mut prev) = (true, true, first);
+    for v in run {
+        rising &= v > prev;
+        falling &= v < prev;
+        prev = v;
+    }
     if first > 0.0 {
         let band = first * deviation_pct / 100.0;
         v.lower_bound = Some(first - band);
