@@ -53,29 +53,15 @@ pub fn parse(body: &str) -> Result<Vec<Sample>, ParseError> {
 /// malformed line. A scrape is validated this way first so that a bad line fails it before
 /// any of its samples is applied, without holding every sample in memory at once.
 pub fn validate(body: &str) -> Result<usize, ParseError> {
-    // The same grammar as `samples`, with labels borrowed from the body into one reused
-    // buffer: a validation pass allocates nothing per sample.
-    let mut types = HashMap::new();
+    // The same walk as `samples`, with labels borrowed from the body into one reused buffer:
+    // a validation pass allocates nothing per sample.
+    let mut walk = samples(body);
     let mut labels = Vec::new();
     let mut n = 0;
-    for (i, raw) in body.lines().enumerate() {
-        let fail = |message: String| ParseError {
-            line: i + 1,
-            message,
-        };
-        let line = raw.trim_start_matches([' ', '\t']);
-        if line.trim().is_empty() {
-            continue;
-        }
-        if let Some(comment) = line.strip_prefix('#') {
-            match comment_line(comment, &mut types) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(e) => return Err(fail(e)),
-            }
-        }
+    while let Some(next) = walk.next_line() {
+        let (i, line) = next?;
         labels.clear();
-        parse_line(line, &mut labels).map_err(fail)?;
+        parse_line(line, &mut labels).map_err(|message| ParseError { line: i, message })?;
         n += 1;
     }
     Ok(n)
@@ -101,39 +87,49 @@ impl Iterator for Samples<'_> {
     type Item = Result<Sample, ParseError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let (i, line) = match self.next_line()? {
+            Ok(l) => l,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(match parse_sample(line) {
+            Ok(mut s) => {
+                s.counter_like = counter_like(&self.types, &s.name);
+                Ok(s)
+            }
+            Err(message) => {
+                self.done = true;
+                Err(ParseError { line: i, message })
+            }
+        })
+    }
+}
+
+impl<'a> Samples<'a> {
+    /// The next sample line and its number, after blank lines and comments (TYPE recorded);
+    /// None at the end or `# EOF`, an error for a bad comment line.
+    fn next_line(&mut self) -> Option<Result<(usize, &'a str), ParseError>> {
         if self.done {
             return None;
         }
         for (i, raw) in self.lines.by_ref() {
-            let fail = |message: String| ParseError {
-                line: i + 1,
-                message,
-            };
             let line = raw.trim_start_matches([' ', '\t']);
             if line.trim().is_empty() {
                 continue;
             }
-            if let Some(comment) = line.strip_prefix('#') {
-                match comment_line(comment, &mut self.types) {
-                    Ok(true) => {}
-                    Ok(false) => break, // # EOF
-                    Err(e) => {
-                        self.done = true;
-                        return Some(Err(fail(e)));
-                    }
-                }
-                continue;
-            }
-            return Some(match parse_sample(line) {
-                Ok(mut s) => {
-                    s.counter_like = counter_like(&self.types, &s.name);
-                    Ok(s)
-                }
-                Err(e) => {
+            let Some(comment) = line.strip_prefix('#') else {
+                return Some(Ok((i + 1, line)));
+            };
+            match comment_line(comment, &mut self.types) {
+                Ok(true) => {}
+                Ok(false) => break, // # EOF
+                Err(message) => {
                     self.done = true;
-                    Err(fail(e))
+                    return Some(Err(ParseError {
+                        line: i + 1,
+                        message,
+                    }));
                 }
-            });
+            }
         }
         self.done = true;
         None
