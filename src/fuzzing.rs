@@ -4,7 +4,9 @@
 
 use crate::config::{rules, selector::Selector};
 use crate::detect::{self, Method, Op, Window};
+use crate::pipeline::scan::SeriesIndex;
 use crate::scrape::ScrapeBody;
+use std::sync::Arc;
 
 /// rules.yaml loader: any text loads or is refused with located errors, never a panic.
 pub fn rules_yaml(data: &[u8]) {
@@ -37,18 +39,51 @@ pub fn selector(data: &[u8]) {
     let _ = sel.matches(&text, &[]);
 }
 
-/// Exposition text as a scrape takes it: UTF-8 check, validation, then the lazy sample
-/// iterator, which must yield exactly the validated number of samples.
+/// Exposition text as a scrape takes it: UTF-8 check, then the series index's scan, cold
+/// (every line new, parsed in full) and warm (every series resolved from its text). Both must
+/// agree with the validating parser on the error, and with each other on every value.
 pub fn exposition(data: &[u8]) {
     let Ok(body) = ScrapeBody::from_bytes(data.to_vec()) else {
         return;
     };
-    let mut n = 0;
-    for s in body.samples() {
-        assert!(!s.name.is_empty(), "a sample has a name");
-        n += 1;
+    let validated = crate::scrape::parse::validate(&body.text);
+    let mut index = SeriesIndex::default();
+    let cold = index.scan(&body.text);
+    assert_eq!(
+        cold.as_ref().err(),
+        validated.as_ref().err(),
+        "the scan fails exactly where validation does"
+    );
+    let Ok(cold) = cold else {
+        return;
+    };
+    assert_eq!(
+        Ok(cold.len()),
+        validated,
+        "validated and scanned counts agree"
+    );
+    assert!(cold.known.is_empty(), "a cold index knows no series");
+    let new: Vec<_> = cold.new_samples(&index).collect();
+    assert_eq!(new.len(), cold.new_lines, "every new line parses again");
+    let mut texts = Vec::new();
+    for (i, n) in new.iter().enumerate() {
+        assert!(!n.sample.name.is_empty(), "a sample has a name");
+        index.learn(n.text, i as u64, n.sample.counter_like, Arc::from([]));
+        texts.push(n.text);
     }
-    assert_eq!(n, body.samples, "validated and iterated counts agree");
+    let Ok(warm) = index.scan(&body.text) else {
+        panic!("a body that scanned once scans again");
+    };
+    // Lines with an exemplar always take the full parse; the rest resolve, in order, each to
+    // its own series text with the value the full parse gave.
+    assert_eq!(warm.len(), new.len());
+    let mut cold_lines = new.iter().enumerate();
+    for k in &warm.known {
+        let found = cold_lines.any(|(j, n)| {
+            texts[k.id as usize] == texts[j] && k.value.to_bits() == n.sample.value.to_bits()
+        });
+        assert!(found, "a resolved line matches its full parse, in order");
+    }
 }
 
 /// Detector state update: a method with parameters in their validated ranges, then a stream

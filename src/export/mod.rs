@@ -6,32 +6,96 @@
 //! rendered here directly (escaping per the text format, checked by `promtool check metrics`
 //! in the tests), and the fixed-label self metrics go through a `prometheus::Registry`.
 
+pub mod render;
 pub mod self_metrics;
 
+pub use render::Rendering;
 pub use self_metrics::SelfMetrics;
 
 use crate::alert::AlertEvent;
 use crate::detect::Verdict;
 use crate::store::SeriesId;
 use hyper::body::Bytes;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
-/// The exported state of one (rule, series).
+/// The exported state of one (rule, series): the value of each gauge family, compact (at 100k
+/// series the table and a reader's snapshot of it are each ~10 MB).
 #[derive(Debug, Clone)]
 pub struct AnomalyRow {
     /// Rendered label set without braces: `rule="…",severity="…",…`.
-    pub labels: Arc<str>,
-    pub active: bool,
-    pub pending: bool,
-    pub value: f64,
-    pub verdict: Verdict,
+    labels: Arc<str>,
+    /// Indexed like `FAMILIES`.
+    values: [f64; 9],
+    /// Bit i set: family i has a value for this row.
+    present: u16,
+}
+
+impl AnomalyRow {
+    pub fn new(labels: Arc<str>, active: bool, pending: bool, value: f64, v: &Verdict) -> Self {
+        let fields = [
+            Some(f64::from(u8::from(active))),
+            Some(f64::from(u8::from(pending))),
+            Some(v.score),
+            Some(value),
+            v.baseline_mean,
+            v.baseline_stddev,
+            v.lower_bound,
+            v.upper_bound,
+            v.zscore,
+        ];
+        let mut row = Self {
+            labels,
+            values: [0.0; 9],
+            present: 0,
+        };
+        for (i, f) in fields.into_iter().enumerate() {
+            if let Some(x) = f {
+                row.values[i] = x;
+                row.present |= 1 << i;
+            }
+        }
+        row
+    }
+
+    /// The value of family `i`, if the row has one.
+    fn get(&self, i: usize) -> Option<f64> {
+        (self.present >> i & 1 == 1).then_some(self.values[i])
+    }
 }
 
 type RowKey = (Arc<str>, SeriesId);
+
+/// Hashes row keys cheaply: every sample of a scrape updates a row, and SipHash over the rule
+/// name was a visible share of the pipeline's time at 100k series. The series id is already a
+/// uniform hash, so one multiply per word mixes enough (keys are ours, not an attacker's).
+#[derive(Default)]
+struct RowHasher(u64);
+
+impl std::hash::Hasher for RowHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type RowMap<V> = HashMap<RowKey, V, std::hash::BuildHasherDefault<RowHasher>>;
 
 /// A pending or firing alert, as `GET /api/v1/alerts` shows it.
 #[derive(Debug, Clone)]
@@ -42,64 +106,95 @@ pub struct AlertView {
     pub event: AlertEvent,
 }
 
+/// Rows in a dense list (a snapshot is one copy of it) with an index by key.
+#[derive(Default)]
+struct Rows {
+    index: RowMap<usize>,
+    keys: Vec<RowKey>,
+    list: Vec<AnomalyRow>,
+}
+
+impl Rows {
+    fn upsert(&mut self, key: RowKey, row: AnomalyRow) {
+        match self.index.entry(key) {
+            Entry::Occupied(e) => self.list[*e.get()] = row,
+            Entry::Vacant(e) => {
+                self.keys.push(e.key().clone());
+                e.insert(self.list.len());
+                self.list.push(row);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &RowKey) {
+        let Some(i) = self.index.remove(key) else {
+            return;
+        };
+        self.keys.swap_remove(i);
+        self.list.swap_remove(i);
+        if let Some(moved) = self.keys.get(i) {
+            self.index.insert(moved.clone(), i);
+        }
+    }
+
+    fn remove_rule(&mut self, rule: &str) {
+        let doomed: Vec<RowKey> = self
+            .keys
+            .iter()
+            .filter(|(r, _)| &**r == rule)
+            .cloned()
+            .collect();
+        for k in &doomed {
+            self.remove(k);
+        }
+    }
+}
+
 /// Shared between the pipeline (the only writer) and the HTTP server (readers).
 pub struct Exporter {
-    rows: RwLock<HashMap<RowKey, AnomalyRow>>,
+    rows: RwLock<Rows>,
     alerts: RwLock<BTreeMap<RowKey, AlertView>>,
-    /// Bumped on every change of `rows`; the rendered text is reused while it stands still.
+    /// Bumped on every change of `rows`; readers at the same generation share one snapshot.
     generation: AtomicU64,
-    rendered: Mutex<Option<(u64, Bytes)>>,
+    snapshot: Mutex<(u64, Weak<[AnomalyRow]>)>,
     registry: prometheus::Registry,
     pub metrics: SelfMetrics,
 }
 
-/// Gauge families: name, help, how to read the value from a row.
-type Getter = fn(&AnomalyRow) -> Option<f64>;
-const FAMILIES: [(&str, &str, Getter); 9] = [
+/// Gauge families: name, help, index into `AnomalyRow::values`.
+const FAMILIES: [(&str, &str, usize); 9] = [
     (
         "anomaly_active",
         "1 while the rule's alert for the series is firing, else 0.",
-        |r| Some(f64::from(u8::from(r.active))),
+        0,
     ),
     (
         "anomaly_pending",
         "1 while the condition holds but the rule's `for` has not elapsed.",
-        |r| Some(f64::from(u8::from(r.pending))),
+        1,
     ),
     (
         "anomaly_score",
         "Distance from normal on a common scale: >= 1 means past the rule's threshold.",
-        |r| Some(r.verdict.score),
+        2,
     ),
     (
         "anomaly_value",
         "Last evaluated value (after the rule's transform).",
-        |r| Some(r.value),
+        3,
     ),
-    (
-        "anomaly_baseline_mean",
-        "Mean of the history window.",
-        |r| r.verdict.baseline_mean,
-    ),
+    ("anomaly_baseline_mean", "Mean of the history window.", 4),
     (
         "anomaly_baseline_stddev",
         "Sample standard deviation of the history window.",
-        |r| r.verdict.baseline_stddev,
+        5,
     ),
-    (
-        "anomaly_lower_bound",
-        "Lower edge of the normal band.",
-        |r| r.verdict.lower_bound,
-    ),
-    (
-        "anomaly_upper_bound",
-        "Upper edge of the normal band.",
-        |r| r.verdict.upper_bound,
-    ),
+    ("anomaly_lower_bound", "Lower edge of the normal band.", 6),
+    ("anomaly_upper_bound", "Upper edge of the normal band.", 7),
     (
         "anomaly_zscore",
         "Signed z-score of the last value against the history window.",
-        |r| r.verdict.zscore,
+        8,
     ),
 ];
 
@@ -109,16 +204,16 @@ impl Exporter {
         let registry = prometheus::Registry::new();
         let metrics = SelfMetrics::register(&registry)?;
         Ok(Self {
-            rows: RwLock::new(HashMap::new()),
+            rows: RwLock::new(Rows::default()),
             alerts: RwLock::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
-            rendered: Mutex::new(None),
+            snapshot: Mutex::new((u64::MAX, Weak::<[AnomalyRow; 0]>::new())),
             registry,
             metrics,
         })
     }
 
-    /// Applies the pipeline's changes of one scrape, one write lock per map. `removals` drop
+    /// Applies a part of the pipeline's changes, one write lock per map. `removals` drop
     /// both the gauges and the alert of a (rule, series); `alerts_over` only the alert.
     pub fn apply(&self, changes: ExportChanges) {
         if !changes.upserts.is_empty() || !changes.removals.is_empty() {
@@ -126,7 +221,9 @@ impl Exporter {
             for k in &changes.removals {
                 rows.remove(k);
             }
-            rows.extend(changes.upserts);
+            for (k, row) in changes.upserts {
+                rows.upsert(k, row);
+            }
             self.generation.fetch_add(1, Ordering::AcqRel);
         }
         if !changes.alerts.is_empty()
@@ -144,12 +241,11 @@ impl Exporter {
     /// Drops every row of a rule (the rule was removed or changed).
     pub fn remove_rule(&self, rule: &str) {
         let mut rows = self.rows.write().unwrap_or_else(|p| p.into_inner());
-        rows.retain(|(r, _), _| &**r != rule);
+        rows.remove_rule(rule);
         self.generation.fetch_add(1, Ordering::AcqRel);
         let mut alerts = self.alerts.write().unwrap_or_else(|p| p.into_inner());
         alerts.retain(|(r, _), _| &**r != rule);
     }
-
     /// Pending and firing alerts with what explains them, in the shape of Prometheus'
     /// `/api/v1/alerts` plus an `explanation` object.
     pub fn alerts_json(&self) -> String {
@@ -181,22 +277,11 @@ impl Exporter {
         serde_json::json!({"status": "success", "data": {"alerts": list}}).to_string()
     }
 
-    /// The /metrics body in two parts: the anomaly families, rendered once per change and
-    /// shared by every reader (at 100k series they are tens of MB, and many concurrent
-    /// readers must not each build their own), then the small self-metrics part, fresh.
-    pub fn render(&self) -> [Bytes; 2] {
-        let anomalies = {
-            let mut cache = self.rendered.lock().unwrap_or_else(|p| p.into_inner());
-            let generation = self.generation.load(Ordering::Acquire);
-            match &*cache {
-                Some((g, text)) if *g == generation => text.clone(),
-                _ => {
-                    let text = Bytes::from(self.render_anomalies());
-                    *cache = Some((generation, text.clone()));
-                    text
-                }
-            }
-        };
+    /// The /metrics body: the anomaly families from a snapshot of the rows (shared by the
+    /// readers of one generation), rendered chunk by chunk as the reader takes them, then
+    /// the self metrics as of now.
+    pub fn render(&self) -> Rendering {
+        let rows = self.snapshot();
         let encoder = prometheus::TextEncoder::new();
         let own = match encoder.encode_to_string(&self.registry.gather()) {
             Ok(text) => Bytes::from(text),
@@ -205,21 +290,31 @@ impl Exporter {
                 Bytes::new()
             }
         };
-        [anomalies, own]
+        Rendering::new(rows, own)
     }
 
-    fn render_anomalies(&self) -> String {
-        let rows = self.rows.read().unwrap_or_else(|p| p.into_inner());
-        let mut out = String::with_capacity(rows.len() * 9 * 160);
-        for (name, help, get) in FAMILIES {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for row in rows.values() {
-                if let Some(v) = get(row) {
-                    let _ = writeln!(out, "{name}{{{}}} {}", row.labels, format_float(v));
-                }
+    /// The whole /metrics body as one string (tests and small tools).
+    pub fn render_to_string(&self) -> String {
+        self.render()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .collect()
+    }
+
+    fn snapshot(&self) -> Arc<[AnomalyRow]> {
+        let mut cache = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let generation = self.generation.load(Ordering::Acquire);
+        if cache.0 == generation {
+            if let Some(rows) = cache.1.upgrade() {
+                return rows;
             }
         }
-        out
+        let rows: Arc<[AnomalyRow]> = {
+            let table = self.rows.read().unwrap_or_else(|p| p.into_inner());
+            Arc::from(table.list.as_slice())
+        };
+        // Weak: the snapshot lives only as long as a reader walks it.
+        *cache = (generation, Arc::downgrade(&rows));
+        rows
     }
 }
 
@@ -261,15 +356,22 @@ pub fn render_labels(pairs: &[(&str, &str)]) -> String {
 
 /// A float as the exposition format spells it.
 pub fn format_float(v: f64) -> String {
+    let mut out = String::new();
+    format_float_into(&mut out, v);
+    out
+}
+
+/// Appends a float as the exposition format spells it: shortest round-trip digits, exponents
+/// for extremes (1e-300, not 300 zeros).
+pub fn format_float_into(out: &mut String, v: f64) {
     if v.is_nan() {
-        "NaN".into()
+        out.push_str("NaN");
     } else if v == f64::INFINITY {
-        "+Inf".into()
+        out.push_str("+Inf");
     } else if v == f64::NEG_INFINITY {
-        "-Inf".into()
+        out.push_str("-Inf");
     } else {
-        // Debug keeps full precision and uses exponents for extremes (1e-300, not 300 zeros).
-        format!("{v:?}")
+        out.push_str(ryu::Buffer::new().format_finite(v));
     }
 }
 

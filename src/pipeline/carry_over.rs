@@ -27,12 +27,7 @@ impl Pipeline {
                 continue;
             };
             let rule = &self.rules.rules[ri];
-            let state = new_state(
-                rule,
-                &entry.identity,
-                entry.samples().iter().copied(),
-                Some(since),
-            );
+            let state = new_state(rule, &entry.identity, entry.samples().iter(), Some(since));
             if let Some(t) = self
                 .targets
                 .iter()
@@ -116,6 +111,10 @@ impl Pipeline {
             .collect();
         self.matches.clear();
         self.match_lists.clear();
+        // Index entries carry rule indices of the old set.
+        for index in &mut self.index {
+            index.clear();
+        }
         tracing::info!(rules = new.rules.len(), unchanged = kept, "Rules applied");
         for ev in events {
             self.announce(ev);

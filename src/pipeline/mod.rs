@@ -5,6 +5,7 @@
 mod carry_over;
 mod persist;
 mod rule_series;
+pub mod scan;
 
 use crate::alert::{AlertEvent, AlertState, Transition};
 use crate::config::{Rule, RuleSet};
@@ -14,10 +15,15 @@ use crate::notify::Notifier;
 use crate::scrape::{Sample, ScrapeResult, Target};
 use crate::store::{series_id, IdMap, IdSet, SeriesId, SeriesIdentity, Store};
 use rule_series::{event, new_state, transform, RuleSeries};
+use scan::SeriesIndex;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
+
+/// Rows handed to the exporter at a time while a scrape is evaluated.
+const EXPORT_SLICE: usize = 4096;
 
 /// What the pipeline needs besides its inputs.
 pub struct PipelineSettings {
@@ -42,6 +48,8 @@ pub struct Pipeline {
     store: Store,
     /// Per target: series present in its last successful scrape.
     seen: Vec<IdSet>,
+    /// Per target: series text as the target writes it → series id.
+    index: Vec<SeriesIndex>,
     /// Per target: last scrape outcome, so up/down is logged once per change.
     up: Vec<Option<bool>>,
     exporter: Arc<Exporter>,
@@ -88,6 +96,7 @@ impl Pipeline {
             match_lists: HashMap::new(),
             store,
             seen: vec![IdSet::default(); n],
+            index: (0..n).map(|_| SeriesIndex::default()).collect(),
             up: vec![None; n],
             exporter,
             events,
@@ -149,15 +158,17 @@ impl Pipeline {
             .with_label_values(&[&target.name])
             .set(result.duration.as_secs_f64());
         let body = match result.outcome {
-            Err(e) => {
-                m.up.with_label_values(&[&target.name]).set(0);
-                if self.up[t] != Some(false) {
-                    tracing::warn!(target = %target.name, url = %target.display_url(), error = %e, "Scrape failed");
-                }
-                self.up[t] = Some(false);
-                return;
-            }
+            Err(e) => return self.scrape_failed(t, &e),
             Ok(s) => s,
+        };
+        let mut index = std::mem::take(&mut self.index[t]);
+        let scanned = index.scan(&body.text);
+        let mut scanned = match scanned {
+            Err(e) => {
+                self.index[t] = index;
+                return self.scrape_failed(t, &crate::scrape::ScrapeError::Parse(e));
+            }
+            Ok(scan) => scan,
         };
         m.up.with_label_values(&[&target.name]).set(1);
         if self.up[t] == Some(false) {
@@ -166,20 +177,62 @@ impl Pipeline {
         self.up[t] = Some(true);
         m.scrape_samples
             .with_label_values(&[&target.name])
-            .set(body.samples as i64);
+            .set(scanned.len() as i64);
         let now = result.at_ms;
         let target_name: Arc<str> = target.name.as_str().into();
         let mut batch = Batch::default();
         let mut current = IdSet::with_capacity_and_hasher(self.seen[t].len(), Default::default());
-        for sample in body.samples() {
-            self.sample(&target_name, sample, now, &mut current, &mut batch);
+        for k in std::mem::take(&mut scanned.known) {
+            let source = Source::Known(k.rules);
+            let (id, value) = (k.id, k.value);
+            self.sample(
+                &target_name,
+                id,
+                value,
+                source,
+                now,
+                &mut current,
+                &mut batch,
+            );
+            self.export_slice(&mut batch);
         }
+        let mut learnt = Vec::new();
+        for new in scanned.new_samples(&index) {
+            let sample = &new.sample;
+            let id = series_id(&target_name, &sample.name, &sample.labels);
+            let source = Source::Parsed(sample);
+            self.sample(
+                &target_name,
+                id,
+                sample.value,
+                source,
+                now,
+                &mut current,
+                &mut batch,
+            );
+            // Learnt once its rules are cached and, if any selects it, it is stored.
+            if let Some(rules) = self.matches.get(&id) {
+                if rules.is_empty() || self.store.get(id).is_some() {
+                    learnt.push((new.text, id, sample.counter_like, rules.clone()));
+                }
+            }
+            self.export_slice(&mut batch);
+        }
+        for (text, id, counter_like, rules) in learnt {
+            index.learn(text, id, counter_like, rules);
+        }
+        drop(body);
+        self.index[t] = index;
         let previous = std::mem::replace(&mut self.seen[t], current);
         // The rule-match cache also holds series that were never admitted (no rule, or over
         // --max-series); under churn that would grow without bound, so keep it near the store.
         if self.matches.len() > 2 * self.store.len() + 100_000 {
             let store = &self.store;
             self.matches.retain(|id, _| store.get(*id).is_some());
+            let matches = &self.matches;
+            for index in &mut self.index {
+                index.retain(|id| matches.contains_key(&id));
+            }
         }
         let gone: Vec<SeriesId> = previous.difference(&self.seen[t]).copied().collect();
         for id in gone {
@@ -220,6 +273,28 @@ impl Pipeline {
         }
     }
 
+    /// Rows go out in slices: a whole scrape's worth at 100k series would be tens of MB held
+    /// only to be copied. Readers may see part of a scrape; each row is whole.
+    fn export_slice(&self, batch: &mut Batch) {
+        if batch.export.upserts.len() >= EXPORT_SLICE {
+            self.exporter.apply(std::mem::take(&mut batch.export));
+        }
+    }
+
+    /// A failed scrape: the target is down (logged once per change) and nothing is applied.
+    fn scrape_failed(&mut self, t: usize, e: &crate::scrape::ScrapeError) {
+        let target = &self.targets[t];
+        self.exporter
+            .metrics
+            .up
+            .with_label_values(&[&target.name])
+            .set(0);
+        if self.up[t] != Some(false) {
+            tracing::warn!(target = %target.name, url = %target.display_url(), error = %e, "Scrape failed");
+        }
+        self.up[t] = Some(false);
+    }
+
     /// Every `--resend-delay`, firing alerts go to Alertmanager again (as Prometheus does), so
     /// their endsAt stays ahead and an Alertmanager restart relearns them.
     fn resend_firing(&mut self, now: i64) {
@@ -244,7 +319,11 @@ impl Pipeline {
                 };
                 // An alert restored after a restart has no firing verdict: send the last value.
                 let last = entry.samples().back().map_or(f64::NAN, |s| s.1);
-                let (value, verdict) = state.fired.clone().unwrap_or((last, Verdict::default()));
+                let (value, verdict) = state
+                    .fired
+                    .as_deref()
+                    .cloned()
+                    .unwrap_or((last, Verdict::default()));
                 let ev = event(rule, &entry.identity, true, now, since_ms, value, verdict);
                 notifier.resend(&ev);
             }
@@ -276,64 +355,72 @@ impl Pipeline {
         r
     }
 
+    /// Evaluates one sample of series `id`.
+    #[allow(clippy::too_many_arguments)] // one sample's inputs and the scrape's accumulators
     fn sample(
         &mut self,
         target: &Arc<str>,
-        s: Sample,
+        id: SeriesId,
+        value: f64,
+        source: Source,
         now: i64,
         current: &mut IdSet,
         b: &mut Batch,
     ) {
-        let id = series_id(target, &s.name, &s.labels);
-        let rules = self.rules_for(id, target, &s);
+        let (rules, fresh) = match source {
+            Source::Known(rules) => (rules, None),
+            Source::Parsed(s) => (self.rules_for(id, target, s), Some(s)),
+        };
         if rules.is_empty() || !current.insert(id) {
             // Not selected by any rule, or a duplicate series in one scrape (first one wins).
             return;
         }
-        if !s.value.is_finite() {
+        if !value.is_finite() {
             // NaN and ±Inf carry no statistics; the series is still present.
             self.store.touch(id, now);
             return;
         }
-        let identity = || SeriesIdentity {
-            target: target.clone(),
-            name: s.name.clone(),
-            labels: s.labels.clone(),
-            counter_like: s.counter_like,
-        };
-        if self
-            .store
-            .admit(id, identity, self.settings.max_series)
-            .is_err()
-        {
-            current.remove(&id);
-            b.dropped += 1;
-            return;
+        if let Some(s) = fresh {
+            let identity = || SeriesIdentity {
+                target: target.clone(),
+                name: s.name.clone(),
+                labels: s.labels.clone(),
+                counter_like: s.counter_like,
+            };
+            if self
+                .store
+                .admit(id, identity, self.settings.max_series)
+                .is_err()
+            {
+                current.remove(&id);
+                b.dropped += 1;
+                return;
+            }
         }
-        let Some(entry) = self.store.get(id) else {
-            return;
-        };
-        let identity = entry.identity.clone();
-        let prev = entry.samples().back().copied();
         let capacity = rules
             .iter()
             .map(|&ri| self.rules.rules[ri].window + 1)
             .max()
             .unwrap_or(1);
+        let Some((identity, prev)) = self.store.append(id, now, value, capacity) else {
+            return;
+        };
         for &ri in rules.iter() {
             let rule = &self.rules.rules[ri];
-            self.states[ri].entry(id).or_insert_with(|| {
-                let firing = self.store.firing_since(id, &rule.state_key);
-                new_state(rule, &identity, entry.samples().iter().copied(), firing)
-            });
-        }
-        self.store.append(id, now, s.value, capacity);
-        for &ri in rules.iter() {
-            let rule = &self.rules.rules[ri];
-            if let Some(state) = self.states[ri].get_mut(&id) {
-                let key = (self.names[ri].clone(), id);
-                evaluate_rule(rule, ri, state, &identity, key, prev, (now, s.value), b);
-            }
+            let state = match self.states[ri].entry(id) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    // Warm from the history before this sample (a restart, or a new rule).
+                    let firing = self.store.firing_since(id, &rule.state_key);
+                    let samples = self.store.get(id).map(|e| e.samples());
+                    let before = samples
+                        .into_iter()
+                        .flat_map(|s| s.iter().take(s.len().saturating_sub(1)));
+                    e.insert(new_state(rule, &identity, before, firing))
+                }
+            };
+            let key = (self.names[ri].clone(), id);
+            evaluate_rule(rule, ri, state, &identity, key, prev, (now, value), b);
         }
     }
 
@@ -374,12 +461,17 @@ impl Pipeline {
             .store_size_bytes
             .set(self.store.size_on_disk() as i64);
         let cutoff = now - self.settings.retention.as_millis() as i64;
-        for id in self.store.expire(cutoff) {
+        let gone = self.store.expire(cutoff);
+        for &id in &gone {
             self.end_series(id, now, b);
             for states in &mut self.states {
                 states.remove(&id);
             }
             self.matches.remove(&id);
+        }
+        let gone: IdSet = gone.into_iter().collect();
+        for index in &mut self.index {
+            index.forget(&gone);
         }
     }
 
@@ -391,6 +483,14 @@ impl Pipeline {
         // No receiver is fine: events go to logs regardless.
         let _ = self.events.send(ev);
     }
+}
+
+/// Where a sample's series was resolved.
+enum Source<'s> {
+    /// From its text by the index, with its rules.
+    Known(Arc<[usize]>),
+    /// Its line was parsed: rules and identity come from the labels.
+    Parsed(&'s Sample),
 }
 
 /// Runs one rule's detector on a new sample of a series and steps its alert.
@@ -436,21 +536,19 @@ fn evaluate_rule(
         }
         AlertState::Inactive => {}
     }
-    b.export.upserts.push((
-        key,
-        AnomalyRow {
-            labels: state.labels.clone(),
-            active: state.alert.is_firing(),
-            pending: state.alert.is_pending(),
-            value: x,
-            verdict: verdict.clone(),
-        },
-    ));
+    let row = AnomalyRow::new(
+        state.labels.clone(),
+        state.alert.is_firing(),
+        state.alert.is_pending(),
+        x,
+        &verdict,
+    );
+    b.export.upserts.push((key, row));
     if let Some(tr) = transition {
         b.transitions.push((rule.name.clone(), tr));
         match tr {
             Transition::Firing => {
-                state.fired = Some((x, verdict.clone()));
+                state.fired = Some(Box::new((x, verdict.clone())));
                 b.firing.push((id, rule.state_key.clone(), Some(since)));
             }
             Transition::Resolved => {

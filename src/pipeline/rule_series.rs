@@ -15,8 +15,9 @@ pub(super) struct RuleSeries {
     pub(super) alert: AlertState,
     /// Rendered export labels, computed once.
     pub(super) labels: Arc<str>,
-    /// Value and verdict that fired the alert, for re-sending it while it fires.
-    pub(super) fired: Option<(f64, Verdict)>,
+    /// Value and verdict that fired the alert, for re-sending it while it fires
+    /// (boxed: few series fire, every series has the field).
+    pub(super) fired: Option<Box<(f64, Verdict)>>,
 }
 
 /// Builds a rule's window from stored raw samples (so a restart or a new rule starts warm).

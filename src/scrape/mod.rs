@@ -7,6 +7,7 @@ pub use parse::Sample;
 
 use crate::config::targets::{ClientTls, ScrapeAuth, TargetSpec};
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
@@ -109,27 +110,18 @@ pub enum ScrapeError {
     Parse(#[from] parse::ParseError),
 }
 
-/// A validated exposition body; its samples are read lazily with `parse::samples`, so a
-/// large scrape never holds every parsed sample at once.
+/// A fetched exposition body, checked to be UTF-8. The pipeline parses it in one pass
+/// (`parse::samples` and the series index), failing the scrape at the first malformed line.
 #[derive(Debug)]
 pub struct ScrapeBody {
     pub text: String,
-    /// Number of samples in it.
-    pub samples: usize,
 }
 
 impl ScrapeBody {
-    /// A fetched body, checked: UTF-8 and valid exposition text (this is what every scrape
-    /// goes through, and what the exposition fuzz target feeds).
+    /// A fetched body, checked to be UTF-8 (what every scrape goes through).
     pub fn from_bytes(body: Vec<u8>) -> Result<Self, ScrapeError> {
         let text = String::from_utf8(body).map_err(|_| ScrapeError::NotUtf8)?;
-        let samples = parse::validate(&text)?;
-        Ok(Self { text, samples })
-    }
-
-    /// The samples, in order (the body was validated, so none fails).
-    pub fn samples(&self) -> impl Iterator<Item = Sample> + '_ {
-        parse::samples(&self.text).filter_map(Result::ok)
+        Ok(Self { text })
     }
 }
 
@@ -142,7 +134,12 @@ pub struct ScrapeResult {
     pub at_ms: i64,
     pub duration: Duration,
     pub outcome: Result<ScrapeBody, ScrapeError>,
+    /// Released when the result is dropped (evaluated): bounds the bodies held per target.
+    pub _in_flight: Option<tokio::sync::OwnedSemaphorePermit>,
 }
+
+/// Bodies of one target held at once: the one evaluated and the next.
+const BODIES_IN_FLIGHT: usize = 2;
 
 /// Settings shared by every scrape loop.
 #[derive(Debug, Clone)]
@@ -219,11 +216,22 @@ pub async fn run_target(
 ) {
     let mut ticker = tokio::time::interval(settings.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // At most two bodies of this target exist at once (one being evaluated, the next being
+    // fetched or queued): a pipeline slower than the interval delays scrapes instead of
+    // piling up bodies (each 100 MB at worst).
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(BODIES_IN_FLIGHT));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
         }
+        let permit = tokio::select! {
+            p = in_flight.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.changed() => return,
+        };
         let at_ms = now_ms();
         let started = Instant::now();
         let outcome = tokio::select! {
@@ -235,6 +243,7 @@ pub async fn run_target(
             at_ms,
             duration: started.elapsed(),
             outcome,
+            _in_flight: Some(permit),
         };
         if results.send(result).await.is_err() {
             return;

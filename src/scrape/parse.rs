@@ -72,6 +72,7 @@ pub fn samples(body: &str) -> Samples<'_> {
     Samples {
         lines: body.lines().enumerate(),
         types: HashMap::new(),
+        types_hash: 0,
         done: false,
     }
 }
@@ -80,6 +81,8 @@ pub fn samples(body: &str) -> Samples<'_> {
 pub struct Samples<'a> {
     lines: std::iter::Enumerate<std::str::Lines<'a>>,
     types: HashMap<String, MetricType>,
+    /// Hash of the TYPE lines walked so far, in order (see `types_fingerprint`).
+    types_hash: u64,
     done: bool,
 }
 
@@ -105,9 +108,20 @@ impl Iterator for Samples<'_> {
 }
 
 impl<'a> Samples<'a> {
+    /// Whether a sample of `name` is monotonic, by the TYPE lines walked so far.
+    pub fn counter_like(&self, name: &str) -> bool {
+        counter_like(&self.types, name)
+    }
+
+    /// A hash of the TYPE lines walked so far: equal across two bodies when they declared the
+    /// same types in the same order, so series resolved by their text keep their kind.
+    pub fn types_fingerprint(&self) -> u64 {
+        self.types_hash
+    }
+
     /// The next sample line and its number, after blank lines and comments (TYPE recorded);
     /// None at the end or `# EOF`, an error for a bad comment line.
-    fn next_line(&mut self) -> Option<Result<(usize, &'a str), ParseError>> {
+    pub fn next_line(&mut self) -> Option<Result<(usize, &'a str), ParseError>> {
         if self.done {
             return None;
         }
@@ -119,6 +133,10 @@ impl<'a> Samples<'a> {
             let Some(comment) = line.strip_prefix('#') else {
                 return Some(Ok((i + 1, line)));
             };
+            if comment.trim_start().starts_with("TYPE") {
+                self.types_hash = (self.types_hash.rotate_left(5) ^ text_hash(comment))
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            }
             match comment_line(comment, &mut self.types) {
                 Ok(true) => {}
                 Ok(false) => break, // # EOF
@@ -192,9 +210,27 @@ fn valid_metric_name(name: &str) -> bool {
 type Line<'a> = (&'a str, f64, Option<i64>);
 
 fn parse_sample(line: &str) -> Result<Sample, String> {
+    parse_sample_line(line).map(|(s, _)| s)
+}
+
+/// Checks one sample line without keeping it (labels borrowed into `labels`, which is
+/// cleared first) and returns its series text as written (name and label set).
+pub fn check_sample_line<'a>(
+    line: &'a str,
+    labels: &mut Vec<(&'a str, Cow<'a, str>)>,
+) -> Result<&'a str, String> {
+    labels.clear();
+    parse_line(line, labels)?;
+    Ok(series_text(line))
+}
+
+/// Parses one sample line (as `Samples::next_line` gives it) into an owned sample, and
+/// returns the series text as written (name and label set) for `split_known`.
+pub fn parse_sample_line(line: &str) -> Result<(Sample, &str), String> {
     let mut labels = Vec::new();
     let (name, value, timestamp_ms) = parse_line(line, &mut labels)?;
-    Ok(Sample {
+    let series = series_text(line);
+    let sample = Sample {
         name: name.to_string(),
         labels: labels
             .into_iter()
@@ -203,7 +239,79 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
         value,
         timestamp_ms,
         counter_like: false,
-    })
+    };
+    Ok((sample, series))
+}
+
+/// The name and label set of a line that `parse_line` accepted: up to the closing brace, or
+/// the name when there are no labels.
+fn series_text(line: &str) -> &str {
+    let b = line.as_bytes();
+    let mut i = 0;
+    while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':') {
+        i += 1;
+    }
+    if b.get(i) != Some(&b'{') {
+        return &line[..i];
+    }
+    // Walk the quoted values so a `}` inside one does not end the set.
+    let mut quoted = false;
+    i += 1;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'}' if !quoted => return &line[..=i],
+            _ => {}
+        }
+        i += 1;
+    }
+    line
+}
+
+/// The value of a sample line whose series text `known` recognises, without parsing labels:
+/// the steady-state path of a scrape, where every series was parsed and validated before.
+/// The value (and timestamp, if any) are still checked; None sends the line to the full
+/// parser (unknown series, exemplar, or anything malformed, which it then reports).
+///
+/// Tries `series value` first, then `series value timestamp`. A known series text ends with
+/// its name or its closing brace and holds no whitespace outside the braces, so only the true
+/// split of a well-formed line can be one (an exemplar's extra fields never split off cleanly).
+pub fn split_known<T>(line: &str, known: impl Fn(u64, &str) -> Option<T>) -> Option<(T, f64)> {
+    let line = line.trim_end_matches([' ', '\t']);
+    let (head, last) = line.rsplit_once([' ', '\t'])?;
+    let head = head.trim_end_matches([' ', '\t']);
+    if let Some(t) = known(text_hash(head), head) {
+        return Some((t, parse_value(last)?));
+    }
+    let (series, value) = head.rsplit_once([' ', '\t'])?;
+    let series = series.trim_end_matches([' ', '\t']);
+    let t = known(text_hash(series), series)?;
+    parse_timestamp(last)?;
+    Some((t, parse_value(value)?))
+}
+
+/// A 64-bit hash of text, eight bytes at a step (the raw series text of every sample line is
+/// hashed on each scrape), finished with a full avalanche so the bits are uniform.
+pub fn text_hash(s: &str) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let b = s.as_bytes();
+    let mut h = b.len() as u64;
+    let mut chunks = b.chunks_exact(8);
+    for c in chunks.by_ref() {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+    }
+    let mut tail = [0u8; 8];
+    let rest = chunks.remainder();
+    tail[..rest.len()].copy_from_slice(rest);
+    h = (h.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(K);
+    // murmur3's fmix64
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 fn parse_line<'a>(

@@ -133,12 +133,13 @@ async fn handle(state: &ServerState, guard: &WebGuard, req: Request<Incoming>) -
     response
 }
 
-/// A response body of ready-made chunks (so a shared, cached buffer is sent without a copy),
-/// holding its /metrics permit until it has been sent.
-pub struct Chunks(
-    std::collections::VecDeque<Bytes>,
-    Option<tokio::sync::OwnedSemaphorePermit>,
-);
+/// A response body: ready-made chunks, then (for /metrics) a rendering walked chunk by chunk
+/// as the connection takes them, holding its /metrics permit until it has been sent.
+pub struct Chunks {
+    ready: std::collections::VecDeque<Bytes>,
+    rendering: Option<crate::export::Rendering>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
 impl hyper::body::Body for Chunks {
     type Data = Bytes;
@@ -148,19 +149,31 @@ impl hyper::body::Body for Chunks {
         mut self: std::pin::Pin<&mut Self>,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        let next = self.0.pop_front();
-        if self.0.is_empty() {
-            self.1 = None;
+        let mut next = self.ready.pop_front();
+        if next.is_none() {
+            next = self.rendering.as_mut().and_then(|r| r.next_chunk());
+        }
+        if self.is_end_stream() {
+            self.rendering = None;
+            self.permit = None;
         }
         std::task::Poll::Ready(next.map(|b| Ok(hyper::body::Frame::data(b))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
+        self.ready.is_empty() && self.rendering.as_ref().is_none_or(|r| r.is_done())
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        hyper::body::SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
+        let ready = self.ready.iter().map(|b| b.len() as u64).sum();
+        match self.rendering {
+            None => hyper::body::SizeHint::with_exact(ready),
+            Some(_) => {
+                let mut hint = hyper::body::SizeHint::new();
+                hint.set_lower(ready);
+                hint
+            }
+        }
     }
 }
 
@@ -169,7 +182,12 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Chunks> {
 }
 
 fn chunks(status: StatusCode, parts: Vec<Bytes>) -> Response<Chunks> {
-    let mut r = Response::new(Chunks(parts.into(), None));
+    let body = Chunks {
+        ready: parts.into(),
+        rendering: None,
+        permit: None,
+    };
+    let mut r = Response::new(body);
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -182,13 +200,14 @@ async fn route(state: &ServerState, req: Request<Incoming>) -> Response<Chunks> 
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     match (req.uri().path(), get) {
         ("/metrics", true) => {
-            // Each response in flight pins the rendering it was given; bounding them bounds
+            // Each response in flight pins the row snapshot it was given; bounding them bounds
             // memory when many slow readers overlap scrapes. The rest wait their turn.
             let Ok(permit) = state.metrics_permits.clone().acquire_owned().await else {
                 return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
             };
-            let mut r = chunks(StatusCode::OK, state.exporter.render().to_vec());
-            r.body_mut().1 = Some(permit);
+            let mut r = chunks(StatusCode::OK, Vec::new());
+            r.body_mut().rendering = Some(state.exporter.render());
+            r.body_mut().permit = Some(permit);
             r.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -7,16 +7,19 @@ use std::sync::Arc;
 /// A window: capacity, count, the values (8 bytes each), then the timestamps as the first
 /// one and zigzag varints of the change of interval (one byte a sample when regular), so a
 /// window costs little more than its raw values on disk.
-pub(super) fn encode_window(capacity: usize, samples: &VecDeque<(i64, f64)>) -> Vec<u8> {
+pub(super) fn encode_window(
+    capacity: usize,
+    samples: impl ExactSizeIterator<Item = (i64, f64)> + Clone,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + samples.len() * 9);
     out.extend_from_slice(&(capacity.min(u32::MAX as usize) as u32).to_le_bytes());
     out.extend_from_slice(&(samples.len() as u32).to_le_bytes());
-    for (_, v) in samples {
+    for (_, v) in samples.clone() {
         out.extend_from_slice(&v.to_bits().to_le_bytes());
     }
     let mut prev_ts = 0i64;
     let mut prev_delta = 0i64;
-    for (i, (ts, _)) in samples.iter().enumerate() {
+    for (i, (ts, _)) in samples.enumerate() {
         if i == 0 {
             out.extend_from_slice(&ts.to_le_bytes());
         } else {
@@ -24,7 +27,7 @@ pub(super) fn encode_window(capacity: usize, samples: &VecDeque<(i64, f64)>) -> 
             put_varint(&mut out, zigzag(delta.wrapping_sub(prev_delta)));
             prev_delta = delta;
         }
-        prev_ts = *ts;
+        prev_ts = ts;
     }
     out
 }
@@ -134,7 +137,7 @@ mod tests {
             samples in prop::collection::vec((any::<i64>(), any::<f64>()), 0..200),
         ) {
             let w: VecDeque<(i64, f64)> = samples.into_iter().collect();
-            let (c, back) = decode_window(&encode_window(capacity, &w)).unwrap();
+            let (c, back) = decode_window(&encode_window(capacity, w.iter().copied())).unwrap();
             prop_assert_eq!(c, capacity);
             prop_assert_eq!(back.len(), w.len());
             for (a, b) in back.iter().zip(&w) {
@@ -156,6 +159,9 @@ mod tests {
             .map(|i| (1_700_000_000_000 + i * 15_000, i as f64))
             .collect();
         // Header, values, first timestamp, the first interval (3 bytes), then 1 byte each.
-        assert_eq!(encode_window(60, &w).len(), 8 + 60 * 8 + 8 + 3 + 58);
+        assert_eq!(
+            encode_window(60, w.iter().copied()).len(),
+            8 + 60 * 8 + 8 + 3 + 58
+        );
     }
 }

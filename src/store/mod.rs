@@ -20,12 +20,15 @@ mod database;
 mod files;
 mod journal;
 mod recovery;
+mod ring;
+
+pub use ring::SampleRing;
 
 pub use database::Database;
 
 use codec::{encode_identity, encode_window};
 use files::HistoryFiles;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -87,11 +90,14 @@ pub struct SeriesIdentity {
     pub counter_like: bool,
 }
 
+/// What `Store::append` tells the caller: the series' identity and its previous sample.
+pub type Appended = (Arc<SeriesIdentity>, Option<(i64, f64)>);
+
 /// A series and its recent samples (timestamp ms, value), oldest first.
 #[derive(Debug)]
 pub struct SeriesEntry {
     pub identity: Arc<SeriesIdentity>,
-    samples: VecDeque<(i64, f64)>,
+    samples: SampleRing,
     /// Most samples kept (the longest window of its rules); 0 until the first append.
     capacity: usize,
     last_seen_ms: i64,
@@ -101,14 +107,14 @@ impl SeriesEntry {
     fn new(identity: SeriesIdentity) -> Self {
         Self {
             identity: Arc::new(identity),
-            samples: VecDeque::new(),
+            samples: SampleRing::default(),
             capacity: 0,
             last_seen_ms: 0,
         }
     }
 
     /// The samples held, oldest first.
-    pub fn samples(&self) -> &VecDeque<(i64, f64)> {
+    pub fn samples(&self) -> &SampleRing {
         &self.samples
     }
 }
@@ -261,22 +267,26 @@ impl Store {
         Ok(())
     }
 
-    /// Appends a sample to an admitted series, keeping at most `capacity` samples.
-    pub fn append(&mut self, id: SeriesId, ts_ms: i64, value: f64, capacity: usize) {
-        let Some(entry) = self.series.get_mut(&id) else {
-            return;
-        };
+    /// Appends a sample to an admitted series, keeping at most `capacity` samples. Returns
+    /// the series' identity and the sample before this one (one lookup for the caller too).
+    pub fn append(
+        &mut self,
+        id: SeriesId,
+        ts_ms: i64,
+        value: f64,
+        capacity: usize,
+    ) -> Option<Appended> {
+        let entry = self.series.get_mut(&id)?;
+        let prev = entry.samples.back();
         entry.last_seen_ms = ts_ms;
         if entry.capacity != capacity.max(1) {
             entry.capacity = capacity.max(1);
             self.journal.capacity(id, entry.capacity);
         }
-        entry.samples.push_back((ts_ms, value));
-        while entry.samples.len() > entry.capacity {
-            entry.samples.pop_front();
-        }
+        entry.samples.push(entry.capacity, ts_ms, value);
         self.journal.sample(id, ts_ms, value);
         self.pending.empty = false;
+        Some((entry.identity.clone(), prev))
     }
 
     /// Moves the journal records built so far into the pending batch, numbered.
@@ -397,7 +407,7 @@ impl Store {
                 let identity = encode_identity(&e.identity);
                 entry.extend_from_slice(&(identity.len() as u32).to_le_bytes());
                 entry.extend_from_slice(&identity);
-                entry.extend_from_slice(&encode_window(e.capacity, &e.samples));
+                entry.extend_from_slice(&encode_window(e.capacity, e.samples.iter()));
                 files::entry(out, *id, &entry)?;
             }
             Ok(())

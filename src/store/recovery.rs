@@ -4,7 +4,9 @@
 use super::codec::decode_identity;
 use super::codec::decode_window;
 use super::journal::{self, Change};
-use super::{alert_key, files, SeriesEntry, SeriesId, SeriesIdentity, Store, StoreError, ALERTS};
+use super::{
+    alert_key, files, SampleRing, SeriesEntry, SeriesId, SeriesIdentity, Store, StoreError, ALERTS,
+};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -34,7 +36,7 @@ impl Store {
                 self.define(id, identity, &mut targets);
                 if let Some(e) = self.series.get_mut(&id) {
                     e.capacity = capacity;
-                    e.samples = samples;
+                    e.samples = SampleRing::from_samples(capacity.max(samples.len()), samples);
                 }
             }
         }
@@ -72,10 +74,13 @@ impl Store {
             }
             Change::Sample(id, ts, v) => {
                 if let Some(e) = self.series.get_mut(&id) {
-                    e.samples.push_back((ts, v));
-                    while e.capacity > 0 && e.samples.len() > e.capacity {
-                        e.samples.pop_front();
-                    }
+                    // Capacity is journalled before a series' first sample; without it, grow.
+                    let capacity = if e.capacity > 0 {
+                        e.capacity
+                    } else {
+                        e.samples.len() + 1
+                    };
+                    e.samples.push(capacity, ts, v);
                 }
             }
             Change::Removed(id) => {

@@ -71,14 +71,14 @@ fn compaction_keeps_windows_and_bounds_the_journal() {
             }
             write(&mut s);
         }
-        expected = s.get(999).unwrap().samples().iter().copied().collect();
+        expected = s.get(999).unwrap().samples().iter().collect();
         let journal = std::fs::metadata(dir.path().join("history/journal.log"))
             .unwrap()
             .len();
         assert!(journal < 1 << 20, "journal compacted: {journal} bytes left");
     }
     let s = reopen(dir.path());
-    let got: Vec<(i64, f64)> = s.get(999).unwrap().samples().iter().copied().collect();
+    let got: Vec<(i64, f64)> = s.get(999).unwrap().samples().iter().collect();
     assert_eq!(got.len(), 60);
     assert_eq!(got, expected);
     assert_eq!(s.len(), 1000);
