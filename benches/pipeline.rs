@@ -139,12 +139,7 @@ fn store(c: &mut Criterion) {
         .map(|i| {
             let labels = vec![("i".to_string(), i.to_string())];
             let id = series_id("t:1", "m", &labels);
-            let identity = || SeriesIdentity {
-                target: "t:1".into(),
-                name: "m".into(),
-                labels,
-                counter_like: false,
-            };
+            let identity = || SeriesIdentity::new("t:1".into(), "m", &labels, false);
             s.admit(id, identity, 1_000_000).unwrap();
             id
         })

@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    one_malloc_arena();
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Demo(_)) {
         "warn"
@@ -28,6 +29,18 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Demo(args) => runtime_then(|| demo::run(args)),
+    }
+}
+
+/// glibc gives each thread that allocates its own arena (up to 8 per core), and memory freed
+/// in one arena is not reusable by the others: with the scrape, pipeline, HTTP and blocking
+/// threads all allocating, RSS ran 6 MB (10k series) to 60 MB (100k) above the live heap.
+/// One arena costs nothing measurable here: the pipeline is a single task.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

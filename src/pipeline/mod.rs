@@ -381,12 +381,8 @@ impl Pipeline {
             return;
         }
         if let Some(s) = fresh {
-            let identity = || SeriesIdentity {
-                target: target.clone(),
-                name: s.name.clone(),
-                labels: s.labels.clone(),
-                counter_like: s.counter_like,
-            };
+            let identity =
+                || SeriesIdentity::new(target.clone(), &s.name, &s.labels, s.counter_like);
             if self
                 .store
                 .admit(id, identity, self.settings.max_series)

@@ -83,15 +83,15 @@ fn label_pairs(rule: &Rule, identity: &SeriesIdentity) -> Vec<(String, String)> 
         ("severity".to_string(), rule.severity.as_str().to_string()),
         ("method".to_string(), rule.method.name().to_string()),
         ("target".to_string(), identity.target.to_string()),
-        ("metric".to_string(), identity.name.clone()),
+        ("metric".to_string(), identity.name().to_string()),
     ];
-    for (k, v) in &identity.labels {
-        let k = if crate::config::rules::RESERVED_LABELS.contains(&k.as_str()) {
+    for (k, v) in identity.labels() {
+        let k = if crate::config::rules::RESERVED_LABELS.contains(&k) {
             format!("exported_{k}")
         } else {
-            k.clone()
+            k.to_string()
         };
-        pairs.push((k, v.clone()));
+        pairs.push((k, v.to_string()));
     }
     pairs
 }
@@ -132,8 +132,8 @@ pub(super) fn event(
         severity: rule.severity.as_str().to_string(),
         method: rule.method.name().to_string(),
         target: identity.target.to_string(),
-        metric: identity.name.clone(),
-        series_labels: identity.labels.clone(),
+        metric: identity.name().to_string(),
+        series_labels: identity.labels_owned(),
         rule_labels: rule.labels.clone(),
         annotations,
         value,

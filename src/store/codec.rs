@@ -89,8 +89,8 @@ pub(super) fn encode_identity(s: &SeriesIdentity) -> Vec<u8> {
         out.extend_from_slice(t.as_bytes());
     };
     put(&s.target);
-    put(&s.name);
-    for (k, v) in &s.labels {
+    put(s.name());
+    for (k, v) in s.labels() {
         put(k);
         put(v);
     }
@@ -103,26 +103,20 @@ pub(super) fn decode_identity(b: &[u8]) -> Option<SeriesIdentity> {
     let mut strings = Vec::new();
     while !rest.is_empty() {
         let n = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let s = std::str::from_utf8(rest.get(4..4 + n)?).ok()?.to_string();
-        strings.push(s);
+        strings.push(std::str::from_utf8(rest.get(4..4usize.checked_add(n)?)?).ok()?);
         rest = &rest[4 + n..];
     }
     if strings.len() < 2 || strings.len() % 2 != 0 {
         return None;
     }
-    let mut it = strings.into_iter();
-    let target: Arc<str> = it.next()?.into();
-    let name = it.next()?;
-    let mut labels = Vec::new();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        labels.push((k, v));
-    }
-    Some(SeriesIdentity {
+    let labels: Vec<(&str, &str)> = strings[2..].chunks_exact(2).map(|p| (p[0], p[1])).collect();
+    let target: Arc<str> = strings[0].into();
+    Some(SeriesIdentity::new(
         target,
-        name,
-        labels,
+        strings[1],
+        &labels,
         counter_like,
-    })
+    ))
 }
 
 #[cfg(test)]

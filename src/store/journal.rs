@@ -178,12 +178,7 @@ mod tests {
     use super::*;
 
     fn ident(name: &str) -> SeriesIdentity {
-        SeriesIdentity {
-            target: "t:1".into(),
-            name: name.into(),
-            labels: vec![("a".into(), "b".into())],
-            counter_like: false,
-        }
+        SeriesIdentity::new("t:1".into(), name, &[("a", "b")], false)
     }
 
     #[test]

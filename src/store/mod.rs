@@ -18,10 +18,12 @@
 mod codec;
 mod database;
 mod files;
+mod identity;
 mod journal;
 mod recovery;
 mod ring;
 
+pub use identity::SeriesIdentity;
 pub use ring::SampleRing;
 
 pub use database::Database;
@@ -79,15 +81,6 @@ pub fn series_id(target: &str, name: &str, labels: &[(String, String)]) -> Serie
         feed(v.as_bytes());
     }
     h
-}
-
-/// Who a series is.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeriesIdentity {
-    pub target: Arc<str>,
-    pub name: String,
-    pub labels: Vec<(String, String)>,
-    pub counter_like: bool,
 }
 
 /// What `Store::append` tells the caller: the series' identity and its previous sample.

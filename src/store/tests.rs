@@ -13,12 +13,7 @@ fn reopen(dir: &Path) -> Store {
 }
 
 fn ident(target: &str, name: &str) -> SeriesIdentity {
-    SeriesIdentity {
-        target: target.into(),
-        name: name.into(),
-        labels: vec![("a".into(), "1".into())],
-        counter_like: true,
-    }
+    SeriesIdentity::new(target.into(), name, &[("a", "1")], true)
 }
 
 #[test]
