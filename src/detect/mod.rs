@@ -220,14 +220,13 @@ fn threshold_cmp(v: &mut Verdict, x: f64, t: f64, op: Op) {
 
 fn trend(v: &mut Verdict, history: &Window, x: f64, trend_window: usize, deviation_pct: f64) {
     let need = trend_window.saturating_sub(1);
-    if trend_window < 2 || history.len() < need {
+    // The values themselves (a shared window holds none; trend rules never use one).
+    let held = history.values().len();
+    if trend_window < 2 || held < need {
         return;
     }
     // The last `need` values and x, walked without collecting them (no allocation a sample).
-    let mut run = history
-        .values()
-        .skip(history.len() - need)
-        .chain(std::iter::once(x));
+    let mut run = history.values().skip(held - need).chain(std::iter::once(x));
     let Some(first) = run.next() else {
         return;
     };

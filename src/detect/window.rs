@@ -1,6 +1,11 @@
 //! The history window of one (rule, series): the previous `capacity` values with running
 //! statistics, so a new sample costs O(1) (plus an O(window) memmove for the sorted copy
 //! that only IQR rules ask for).
+//!
+//! A window either owns its values or, when they are the caller's already (a rule on the raw
+//! values of a series whose store keeps them), only counts them: then the caller hands over
+//! the value that leaves on each push, and the values themselves when an exact recompute is
+//! due. At 100k series that saves the 48 MB a second copy of every window cost.
 
 use std::collections::VecDeque;
 
@@ -8,7 +13,11 @@ use std::collections::VecDeque;
 #[derive(Debug, Clone)]
 pub struct Window {
     capacity: usize,
+    /// The values, when owned; empty for a shared window.
     values: VecDeque<f64>,
+    shared: bool,
+    /// Number of values in the window.
+    count: usize,
     /// Running sums of `v - shift`; shifting keeps the variance numerically stable when
     /// values are large and close together (e.g. a byte counter near 1e12).
     shift: f64,
@@ -16,7 +25,7 @@ pub struct Window {
     sum_sq: f64,
     /// Pushes since the sums were last recomputed exactly; bounds rounding drift.
     pushes_since_exact: usize,
-    /// Sorted copy of `values`, kept only when a detector needs quantiles.
+    /// Sorted copy of the values, kept only when a detector needs quantiles.
     sorted: Option<Vec<f64>>,
 }
 
@@ -27,6 +36,8 @@ impl Window {
         Self {
             capacity,
             values: VecDeque::with_capacity(capacity),
+            shared: false,
+            count: 0,
             shift: 0.0,
             sum: 0.0,
             sum_sq: 0.0,
@@ -35,17 +46,38 @@ impl Window {
         }
     }
 
+    /// A window over values the caller keeps (see the module doc), holding the last
+    /// `capacity` of `history` (oldest first, finite). Push with `push_shared`.
+    pub fn shared(capacity: usize, sorted: bool, history: impl Iterator<Item = f64>) -> Self {
+        let mut w = Self::new(capacity, sorted);
+        w.values = VecDeque::new();
+        w.shared = true;
+        let all: Vec<f64> = history.filter(|v| v.is_finite()).collect();
+        w.recompute_from(&all[all.len().saturating_sub(w.capacity)..]);
+        w
+    }
+
+    /// Most values held.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Whether the values live with the caller.
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
     /// Number of values held.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.count
     }
 
     /// True when no value is held.
     pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
+        self.count == 0
     }
 
-    /// The values, oldest first.
+    /// The values, oldest first; none for a shared window (they are the caller's).
     pub fn values(&self) -> impl DoubleEndedIterator<Item = f64> + ExactSizeIterator + '_ {
         self.values.iter().copied()
     }
@@ -61,12 +93,56 @@ impl Window {
         if !value.is_finite() {
             return;
         }
-        if self.values.is_empty() {
+        if self.shared {
+            // Misuse: a shared window cannot evict what it does not hold. Own from now on.
+            self.shared = false;
+            self.count = 0;
+            self.values.clear();
+            if let Some(s) = &mut self.sorted {
+                s.clear();
+            }
+        }
+        let evicted = if self.values.len() == self.capacity {
+            self.values.pop_front()
+        } else {
+            None
+        };
+        self.values.push_back(value);
+        if self.absorb(value, evicted) {
+            let exact = exact_sums(self.values.make_contiguous());
+            self.set_exact(exact);
+        }
+    }
+
+    /// Appends a finite value to a shared window. `evicted` is the value leaving it (the
+    /// oldest, when it is full); `values` gives the window after the push, oldest first, and
+    /// is called only when an exact recompute is due (or `evicted` is missing when needed).
+    pub fn push_shared<I: Iterator<Item = f64>>(
+        &mut self,
+        value: f64,
+        evicted: Option<f64>,
+        values: impl FnOnce() -> I,
+    ) {
+        if !value.is_finite() {
+            return;
+        }
+        let missing = self.count == self.capacity && evicted.is_none();
+        if self.absorb(value, evicted) || missing {
+            let all: Vec<f64> = values().filter(|v| v.is_finite()).collect();
+            self.recompute_from(&all[all.len().saturating_sub(self.capacity)..]);
+        }
+    }
+
+    /// Takes `value` (and `evicted`, when the window was full) into the count, the sums and
+    /// the sorted copy; true when an exact recompute is due.
+    fn absorb(&mut self, value: f64, evicted: Option<f64>) -> bool {
+        if self.count == 0 {
             self.shift = value;
         }
         let mut dominated = false;
-        if self.values.len() == self.capacity {
-            if let Some(old) = self.values.pop_front() {
+        if self.count == self.capacity {
+            self.count -= 1;
+            if let Some(old) = evicted {
                 let d = old - self.shift;
                 // An evicted value that dominated the sums takes their precision with it
                 // (1e15 + 1 − 1e15 = 0): recompute exactly. Rare: an outlier leaving.
@@ -81,7 +157,7 @@ impl Window {
                 }
             }
         }
-        self.values.push_back(value);
+        self.count += 1;
         let d = value - self.shift;
         self.sum += d;
         self.sum_sq += d * d;
@@ -90,9 +166,7 @@ impl Window {
             sorted.insert(i, value);
         }
         self.pushes_since_exact += 1;
-        if dominated || self.pushes_since_exact >= self.capacity || self.offset_dominates() {
-            self.recompute();
-        }
+        dominated || self.pushes_since_exact >= self.capacity || self.offset_dominates()
     }
 
     /// Whether the values moved so far from `shift` that the sums keep too few digits of
@@ -101,39 +175,38 @@ impl Window {
         if !self.sum.is_finite() || !self.sum_sq.is_finite() {
             return true;
         }
-        let n = self.values.len() as f64;
+        let n = self.count as f64;
         self.sum_sq > 0.0 && self.sum_sq - self.sum * self.sum / n <= 1e-9 * self.sum_sq
     }
 
-    /// Recomputes the sums exactly around the current mean.
-    fn recompute(&mut self) {
+    /// A shared window's state rebuilt from `values` (the whole window): count, sums and
+    /// sorted copy.
+    fn recompute_from(&mut self, values: &[f64]) {
+        self.count = values.len();
+        if let Some(sorted) = &mut self.sorted {
+            sorted.clear();
+            sorted.extend_from_slice(values);
+            sorted.sort_by(f64::total_cmp);
+        }
+        self.set_exact(exact_sums(values));
+    }
+
+    fn set_exact(&mut self, (shift, sum, sum_sq): (f64, f64, f64)) {
         self.pushes_since_exact = 0;
-        let n = self.values.len();
-        if n == 0 {
-            self.sum = 0.0;
-            self.sum_sq = 0.0;
-            return;
-        }
-        self.shift = self.values.iter().sum::<f64>() / n as f64;
-        let (mut s, mut s2) = (0.0, 0.0);
-        for v in &self.values {
-            let d = v - self.shift;
-            s += d;
-            s2 += d * d;
-        }
-        self.sum = s;
-        self.sum_sq = s2;
+        self.shift = shift;
+        self.sum = sum;
+        self.sum_sq = sum_sq;
     }
 
     /// Arithmetic mean, None when empty.
     pub fn mean(&self) -> Option<f64> {
-        let n = self.values.len();
+        let n = self.count;
         (n > 0).then(|| self.shift + self.sum / n as f64)
     }
 
     /// Sample standard deviation (n − 1), None with fewer than two values.
     pub fn stddev(&self) -> Option<f64> {
-        let n = self.values.len();
+        let n = self.count;
         if n < 2 {
             return None;
         }
@@ -141,6 +214,21 @@ impl Window {
         let var = (self.sum_sq - self.sum * self.sum / nf) / (nf - 1.0);
         Some(var.max(0.0).sqrt())
     }
+}
+
+/// Shift (the mean) and the sums of `v - shift` and its square, computed exactly.
+fn exact_sums(values: &[f64]) -> (f64, f64, f64) {
+    if values.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    let shift = values.iter().sum::<f64>() / values.len() as f64;
+    let (mut s, mut s2) = (0.0, 0.0);
+    for v in values {
+        let d = v - shift;
+        s += d;
+        s2 += d * d;
+    }
+    (shift, s, s2)
 }
 
 #[cfg(test)]
@@ -206,6 +294,39 @@ mod tests {
     }
 
     proptest! {
+        /// A shared window fed from the caller's copy (kept one longer, like the store's ring)
+        /// is the owned window, step by step, to the bit.
+        #[test]
+        fn shared_is_owned(
+            values in prop::collection::vec(-1e6f64..1e6, 1..300),
+            offset in prop::sample::select(vec![0.0, 1e12]),
+            cap in 1usize..80,
+            sorted in any::<bool>(),
+        ) {
+            let mut own = Window::new(cap, sorted);
+            let mut shared = Window::shared(cap, sorted, std::iter::empty());
+            let mut kept: VecDeque<f64> = VecDeque::new();
+            for v in values.iter().map(|v| v + offset) {
+                let evicted = (shared.len() == cap).then(|| kept[kept.len() - cap]);
+                kept.push_back(v);
+                if kept.len() > cap + 1 {
+                    kept.pop_front();
+                }
+                let tail = || kept.iter().copied().skip(kept.len().saturating_sub(cap));
+                shared.push_shared(v, evicted, tail);
+                own.push(v);
+                prop_assert!(shared.is_shared());
+                prop_assert_eq!(shared.len(), own.len());
+                prop_assert_eq!(shared.mean(), own.mean());
+                prop_assert_eq!(shared.stddev(), own.stddev());
+                prop_assert_eq!(shared.sorted(), own.sorted());
+            }
+            // Built from history, it equals the owned window fed the same values.
+            let rebuilt = Window::shared(cap, sorted, kept.iter().copied());
+            prop_assert_eq!(rebuilt.len(), own.len());
+            prop_assert_eq!(rebuilt.sorted(), own.sorted());
+        }
+
         /// Incremental statistics agree with the naive formula over the same window.
         #[test]
         fn incremental_matches_naive(

@@ -14,7 +14,7 @@ pub use self_metrics::SelfMetrics;
 
 use crate::alert::AlertEvent;
 use crate::detect::Verdict;
-use crate::store::SeriesId;
+use crate::store::{SeriesId, SeriesIdentity};
 use hyper::body::Bytes;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -23,11 +23,14 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// The exported state of one (rule, series): the value of each gauge family, compact (at 100k
-/// series the table and a reader's snapshot of it are each ~10 MB).
+/// series the table and a reader's snapshot of it are each ~10 MB). Its labels are rendered
+/// when read, from the rule's part and the series' identity (shared, not copied: a rendered
+/// label set per row cost ~20 MB at 100k series).
 #[derive(Debug, Clone)]
 pub struct AnomalyRow {
-    /// Rendered label set without braces: `rule="…",severity="…",…`.
-    labels: Arc<str>,
+    /// The rule's labels, rendered: `rule="…",severity="…",method="…"`.
+    head: Arc<str>,
+    series: Arc<SeriesIdentity>,
     /// Indexed like `FAMILIES`.
     values: [f64; 9],
     /// Bit i set: family i has a value for this row.
@@ -35,7 +38,12 @@ pub struct AnomalyRow {
 }
 
 impl AnomalyRow {
-    pub fn new(labels: Arc<str>, active: bool, pending: bool, value: f64, v: &Verdict) -> Self {
+    pub fn new(
+        (head, series): (Arc<str>, Arc<SeriesIdentity>),
+        (active, pending): (bool, bool),
+        value: f64,
+        v: &Verdict,
+    ) -> Self {
         let fields = [
             Some(f64::from(u8::from(active))),
             Some(f64::from(u8::from(pending))),
@@ -48,7 +56,8 @@ impl AnomalyRow {
             v.zscore,
         ];
         let mut row = Self {
-            labels,
+            head,
+            series,
             values: [0.0; 9],
             present: 0,
         };
@@ -339,19 +348,44 @@ pub fn render_labels(pairs: &[(&str, &str)]) -> String {
         if i > 0 {
             out.push(',');
         }
-        out.push_str(k);
-        out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
+        push_label(&mut out, "", k, v);
     }
     out
+}
+
+/// Appends `prefix` + `name="value"`, the value escaped per the text format.
+fn push_label(out: &mut String, prefix: &str, name: &str, value: &str) {
+    out.push_str(prefix);
+    out.push_str(name);
+    out.push_str("=\"");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends a row's label set (without braces): the rule's part, target, metric, then the
+/// series' own labels, renamed `exported_<name>` where they collide with ours.
+fn push_row_labels(out: &mut String, row: &AnomalyRow) {
+    out.push_str(&row.head);
+    out.push(',');
+    push_label(out, "", "target", &row.series.target);
+    out.push(',');
+    push_label(out, "", "metric", row.series.name());
+    for (k, v) in row.series.labels() {
+        out.push(',');
+        let prefix = if crate::config::rules::RESERVED_LABELS.contains(&k) {
+            "exported_"
+        } else {
+            ""
+        };
+        push_label(out, prefix, k, v);
+    }
 }
 
 /// A float as the exposition format spells it.

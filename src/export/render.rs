@@ -1,7 +1,7 @@
 //! The /metrics text of the anomaly families, produced in chunks from a snapshot of the rows,
 //! so a reader never makes the whole body exist at once (at 100k series it is ~150 MB).
 
-use super::{format_float_into, AnomalyRow, FAMILIES};
+use super::{format_float_into, push_row_labels, AnomalyRow, FAMILIES};
 use hyper::body::Bytes;
 use std::sync::Arc;
 
@@ -56,7 +56,7 @@ impl Rendering {
                 if let Some(v) = row.get(index) {
                     out.push_str(name);
                     out.push('{');
-                    out.push_str(&row.labels);
+                    push_row_labels(&mut out, row);
                     out.push_str("} ");
                     format_float_into(&mut out, v);
                     out.push('\n');

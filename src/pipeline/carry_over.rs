@@ -104,11 +104,7 @@ impl Pipeline {
                 }
             }
         }
-        self.names = new
-            .rules
-            .iter()
-            .map(|r| Arc::from(r.name.as_str()))
-            .collect();
+        (self.names, self.heads) = super::rule_series::rule_names(&new);
         self.matches.clear();
         self.match_lists.clear();
         // Index entries carry rule indices of the old set.

@@ -9,12 +9,12 @@ pub mod scan;
 
 use crate::alert::{AlertEvent, AlertState, Transition};
 use crate::config::{Rule, RuleSet};
-use crate::detect::{self, Verdict};
+use crate::detect::{self, Verdict, Window};
 use crate::export::{AlertView, AnomalyRow, ExportChanges, Exporter};
 use crate::notify::Notifier;
 use crate::scrape::{Sample, ScrapeResult, Target};
-use crate::store::{series_id, IdMap, IdSet, SeriesId, SeriesIdentity, Store};
-use rule_series::{event, new_state, transform, RuleSeries};
+use crate::store::{series_id, IdMap, IdSet, SampleRing, SeriesId, SeriesIdentity, Store};
+use rule_series::{event, new_state, rule_names, transform, RuleSeries};
 use scan::SeriesIndex;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -40,6 +40,8 @@ pub struct Pipeline {
     states: Vec<IdMap<RuleSeries>>,
     /// Rule names, parallel to `rules.rules`, shared by every row key (no allocation per sample).
     names: Vec<Arc<str>>,
+    /// Rules' rendered export labels, parallel to `rules.rules`.
+    heads: Vec<Arc<str>>,
     /// Indices of the rules that select a series, cached until the rules change.
     matches: IdMap<Arc<[usize]>>,
     /// Distinct match lists, shared by every series with the same rules (most series share a
@@ -74,11 +76,7 @@ impl Pipeline {
     ) -> Self {
         let n = targets.len();
         let states = rules.rules.iter().map(|_| IdMap::default()).collect();
-        let names = rules
-            .rules
-            .iter()
-            .map(|r| Arc::from(r.name.as_str()))
-            .collect();
+        let (names, heads) = rule_names(&rules);
         for t in &targets {
             exporter
                 .metrics
@@ -92,6 +90,7 @@ impl Pipeline {
             rules,
             states,
             names,
+            heads,
             matches: IdMap::default(),
             match_lists: HashMap::new(),
             store,
@@ -398,25 +397,24 @@ impl Pipeline {
             .map(|&ri| self.rules.rules[ri].window + 1)
             .max()
             .unwrap_or(1);
-        let Some((identity, prev)) = self.store.append(id, now, value, capacity) else {
+        let Some(appended) = self.store.append(id, now, value, capacity) else {
             return;
         };
+        let (identity, ring) = (&appended.entry.identity, appended.entry.samples());
         for &ri in rules.iter() {
             let rule = &self.rules.rules[ri];
             let state = match self.states[ri].entry(id) {
                 Entry::Occupied(e) => e.into_mut(),
                 Entry::Vacant(e) => {
                     // Warm from the history before this sample (a restart, or a new rule).
-                    let firing = self.store.firing_since(id, &rule.state_key);
-                    let samples = self.store.get(id).map(|e| e.samples());
-                    let before = samples
-                        .into_iter()
-                        .flat_map(|s| s.iter().take(s.len().saturating_sub(1)));
-                    e.insert(new_state(rule, &identity, before, firing))
+                    let firing = appended.firing_since(&rule.state_key);
+                    let before = ring.iter().take(ring.len().saturating_sub(1));
+                    e.insert(new_state(rule, identity, before, firing))
                 }
             };
             let key = (self.names[ri].clone(), id);
-            evaluate_rule(rule, ri, state, &identity, key, prev, (now, value), b);
+            let labels = (self.heads[ri].clone(), identity.clone());
+            evaluate_rule(rule, ri, state, labels, key, ring, b);
         }
     }
 
@@ -489,25 +487,30 @@ enum Source<'s> {
     Parsed(&'s Sample),
 }
 
-/// Runs one rule's detector on a new sample of a series and steps its alert.
-#[allow(clippy::too_many_arguments)] // one step's inputs; grouping them would only rename them
+/// Runs one rule's detector on the newest sample of a series (the last of `ring`) and steps
+/// its alert.
 fn evaluate_rule(
     rule: &Rule,
     ri: usize,
     state: &mut RuleSeries,
-    identity: &SeriesIdentity,
+    labels: (Arc<str>, Arc<SeriesIdentity>),
     key: (Arc<str>, SeriesId),
-    prev: Option<(i64, f64)>,
-    (now, value): (i64, f64),
+    ring: &SampleRing,
     b: &mut Batch,
 ) {
+    let series = labels.1.clone();
+    let identity: &SeriesIdentity = &series;
+    let Some((now, value)) = ring.back() else {
+        return;
+    };
+    let prev = ring.len().checked_sub(2).and_then(|i| ring.get(i));
     let Some(x) = transform(rule.transform, identity.counter_like, prev, (now, value)) else {
         return;
     };
     let Some(verdict) = detect::evaluate(&rule.method, &state.window, x, rule.min_samples) else {
         return;
     };
-    state.window.push(x);
+    push_to_window(&mut state.window, x, ring);
     *b.evaluations.entry(ri).or_default() += 1;
     let id = key.1;
     let before = state.alert;
@@ -532,13 +535,8 @@ fn evaluate_rule(
         }
         AlertState::Inactive => {}
     }
-    let row = AnomalyRow::new(
-        state.labels.clone(),
-        state.alert.is_firing(),
-        state.alert.is_pending(),
-        x,
-        &verdict,
-    );
+    let flags = (state.alert.is_firing(), state.alert.is_pending());
+    let row = AnomalyRow::new(labels, flags, x, &verdict);
     b.export.upserts.push((key, row));
     if let Some(tr) = transition {
         b.transitions.push((rule.name.clone(), tr));
@@ -559,6 +557,24 @@ fn evaluate_rule(
                 .push(event(rule, identity, firing, now, since, x, verdict));
         }
     }
+}
+
+/// Appends `x` to a rule's window. A shared window's values are the raw samples in `ring`
+/// (whose newest is `x`): the value leaving is the one `capacity` samples before it.
+fn push_to_window(window: &mut Window, x: f64, ring: &SampleRing) {
+    if !window.is_shared() {
+        return window.push(x);
+    }
+    let (len, held, capacity) = (ring.len(), window.len(), window.capacity());
+    let evicted = if held == capacity {
+        len.checked_sub(1 + held)
+            .and_then(|i| ring.get(i))
+            .map(|s| s.1)
+    } else {
+        None
+    };
+    let tail = || ring.iter().skip(len.saturating_sub(capacity)).map(|s| s.1);
+    window.push_shared(x, evicted, tail);
 }
 
 /// When a firing alert started (`now` for any other state).

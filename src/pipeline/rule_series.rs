@@ -13,8 +13,6 @@ use std::sync::Arc;
 pub(super) struct RuleSeries {
     pub(super) window: Window,
     pub(super) alert: AlertState,
-    /// Rendered export labels, computed once.
-    pub(super) labels: Arc<str>,
     /// Value and verdict that fired the alert, for re-sending it while it fires
     /// (boxed: few series fire, every series has the field).
     pub(super) fired: Option<Box<(f64, Verdict)>>,
@@ -27,22 +25,38 @@ pub(super) fn new_state(
     samples: impl Iterator<Item = (i64, f64)>,
     firing_since: Option<i64>,
 ) -> RuleSeries {
-    let mut window = Window::new(rule.window, rule.method.needs_sorted());
-    let mut prev = None;
-    for s in samples {
-        if let Some(x) = transform(rule.transform, identity.counter_like, prev, s) {
-            window.push(x);
+    let sorted = rule.method.needs_sorted();
+    let window = if shares_store_window(rule, identity.counter_like) {
+        Window::shared(rule.window, sorted, samples.map(|s| s.1))
+    } else {
+        let mut window = Window::new(rule.window, sorted);
+        let mut prev = None;
+        for s in samples {
+            if let Some(x) = transform(rule.transform, identity.counter_like, prev, s) {
+                window.push(x);
+            }
+            prev = Some(s);
         }
-        prev = Some(s);
-    }
+        window
+    };
     RuleSeries {
         window,
         alert: firing_since.map_or(AlertState::Inactive, |since_ms| AlertState::Firing {
             since_ms,
         }),
-        labels: export_labels(rule, identity).into(),
         fired: None,
     }
+}
+
+/// Whether a rule's window can be a view of the store's samples instead of a copy: it judges
+/// the raw values (every stored sample is one of its values, the store keeps one more than
+/// the longest window), and its detector needs only the statistics (trend walks the values).
+fn shares_store_window(rule: &Rule, counter_like: bool) -> bool {
+    let raw = matches!(
+        (rule.transform, counter_like),
+        (Transform::Raw, _) | (Transform::Auto, false)
+    );
+    raw && !matches!(rule.method, crate::detect::Method::Trend { .. })
 }
 
 /// The value a rule evaluates for sample `cur`, given the series' previous sample.
@@ -96,13 +110,24 @@ fn label_pairs(rule: &Rule, identity: &SeriesIdentity) -> Vec<(String, String)> 
     pairs
 }
 
-fn export_labels(rule: &Rule, identity: &SeriesIdentity) -> String {
-    let pairs = label_pairs(rule, identity);
-    let refs: Vec<(&str, &str)> = pairs
+/// Per rule of `set`: its name and its gauges' rendered head, shared by every row of the rule
+/// (no allocation per sample).
+pub(super) fn rule_names(set: &crate::config::RuleSet) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+    set.rules
         .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    render_labels(&refs)
+        .map(|r| (Arc::from(r.name.as_str()), export_head(r)))
+        .unzip()
+}
+
+/// The labels every gauge of a rule starts with, rendered once per rule (the series' part is
+/// rendered when /metrics is read, from its identity).
+pub(super) fn export_head(rule: &Rule) -> Arc<str> {
+    let pairs = [
+        ("rule", rule.name.as_str()),
+        ("severity", rule.severity.as_str()),
+        ("method", rule.method.name()),
+    ];
+    render_labels(&pairs).into()
 }
 
 pub(super) fn event(

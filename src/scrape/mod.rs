@@ -138,8 +138,8 @@ pub struct ScrapeResult {
     pub _in_flight: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// Bodies of one target held at once: the one evaluated and the next.
-const BODIES_IN_FLIGHT: usize = 2;
+/// Bodies of one target held at once.
+const BODIES_IN_FLIGHT: usize = 1;
 
 /// Settings shared by every scrape loop.
 #[derive(Debug, Clone)]
@@ -216,9 +216,9 @@ pub async fn run_target(
 ) {
     let mut ticker = tokio::time::interval(settings.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // At most two bodies of this target exist at once (one being evaluated, the next being
-    // fetched or queued): a pipeline slower than the interval delays scrapes instead of
-    // piling up bodies (each 100 MB at worst).
+    // One body of this target exists at a time: the next scrape starts once the last one was
+    // evaluated. A pipeline slower than the interval delays scrapes instead of piling up
+    // bodies (11 MB at 100k series, 100 MB at worst); evaluation takes ~0.1 s at 100k.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BODIES_IN_FLIGHT));
     loop {
         tokio::select! {

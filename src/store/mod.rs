@@ -83,8 +83,20 @@ pub fn series_id(target: &str, name: &str, labels: &[(String, String)]) -> Serie
     h
 }
 
-/// What `Store::append` tells the caller: the series' identity and its previous sample.
-pub type Appended = (Arc<SeriesIdentity>, Option<(i64, f64)>);
+/// What `Store::append` hands back: the series, whose samples now end with the new one, and
+/// the firing alerts, for rule states built at this sample (one lookup for the caller).
+pub struct Appended<'a> {
+    pub entry: &'a SeriesEntry,
+    id: SeriesId,
+    firing: &'a HashMap<(SeriesId, String), i64>,
+}
+
+impl Appended<'_> {
+    /// Since when the alert of `rule_key` on this series has been firing, if it was.
+    pub fn firing_since(&self, rule_key: &str) -> Option<i64> {
+        self.firing.get(&(self.id, rule_key.to_string())).copied()
+    }
+}
 
 /// A series and its recent samples (timestamp ms, value), oldest first.
 #[derive(Debug)]
@@ -260,26 +272,31 @@ impl Store {
         Ok(())
     }
 
-    /// Appends a sample to an admitted series, keeping at most `capacity` samples. Returns
-    /// the series' identity and the sample before this one (one lookup for the caller too).
+    /// Appends a sample to an admitted series, keeping at most `capacity` samples.
     pub fn append(
         &mut self,
         id: SeriesId,
         ts_ms: i64,
         value: f64,
         capacity: usize,
-    ) -> Option<Appended> {
-        let entry = self.series.get_mut(&id)?;
-        let prev = entry.samples.back();
+    ) -> Option<Appended<'_>> {
+        let Self {
+            series,
+            firing,
+            journal,
+            pending,
+            ..
+        } = self;
+        let entry = series.get_mut(&id)?;
         entry.last_seen_ms = ts_ms;
         if entry.capacity != capacity.max(1) {
             entry.capacity = capacity.max(1);
-            self.journal.capacity(id, entry.capacity);
+            journal.capacity(id, entry.capacity);
         }
         entry.samples.push(entry.capacity, ts_ms, value);
-        self.journal.sample(id, ts_ms, value);
-        self.pending.empty = false;
-        Some((entry.identity.clone(), prev))
+        journal.sample(id, ts_ms, value);
+        pending.empty = false;
+        Some(Appended { entry, id, firing })
     }
 
     /// Moves the journal records built so far into the pending batch, numbered.

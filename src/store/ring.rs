@@ -39,6 +39,11 @@ impl SampleRing {
         (self.base_ms + i64::from(self.offsets[s]), self.values[s])
     }
 
+    /// The `i`th sample, oldest first.
+    pub fn get(&self, i: usize) -> Option<(i64, f64)> {
+        (i < self.len).then(|| self.at(i))
+    }
+
     /// The newest sample.
     pub fn back(&self) -> Option<(i64, f64)> {
         self.len.checked_sub(1).map(|i| self.at(i))
