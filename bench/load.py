@@ -185,7 +185,9 @@ def run_sidecar(exporter, n, interval, warmup, duration, work):
     proc = subprocess.Popen(
         [SIDECAR, "run", "--rules", rules, "--target", f"http://127.0.0.1:{exporter.port}/metrics",
          "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--scrape-interval", f"{interval}s",
-         "--scrape-timeout", f"{max(interval, 10)}s", "--max-series", str(n * 2)],
+         "--scrape-timeout", f"{max(interval, 10)}s", "--max-series", str(n * 2),
+         # 1M series is ~115 MB a body, over the 64 MB default.
+         "--max-scrape-bytes", str(max(64 << 20, 2 * len(exporter.bodies[0])))],
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "sidecar.log"), "w"))
     try:
         wait_port(port)
