@@ -4,14 +4,26 @@ use super::SeriesIdentity;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-/// A window: capacity, count, the values (8 bytes each), then the timestamps as the first
-/// one and zigzag varints of the change of interval (one byte a sample when regular), so a
-/// window costs little more than its raw values on disk.
+/// `encode_window_into`, as a new buffer.
+#[cfg(test)]
 pub(super) fn encode_window(
     capacity: usize,
     samples: impl ExactSizeIterator<Item = (i64, f64)> + Clone,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 + samples.len() * 9);
+    encode_window_into(&mut out, capacity, samples);
+    out
+}
+
+/// A window: capacity, count, the values (8 bytes each), then the timestamps as the first
+/// one and zigzag varints of the change of interval (one byte a sample when regular), so a
+/// window costs little more than its raw values on disk.
+/// Appended to `out`: a compaction encodes every window into one reused buffer.
+pub(super) fn encode_window_into(
+    out: &mut Vec<u8>,
+    capacity: usize,
+    samples: impl ExactSizeIterator<Item = (i64, f64)> + Clone,
+) {
     out.extend_from_slice(&(capacity.min(u32::MAX as usize) as u32).to_le_bytes());
     out.extend_from_slice(&(samples.len() as u32).to_le_bytes());
     for (_, v) in samples.clone() {
@@ -24,12 +36,11 @@ pub(super) fn encode_window(
             out.extend_from_slice(&ts.to_le_bytes());
         } else {
             let delta = ts.wrapping_sub(prev_ts);
-            put_varint(&mut out, zigzag(delta.wrapping_sub(prev_delta)));
+            put_varint(out, zigzag(delta.wrapping_sub(prev_delta)));
             prev_delta = delta;
         }
         prev_ts = ts;
     }
-    out
 }
 
 /// Capacity and samples of an encoded window; None when it is malformed.
@@ -83,7 +94,14 @@ fn get_varint(b: &[u8]) -> Option<(u64, usize)> {
 }
 
 pub(super) fn encode_identity(s: &SeriesIdentity) -> Vec<u8> {
-    let mut out = vec![u8::from(s.counter_like)];
+    let mut out = Vec::new();
+    encode_identity_into(&mut out, s);
+    out
+}
+
+/// `encode_identity`, appended to `out`.
+pub(super) fn encode_identity_into(out: &mut Vec<u8>, s: &SeriesIdentity) {
+    out.push(u8::from(s.counter_like));
     let mut put = |t: &str| {
         out.extend_from_slice(&(t.len() as u32).to_be_bytes());
         out.extend_from_slice(t.as_bytes());
@@ -94,7 +112,6 @@ pub(super) fn encode_identity(s: &SeriesIdentity) -> Vec<u8> {
         put(k);
         put(v);
     }
-    out
 }
 
 pub(super) fn decode_identity(b: &[u8]) -> Option<SeriesIdentity> {

@@ -28,7 +28,7 @@ pub use ring::SampleRing;
 
 pub use database::Database;
 
-use codec::{encode_identity, encode_window};
+use codec::{encode_identity_into, encode_window_into};
 use files::HistoryFiles;
 use std::collections::HashMap;
 use std::path::Path;
@@ -413,11 +413,13 @@ impl Store {
         files.write_snapshot(through, series.len() as u64, |out| {
             let mut entry = Vec::new();
             for (id, e) in series {
+                // Length-prefixed identity, then the window, into one reused buffer.
                 entry.clear();
-                let identity = encode_identity(&e.identity);
-                entry.extend_from_slice(&(identity.len() as u32).to_le_bytes());
-                entry.extend_from_slice(&identity);
-                entry.extend_from_slice(&encode_window(e.capacity, e.samples.iter()));
+                entry.extend_from_slice(&[0; 4]);
+                encode_identity_into(&mut entry, &e.identity);
+                let len = (entry.len() - 4) as u32;
+                entry[..4].copy_from_slice(&len.to_le_bytes());
+                encode_window_into(&mut entry, e.capacity, e.samples.iter());
                 files::entry(out, *id, &entry)?;
             }
             Ok(())
