@@ -86,6 +86,19 @@ pub fn exposition(data: &[u8]) {
     }
 }
 
+/// Equal to the bit (NaN included).
+fn same_verdict(a: &detect::Verdict, b: &detect::Verdict) -> bool {
+    let bits = |o: Option<f64>| o.map(f64::to_bits);
+    a.anomalous == b.anomalous
+        && a.score.to_bits() == b.score.to_bits()
+        && bits(a.baseline_mean) == bits(b.baseline_mean)
+        && bits(a.baseline_stddev) == bits(b.baseline_stddev)
+        && bits(a.zscore) == bits(b.zscore)
+        && bits(a.lower_bound) == bits(b.lower_bound)
+        && bits(a.upper_bound) == bits(b.upper_bound)
+        && a.direction == b.direction
+}
+
 /// Detector state update: a method with parameters in their validated ranges, then a stream
 /// of finite values (as the pipeline feeds them) pushed into a window and judged.
 pub fn detector(data: &[u8]) {
@@ -108,6 +121,11 @@ pub fn detector(data: &[u8]) {
     let capacity = 1 + usize::from(rest.first().copied().unwrap_or(0)) * 4;
     let min_samples = usize::from(rest.get(1).copied().unwrap_or(0) % 32);
     let mut window = Window::new(capacity, method.needs_sorted());
+    // The same window as a view of the caller's values (as the store ring holds raw values,
+    // one more than the window); trend walks values, so it never uses one.
+    let shares = !matches!(method, Method::Trend { .. });
+    let mut shared = Window::shared(capacity, method.needs_sorted(), std::iter::empty());
+    let mut ring: std::collections::VecDeque<f64> = Default::default();
     let mut kept: std::collections::VecDeque<f64> = Default::default();
     for chunk in rest.chunks_exact(8).skip(1) {
         let x = f64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
@@ -126,12 +144,42 @@ pub fn detector(data: &[u8]) {
                 );
             }
         }
+        if shares {
+            let seen = detect::evaluate(&method, &shared, x, min_samples);
+            assert!(
+                seen.is_some_and(|s| same_verdict(&s, &v)),
+                "a view judges alike"
+            );
+            let evicted = (shared.len() == capacity).then(|| ring[ring.len() - capacity]);
+            ring.push_back(x);
+            if ring.len() > capacity + 1 {
+                ring.pop_front();
+            }
+            let tail = || {
+                ring.iter()
+                    .copied()
+                    .skip(ring.len().saturating_sub(capacity))
+            };
+            shared.push_shared(x, evicted, tail);
+        }
         window.push(x);
         kept.push_back(x);
         if kept.len() > capacity {
             kept.pop_front();
         }
         assert_eq!(window.len(), kept.len());
+        if shares {
+            assert_eq!(shared.len(), window.len());
+            assert_eq!(
+                shared.mean().map(f64::to_bits),
+                window.mean().map(f64::to_bits)
+            );
+            assert_eq!(
+                shared.stddev().map(f64::to_bits),
+                window.stddev().map(f64::to_bits)
+            );
+            assert_eq!(shared.sorted(), window.sorted());
+        }
         if bounded && !kept.is_empty() {
             let naive = kept.iter().sum::<f64>() / kept.len() as f64;
             let mean = window.mean().unwrap_or(f64::NAN);

@@ -127,9 +127,15 @@ impl Window {
             return;
         }
         let missing = self.count == self.capacity && evicted.is_none();
-        if self.absorb(value, evicted) || missing {
+        let due = self.absorb(value, evicted);
+        if missing {
+            // Out of step with the caller's values: rebuild everything from them.
             let all: Vec<f64> = values().filter(|v| v.is_finite()).collect();
             self.recompute_from(&all[all.len().saturating_sub(self.capacity)..]);
+        } else if due {
+            // Only the sums drift; the count and the sorted copy are exact.
+            let all: Vec<f64> = values().filter(|v| v.is_finite()).collect();
+            self.set_exact(exact_sums(&all[all.len().saturating_sub(self.capacity)..]));
         }
     }
 
