@@ -176,7 +176,9 @@ def wait_port(port, timeout=60):
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def run_sidecar(exporter, n, interval, warmup, duration, work):
+def start_sidecar(exporter, interval, work, extra):
+    """The sidecar with one zscore rule (window 60) over every series of `exporter`; returns
+    the process, its port and its data dir."""
     rules = os.path.join(work, "rules.yaml")
     with open(rules, "w") as f:
         f.write("rules:\n  - name: z\n    match: '{__name__=~\".+\"}'\n    method: zscore\n    window: 60\n")
@@ -185,10 +187,15 @@ def run_sidecar(exporter, n, interval, warmup, duration, work):
     proc = subprocess.Popen(
         [SIDECAR, "run", "--rules", rules, "--target", f"http://127.0.0.1:{exporter.port}/metrics",
          "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--scrape-interval", f"{interval}s",
-         "--scrape-timeout", f"{max(interval, 10)}s", "--max-series", str(n * 2),
+         "--scrape-timeout", f"{max(interval, 10)}s",
          # 1M series is ~115 MB a body, over the 64 MB default.
-         "--max-scrape-bytes", str(max(64 << 20, 2 * len(exporter.bodies[0])))],
+         "--max-scrape-bytes", str(max(64 << 20, 2 * len(exporter.bodies[0])))] + extra,
         stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "sidecar.log"), "w"))
+    return proc, port, data
+
+
+def run_sidecar(exporter, n, interval, warmup, duration, work):
+    proc, port, data = start_sidecar(exporter, interval, work, ["--max-series", str(n * 2)])
     try:
         wait_port(port)
         time.sleep(warmup)
@@ -269,16 +276,8 @@ def soak(n, interval, seconds, churn_every, churn_frac, out_prefix):
     work = tempfile.mkdtemp()
     churned = int(n * churn_frac)
     exporter = Exporter(render_bodies(n, variants=2, churned=churned))
-    rules = os.path.join(work, "rules.yaml")
-    with open(rules, "w") as f:
-        f.write("rules:\n  - name: z\n    match: '{__name__=~\".+\"}'\n    method: zscore\n    window: 60\n")
-    port = free_port()
-    data = os.path.join(work, "data")
-    proc = subprocess.Popen(
-        [SIDECAR, "run", "--rules", rules, "--target", f"http://127.0.0.1:{exporter.port}/metrics",
-         "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--scrape-interval", f"{interval}s",
-         "--max-series", str(n * 4), "--retention", f"{2 * churn_every}s"],
-        stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "sidecar.log"), "w"))
+    proc, port, data = start_sidecar(
+        exporter, interval, work, ["--max-series", str(n * 4), "--retention", f"{2 * churn_every}s"])
     rows = []
     start = time.time()
     epoch = 0
