@@ -110,7 +110,7 @@ fn parse(c: &mut Criterion) {
             .map(|n| (n.text.to_string(), n.sample.counter_like))
             .collect();
         for (i, (series, counter_like)) in learnt.iter().enumerate() {
-            warm.learn(series, i as u64, *counter_like, Arc::from([0usize]));
+            warm.learn(series, i as u64, None, *counter_like, Arc::from([0usize]));
         }
         g.bench_function(BenchmarkId::new("ours_steady", name), |b| {
             b.iter(|| {

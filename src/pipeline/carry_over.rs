@@ -6,9 +6,7 @@ use super::{firing_since, Pipeline};
 use crate::alert::Transition;
 use crate::config::RuleSet;
 use crate::detect::Verdict;
-use crate::store::IdMap;
 use crate::store::SeriesId;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 impl Pipeline {
@@ -22,7 +20,7 @@ impl Pipeline {
                 self.store.set_firing(id, &key, None);
                 continue;
             };
-            let Some(entry) = self.store.get(id) else {
+            let (Some(slot), Some(entry)) = (self.store.slot(id), self.store.get(id)) else {
                 self.store.set_firing(id, &key, None);
                 continue;
             };
@@ -33,46 +31,50 @@ impl Pipeline {
                 .iter()
                 .position(|t| *t.name == *entry.identity.target)
             {
-                self.seen[t].insert(id);
+                if !self.seen[t].contains(&(slot, id)) {
+                    self.seen[t].push((slot, id));
+                }
             }
-            self.states[ri].insert(id, state);
+            let rules = &mut self.states.at(slot, id).rules;
+            if rules.get_mut(ri).is_none() {
+                rules.insert(ri, state);
+            }
         }
     }
 
     /// Swaps in new rules. Rules whose definition did not change keep their windows and alert
     /// state; removed or changed rules resolve their firing alerts and drop their gauges.
     pub fn set_rules(&mut self, new: Arc<RuleSet>) {
-        let mut old: HashMap<String, (String, IdMap<RuleSeries>)> = HashMap::new();
         let old_rules = std::mem::replace(&mut self.rules, new.clone());
-        for (rule, states) in old_rules.rules.iter().zip(std::mem::take(&mut self.states)) {
-            old.insert(rule.name.clone(), (rule.fingerprint(), states));
-        }
-        let mut kept = 0;
-        self.states = new
+        // Old rule index → new index, for the rules whose definition did not change.
+        let kept: Vec<Option<usize>> = old_rules
             .rules
             .iter()
-            .map(|rule| match old.remove(&rule.name) {
-                Some((fp, states)) if fp == rule.fingerprint() => {
-                    kept += 1;
-                    states
-                }
-                Some(other) => {
-                    old.insert(rule.name.clone(), other);
-                    IdMap::default()
-                }
-                None => IdMap::default(),
+            .map(|old| {
+                new.rules
+                    .iter()
+                    .position(|r| r.name == old.name && r.fingerprint() == old.fingerprint())
             })
             .collect();
         let now = crate::scrape::now_ms();
         let mut events = Vec::new();
-        for (name, (_, states)) in old {
-            let rule = old_rules.rules.iter().find(|r| r.name == name).cloned();
-            for (id, mut state) in states {
+        for series in self.states.iter_mut() {
+            let id = series.id;
+            let mut ended: Vec<(usize, RuleSeries)> = Vec::new();
+            for (ri, state) in series.rules.take() {
+                match kept.get(ri).copied().flatten() {
+                    Some(to) => {
+                        series.rules.insert(to, state);
+                    }
+                    None => ended.push((ri, state)),
+                }
+            }
+            for (ri, mut state) in ended {
                 let since = firing_since(state.alert, now);
                 if state.alert.end() != Some(Transition::Resolved) {
                     continue;
                 }
-                let Some(rule) = &rule else { continue };
+                let rule = &old_rules.rules[ri];
                 self.store.set_firing(id, &rule.state_key, None);
                 if let Some(entry) = self.store.get(id) {
                     let value = entry.samples().back().map_or(f64::NAN, |s| s.1);
@@ -88,30 +90,44 @@ impl Pipeline {
                     ));
                 }
             }
-            self.exporter.remove_rule(&name);
-            if !new.rules.iter().any(|r| r.name == name) {
+        }
+        let unchanged = kept.iter().filter(|k| k.is_some()).count();
+        for (rule, _) in old_rules
+            .rules
+            .iter()
+            .zip(&kept)
+            .filter(|(_, k)| k.is_none())
+        {
+            let name = &rule.name;
+            self.exporter.remove_rule(name);
+            if !new.rules.iter().any(|r| r.name == *name) {
                 let _ = self
                     .exporter
                     .metrics
                     .rule_evaluations_total
-                    .remove_label_values(&[&name]);
+                    .remove_label_values(&[name]);
                 for to in ["pending", "inactive", "firing", "resolved"] {
                     let _ = self
                         .exporter
                         .metrics
                         .transitions_total
-                        .remove_label_values(&[&name, to]);
+                        .remove_label_values(&[name, to]);
                 }
             }
         }
         (self.names, self.heads) = super::rule_series::rule_names(&new);
+        self.ids = new
+            .rules
+            .iter()
+            .map(|r| self.exporter.rule_id(&r.name))
+            .collect();
         self.matches.clear();
         self.match_lists.clear();
         // Index entries carry rule indices of the old set.
         for index in &mut self.index {
             index.clear();
         }
-        tracing::info!(rules = new.rules.len(), unchanged = kept, "Rules applied");
+        tracing::info!(rules = new.rules.len(), unchanged, "Rules applied");
         for ev in events {
             self.announce(ev);
         }

@@ -6,21 +6,29 @@ mod carry_over;
 mod persist;
 mod rule_series;
 pub mod scan;
+mod slots;
 
 use crate::alert::{AlertEvent, AlertState, Transition};
 use crate::config::{Rule, RuleSet};
 use crate::detect::{self, Verdict, Window};
-use crate::export::{AlertView, AnomalyRow, ExportChanges, Exporter};
+use crate::export::{
+    AlertView, AnomalyRow, ExportChanges, Exporter, RowKey, RowUpdate, RowValues, RuleId,
+};
 use crate::notify::Notifier;
 use crate::scrape::{Sample, ScrapeResult, Target};
-use crate::store::{series_id, IdMap, IdSet, SampleRing, SeriesId, SeriesIdentity, Store};
+use crate::store::{
+    series_id, IdMap, SampleRing, SeriesEntry, SeriesId, SeriesIdentity, Slot, Store,
+};
 use rule_series::{event, new_state, rule_names, transform, RuleSeries};
 use scan::SeriesIndex;
-use std::collections::hash_map::Entry;
+use slots::SlotStates;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
+
+/// How many samples ahead of the one evaluated its series' memory is fetched.
+const PREFETCH_AHEAD: usize = 8;
 
 /// Rows handed to the exporter at a time while a scrape is evaluated.
 const EXPORT_SLICE: usize = 4096;
@@ -36,20 +44,24 @@ pub struct Pipeline {
     targets: Vec<Target>,
     settings: PipelineSettings,
     rules: Arc<RuleSet>,
-    /// Parallel to `rules.rules`.
-    states: Vec<IdMap<RuleSeries>>,
+    /// Per stored series: when it was last scraped, its rules' windows and alerts.
+    states: SlotStates,
+    /// Scrapes processed (numbers the scrapes for `SlotState::seen_in`).
+    scrapes: u64,
     /// Rule names, parallel to `rules.rules`, shared by every row key (no allocation per sample).
     names: Vec<Arc<str>>,
     /// Rules' rendered export labels, parallel to `rules.rules`.
     heads: Vec<Arc<str>>,
+    /// Rules' numbers in the exporter's row keys, parallel to `rules.rules`.
+    ids: Vec<RuleId>,
     /// Indices of the rules that select a series, cached until the rules change.
     matches: IdMap<Arc<[usize]>>,
     /// Distinct match lists, shared by every series with the same rules (most series share a
     /// handful), so the cache costs one pointer per series, not one allocation.
     match_lists: HashMap<Vec<usize>, Arc<[usize]>>,
     store: Store,
-    /// Per target: series present in its last successful scrape.
-    seen: Vec<IdSet>,
+    /// Per target: series present in its last successful scrape, in its order.
+    seen: Vec<Vec<(Slot, SeriesId)>>,
     /// Per target: series text as the target writes it → series id.
     index: Vec<SeriesIndex>,
     /// Per target: last scrape outcome, so up/down is logged once per change.
@@ -75,8 +87,12 @@ impl Pipeline {
         notifier: Option<Arc<Notifier>>,
     ) -> Self {
         let n = targets.len();
-        let states = rules.rules.iter().map(|_| IdMap::default()).collect();
         let (names, heads) = rule_names(&rules);
+        let ids = rules
+            .rules
+            .iter()
+            .map(|r| exporter.rule_id(&r.name))
+            .collect();
         for t in &targets {
             exporter
                 .metrics
@@ -88,13 +104,15 @@ impl Pipeline {
             targets,
             settings,
             rules,
-            states,
+            states: SlotStates::default(),
+            scrapes: 0,
             names,
             heads,
+            ids,
             matches: IdMap::default(),
             match_lists: HashMap::new(),
             store,
-            seen: vec![IdSet::default(); n],
+            seen: vec![Vec::new(); n],
             index: (0..n).map(|_| SeriesIndex::default()).collect(),
             up: vec![None; n],
             exporter,
@@ -179,10 +197,19 @@ impl Pipeline {
             .set(scanned.len() as i64);
         let now = result.at_ms;
         let target_name: Arc<str> = target.name.as_str().into();
-        let mut batch = Batch::default();
-        let mut current = IdSet::with_capacity_and_hasher(self.seen[t].len(), Default::default());
-        for k in std::mem::take(&mut scanned.known) {
-            let source = Source::Known(k.rules);
+        let mut batch = Batch {
+            evaluations: vec![0; self.rules.rules.len()],
+            ..Batch::default()
+        };
+        self.scrapes += 1;
+        let mut current = Vec::with_capacity(self.seen[t].len());
+        let known = std::mem::take(&mut scanned.known);
+        for (i, k) in known.iter().enumerate() {
+            // The ring each sample writes is a cache miss: ask for it a few samples ahead.
+            if let Some(slot) = known.get(i + PREFETCH_AHEAD).and_then(|k| k.slot) {
+                self.store.prefetch(slot);
+            }
+            let source = Source::Known(index.rules(k), k.slot);
             let (id, value) = (k.id, k.value);
             self.sample(
                 &target_name,
@@ -211,14 +238,15 @@ impl Pipeline {
             );
             // Learnt once its rules are cached and, if any selects it, it is stored.
             if let Some(rules) = self.matches.get(&id) {
-                if rules.is_empty() || self.store.get(id).is_some() {
-                    learnt.push((new.text, id, sample.counter_like, rules.clone()));
+                let slot = self.store.slot(id);
+                if rules.is_empty() || slot.is_some() {
+                    learnt.push((new.text, id, slot, sample.counter_like, rules.clone()));
                 }
             }
             self.export_slice(&mut batch);
         }
-        for (text, id, counter_like, rules) in learnt {
-            index.learn(text, id, counter_like, rules);
+        for (text, id, slot, counter_like, rules) in learnt {
+            index.learn(text, id, slot, counter_like, rules);
         }
         drop(body);
         self.index[t] = index;
@@ -233,19 +261,25 @@ impl Pipeline {
                 index.retain(|id| matches.contains_key(&id));
             }
         }
-        let gone: Vec<SeriesId> = previous.difference(&self.seen[t]).copied().collect();
-        for id in gone {
-            self.end_series(id, now, &mut batch);
+        let scrape = self.scrapes;
+        let gone: Vec<(Slot, SeriesId)> = previous
+            .into_iter()
+            .filter(|&(slot, id)| !self.states.seen_in(slot, id, scrape))
+            .collect();
+        for (slot, id) in gone {
+            self.end_series(slot, id, now, &mut batch);
         }
         // Expire at most once a minute, but often enough that a short retention is honoured.
         let every = (self.settings.retention.as_millis() as i64 / 2).clamp(100, 60_000);
         if now - self.last_expiry_ms >= every {
             self.expire(now, &mut batch);
         }
-        for (ri, n) in batch.evaluations {
-            m.rule_evaluations_total
-                .with_label_values(&[&self.names[ri]])
-                .inc_by(n);
+        for (ri, &n) in batch.evaluations.iter().enumerate() {
+            if n > 0 {
+                m.rule_evaluations_total
+                    .with_label_values(&[&self.names[ri]])
+                    .inc_by(n);
+            }
         }
         if batch.dropped > 0 {
             m.dropped_series_total
@@ -307,13 +341,13 @@ impl Pipeline {
             return;
         }
         self.last_resend_ms = now;
-        for (ri, states) in self.states.iter().enumerate() {
-            let rule = &self.rules.rules[ri];
-            for (id, state) in states {
+        for series in self.states.iter() {
+            for (ri, state) in series.rules.iter() {
+                let rule = &self.rules.rules[ri];
                 let AlertState::Firing { since_ms } = state.alert else {
                     continue;
                 };
-                let Some(entry) = self.store.get(*id) else {
+                let Some(entry) = self.store.get(series.id) else {
                     continue;
                 };
                 // An alert restored after a restart has no firing verdict: send the last value.
@@ -363,68 +397,83 @@ impl Pipeline {
         value: f64,
         source: Source,
         now: i64,
-        current: &mut IdSet,
+        current: &mut Vec<(Slot, SeriesId)>,
         b: &mut Batch,
     ) {
-        let (rules, fresh) = match source {
-            Source::Known(rules) => (rules, None),
-            Source::Parsed(s) => (self.rules_for(id, target, s), Some(s)),
+        let parsed_rules;
+        let (rules, slot, fresh) = match source {
+            Source::Known(rules, slot) => (rules, slot, None),
+            Source::Parsed(s) => {
+                parsed_rules = self.rules_for(id, target, s);
+                (&*parsed_rules, None, Some(s))
+            }
         };
-        if rules.is_empty() || !current.insert(id) {
-            // Not selected by any rule, or a duplicate series in one scrape (first one wins).
+        if rules.is_empty() {
+            // Not selected by any rule.
             return;
         }
+        let slot = match (slot, fresh) {
+            (Some(slot), _) => slot,
+            // NaN and ±Inf carry no statistics: not a reason to store a new series.
+            (None, Some(_)) if !value.is_finite() => return,
+            (None, Some(s)) => {
+                let identity =
+                    || SeriesIdentity::new(target.clone(), &s.name, &s.labels, s.counter_like);
+                match self.store.admit(id, identity, self.settings.max_series) {
+                    Ok(slot) => slot,
+                    Err(_) => {
+                        b.dropped += 1;
+                        return;
+                    }
+                }
+            }
+            (None, None) => return,
+        };
+        let series = self.states.at(slot, id);
+        if series.seen_in == self.scrapes {
+            // A duplicate series in one scrape: the first one wins.
+            return;
+        }
+        series.seen_in = self.scrapes;
+        current.push((slot, id));
         if !value.is_finite() {
             // NaN and ±Inf carry no statistics; the series is still present.
-            self.store.touch(id, now);
+            self.store.touch(slot, now);
             return;
-        }
-        if let Some(s) = fresh {
-            let identity =
-                || SeriesIdentity::new(target.clone(), &s.name, &s.labels, s.counter_like);
-            if self
-                .store
-                .admit(id, identity, self.settings.max_series)
-                .is_err()
-            {
-                current.remove(&id);
-                b.dropped += 1;
-                return;
-            }
         }
         let capacity = rules
             .iter()
             .map(|&ri| self.rules.rules[ri].window + 1)
             .max()
             .unwrap_or(1);
-        let Some(appended) = self.store.append(id, now, value, capacity) else {
+        let Some(appended) = self.store.append_at(slot, now, value, capacity) else {
             return;
         };
         let (identity, ring) = (&appended.entry.identity, appended.entry.samples());
         for &ri in rules.iter() {
             let rule = &self.rules.rules[ri];
-            let state = match self.states[ri].entry(id) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
+            let state = match series.rules.get_mut(ri) {
+                Some(state) => state,
+                None => {
                     // Warm from the history before this sample (a restart, or a new rule).
                     let firing = appended.firing_since(&rule.state_key);
                     let before = ring.iter().take(ring.len().saturating_sub(1));
-                    e.insert(new_state(rule, identity, before, firing))
+                    let state = new_state(rule, identity, before, firing);
+                    series.rules.insert(ri, state)
                 }
             };
-            let key = (self.names[ri].clone(), id);
-            let labels = (self.heads[ri].clone(), identity.clone());
-            evaluate_rule(rule, ri, state, labels, key, ring, b);
+            let key = (self.ids[ri], id);
+            evaluate_rule(rule, ri, state, &self.heads[ri], key, appended.entry, b);
         }
     }
 
     /// A series left its target: its alerts resolve and its gauges go.
-    fn end_series(&mut self, id: SeriesId, now: i64, b: &mut Batch) {
-        for (ri, states) in self.states.iter_mut().enumerate() {
-            let Some(state) = states.get_mut(&id) else {
-                continue;
-            };
-            let rule = self.rules.rules[ri].clone();
+    fn end_series(&mut self, slot: Slot, id: SeriesId, now: i64, b: &mut Batch) {
+        let Some(series) = self.states.get_mut(slot, id) else {
+            return;
+        };
+        for (ri, state) in series.rules.iter_mut() {
+            let rule = &self.rules.rules[ri];
             let since = firing_since(state.alert, now);
             let tr = state.alert.end();
             if let Some(tr) = tr {
@@ -441,10 +490,11 @@ impl Pipeline {
                     let value = entry.samples().back().map_or(f64::NAN, |s| s.1);
                     let verdict = Verdict::default();
                     b.events
-                        .push(event(&rule, &identity, false, now, since, value, verdict));
+                        .push(event(rule, &identity, false, now, since, value, verdict));
                 }
             }
-            b.export.removals.push((rule.name.as_str().into(), id));
+            b.export.removals.push((self.ids[ri], id));
+            state.exported = false;
         }
     }
 
@@ -456,14 +506,12 @@ impl Pipeline {
             .set(self.store.size_on_disk() as i64);
         let cutoff = now - self.settings.retention.as_millis() as i64;
         let gone = self.store.expire(cutoff);
-        for &id in &gone {
-            self.end_series(id, now, b);
-            for states in &mut self.states {
-                states.remove(&id);
-            }
+        for &(id, slot) in &gone {
+            self.end_series(slot, id, now, b);
+            self.states.clear(slot);
             self.matches.remove(&id);
         }
-        let gone: IdSet = gone.into_iter().collect();
+        let gone: crate::store::IdSet = gone.into_iter().map(|(id, _)| id).collect();
         for index in &mut self.index {
             index.forget(&gone);
         }
@@ -481,8 +529,8 @@ impl Pipeline {
 
 /// Where a sample's series was resolved.
 enum Source<'s> {
-    /// From its text by the index, with its rules.
-    Known(Arc<[usize]>),
+    /// From its text by the index, with its rules and its store slot.
+    Known(&'s [usize], Option<Slot>),
     /// Its line was parsed: rules and identity come from the labels.
     Parsed(&'s Sample),
 }
@@ -493,25 +541,24 @@ fn evaluate_rule(
     rule: &Rule,
     ri: usize,
     state: &mut RuleSeries,
-    labels: (Arc<str>, Arc<SeriesIdentity>),
-    key: (Arc<str>, SeriesId),
-    ring: &SampleRing,
+    head: &Arc<str>,
+    key: RowKey,
+    series: &SeriesEntry,
     b: &mut Batch,
 ) {
-    let series = labels.1.clone();
-    let identity: &SeriesIdentity = &series;
+    let (identity, ring) = (&series.identity, series.samples());
     let Some((now, value)) = ring.back() else {
         return;
     };
     let prev = ring.len().checked_sub(2).and_then(|i| ring.get(i));
-    let Some(x) = transform(rule.transform, identity.counter_like, prev, (now, value)) else {
+    let Some(x) = transform(rule.transform, series.counter_like, prev, (now, value)) else {
         return;
     };
     let Some(verdict) = detect::evaluate(&rule.method, &state.window, x, rule.min_samples) else {
         return;
     };
     push_to_window(&mut state.window, x, ring);
-    *b.evaluations.entry(ri).or_default() += 1;
+    b.evaluations[ri] += 1;
     let id = key.1;
     let before = state.alert;
     let transition = state
@@ -528,16 +575,23 @@ fn evaluate_rule(
                 active_at_ms: at,
                 event: event(rule, identity, true, now, since, x, verdict.clone()),
             };
-            b.export.alerts.push((key.clone(), view));
+            b.export.alerts.push((key, view));
         }
-        AlertState::Inactive if before != AlertState::Inactive => {
-            b.export.alerts_over.push(key.clone())
-        }
+        AlertState::Inactive if before != AlertState::Inactive => b.export.alerts_over.push(key),
         AlertState::Inactive => {}
     }
     let flags = (state.alert.is_firing(), state.alert.is_pending());
-    let row = AnomalyRow::new(labels, flags, x, &verdict);
-    b.export.upserts.push((key, row));
+    let values = RowValues::new(flags, x, &verdict);
+    // The row's labels go to the exporter once; later updates carry the values alone (a
+    // reference count taken and dropped on every series' identity per scrape was a cache
+    // miss each).
+    let update = if state.exported {
+        RowUpdate::Values(values)
+    } else {
+        state.exported = true;
+        RowUpdate::New(AnomalyRow::new((head.clone(), identity.clone()), values))
+    };
+    b.export.upserts.push((key, update));
     if let Some(tr) = transition {
         b.transitions.push((rule.name.clone(), tr));
         match tr {
@@ -593,6 +647,6 @@ struct Batch {
     /// Alerts that started or stopped firing, for the store.
     firing: Vec<(SeriesId, String, Option<i64>)>,
     /// Evaluations per rule index.
-    evaluations: HashMap<usize, u64>,
+    evaluations: Vec<u64>,
     dropped: u64,
 }

@@ -16,6 +16,8 @@ pub(super) struct RuleSeries {
     /// Value and verdict that fired the alert, for re-sending it while it fires
     /// (boxed: few series fire, every series has the field).
     pub(super) fired: Option<Box<(f64, Verdict)>>,
+    /// Whether the exporter holds this (rule, series)'s row with its labels.
+    pub(super) exported: bool,
 }
 
 /// Builds a rule's window from stored raw samples (so a restart or a new rule starts warm).
@@ -45,6 +47,7 @@ pub(super) fn new_state(
             since_ms,
         }),
         fired: None,
+        exported: false,
     }
 }
 

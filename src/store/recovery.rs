@@ -34,7 +34,7 @@ impl Store {
                 let (identity, capacity, samples) = decode_entry(&entry)
                     .ok_or_else(|| StoreError::Corrupt(format!("window of series {id:016x}")))?;
                 self.define(id, identity, &mut targets);
-                if let Some(e) = self.series.get_mut(&id) {
+                if let Some(e) = self.get_mut(id) {
                     e.capacity = capacity;
                     e.samples = SampleRing::from_samples(capacity.max(samples.len()), samples);
                 }
@@ -58,7 +58,7 @@ impl Store {
         if let Some(t) = through {
             self.next_seq = self.next_seq.max(t + 1);
         }
-        for e in self.series.values_mut() {
+        for e in self.entries.iter_mut().flatten() {
             e.last_seen_ms = e.samples.back().map_or(0, |s| s.0);
         }
         Ok(())
@@ -68,12 +68,12 @@ impl Store {
         match change {
             Change::Series(id, identity) => self.define(id, identity, targets),
             Change::Capacity(id, capacity) => {
-                if let Some(e) = self.series.get_mut(&id) {
+                if let Some(e) = self.get_mut(id) {
                     e.capacity = capacity;
                 }
             }
             Change::Sample(id, ts, v) => {
-                if let Some(e) = self.series.get_mut(&id) {
+                if let Some(e) = self.get_mut(id) {
                     // Capacity is journalled before a series' first sample; without it, grow.
                     let capacity = if e.capacity > 0 {
                         e.capacity
@@ -84,7 +84,7 @@ impl Store {
                 }
             }
             Change::Removed(id) => {
-                if let Some(e) = self.series.remove(&id) {
+                if let Some(e) = self.take(id) {
                     if let Some(c) = self.per_target.get_mut(&e.identity.target) {
                         *c = c.saturating_sub(1);
                     }
@@ -100,7 +100,7 @@ impl Store {
         mut identity: SeriesIdentity,
         targets: &mut HashMap<String, Arc<str>>,
     ) {
-        if self.series.contains_key(&id) {
+        if self.slots.contains_key(&id) {
             return;
         }
         identity.target = targets
@@ -108,7 +108,7 @@ impl Store {
             .or_insert_with(|| identity.target.clone())
             .clone();
         *self.per_target.entry(identity.target.clone()).or_default() += 1;
-        self.series.insert(id, SeriesEntry::new(identity));
+        self.insert(SeriesEntry::new(id, identity));
     }
 
     /// After the database was reopened (blocking): writes every window and identity in a

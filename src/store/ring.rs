@@ -9,8 +9,9 @@ const SPAN: i64 = (u32::MAX / 2) as i64;
 #[derive(Debug, Default)]
 pub struct SampleRing {
     base_ms: i64,
-    values: Box<[f64]>,
-    offsets: Box<[u32]>,
+    /// Each sample as the value's bits (low word, high word) and the offset, side by side: a
+    /// scrape's write and the reads around it touch one cache line of the ring, not two.
+    samples: Box<[[u32; 3]]>,
     /// Slot of the oldest sample.
     head: usize,
     len: usize,
@@ -35,8 +36,16 @@ impl SampleRing {
     }
 
     fn at(&self, i: usize) -> (i64, f64) {
-        let s = (self.head + i) % self.values.len();
-        (self.base_ms + i64::from(self.offsets[s]), self.values[s])
+        // head < capacity and i < len <= capacity: one subtraction instead of a division
+        // (a compaction walks every sample of every window).
+        let [lo, hi, offset] = self.samples[wrap(self.head + i, self.samples.len())];
+        let value = f64::from_bits(u64::from(lo) | u64::from(hi) << 32);
+        (self.base_ms + i64::from(offset), value)
+    }
+
+    fn put(&mut self, s: usize, value: f64, offset: u32) {
+        let bits = value.to_bits();
+        self.samples[s] = [bits as u32, (bits >> 32) as u32, offset];
     }
 
     /// The `i`th sample, oldest first.
@@ -56,10 +65,24 @@ impl SampleRing {
         (0..self.len).map(|i| self.at(i))
     }
 
+    /// Starts fetching the cache line the next `push` writes (and reads the previous sample
+    /// from, most of the time).
+    pub fn prefetch_next(&self) {
+        if self.samples.is_empty() {
+            return;
+        }
+        let next = if self.len == self.samples.len() {
+            self.head
+        } else {
+            wrap(self.head + self.len, self.samples.len())
+        };
+        prefetch(&self.samples[next]);
+    }
+
     /// Appends a sample, keeping at most `capacity` (the oldest go first).
     pub fn push(&mut self, capacity: usize, ts_ms: i64, value: f64) {
         let capacity = capacity.max(1);
-        if capacity != self.values.len() {
+        if capacity != self.samples.len() {
             self.rebuild(capacity, ts_ms);
         }
         if self.len == 0 {
@@ -76,12 +99,11 @@ impl SampleRing {
             }
         };
         if self.len == capacity {
-            self.head = (self.head + 1) % capacity;
+            self.head = wrap(self.head + 1, capacity);
             self.len -= 1;
         }
-        let s = (self.head + self.len) % capacity;
-        self.values[s] = value;
-        self.offsets[s] = offset;
+        let s = wrap(self.head + self.len, capacity);
+        self.put(s, value, offset);
         self.len += 1;
     }
 
@@ -100,14 +122,33 @@ impl SampleRing {
             .chain([next_ts])
             .min()
             .unwrap_or(next_ts);
-        self.values = vec![0.0; capacity].into_boxed_slice();
-        self.offsets = vec![0; capacity].into_boxed_slice();
+        self.samples = vec![[0; 3]; capacity].into_boxed_slice();
         self.head = 0;
         self.len = keep.len();
         for (i, (t, v)) in keep.iter().enumerate() {
-            self.values[i] = *v;
-            self.offsets[i] = u32::try_from(t - self.base_ms).unwrap_or(0);
+            self.put(i, *v, u32::try_from(t - self.base_ms).unwrap_or(0));
         }
+    }
+}
+
+/// Hints the CPU to fetch the cache line of `at`.
+#[cfg(target_arch = "x86_64")]
+fn prefetch<T>(at: &T) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    // SAFETY: a prefetch is only a hint; it never faults and changes no memory, and the
+    // pointer comes from a live reference anyway. `sse` is part of the x86_64 baseline.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>((at as *const T).cast()) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch<T>(_: &T) {}
+
+/// `i % capacity` for `i < 2 * capacity`: a subtraction instead of a division.
+fn wrap(i: usize, capacity: usize) -> usize {
+    if i >= capacity {
+        i - capacity
+    } else {
+        i
     }
 }
 
@@ -157,7 +198,7 @@ mod tests {
     fn exact_capacity() {
         let r = SampleRing::from_samples(61, (0..100).map(|i| (i * 1000, i as f64)));
         assert_eq!(r.len(), 61);
-        assert_eq!(r.values.len(), 61);
+        assert_eq!(r.samples.len(), 61);
         assert_eq!(r.iter().next(), Some((39_000, 39.0)));
     }
 }
