@@ -62,6 +62,8 @@ pub struct Pipeline {
     store: Store,
     /// Per target: series present in its last successful scrape, in its order.
     seen: Vec<Vec<(Slot, SeriesId)>>,
+    /// Per target: the number of its last successful scrape.
+    last_scrape: Vec<u64>,
     /// Per target: series text as the target writes it → series id.
     index: Vec<SeriesIndex>,
     /// Per target: last scrape outcome, so up/down is logged once per change.
@@ -113,6 +115,7 @@ impl Pipeline {
             match_lists: HashMap::new(),
             store,
             seen: vec![Vec::new(); n],
+            last_scrape: vec![0; n],
             index: (0..n).map(|_| SeriesIndex::default()).collect(),
             up: vec![None; n],
             exporter,
@@ -197,11 +200,12 @@ impl Pipeline {
             .set(scanned.len() as i64);
         let now = result.at_ms;
         let target_name: Arc<str> = target.name.as_str().into();
+        self.scrapes += 1;
         let mut batch = Batch {
             evaluations: vec![0; self.rules.rules.len()],
+            previous_scrape: std::mem::replace(&mut self.last_scrape[t], self.scrapes),
             ..Batch::default()
         };
-        self.scrapes += 1;
         let mut current = Vec::with_capacity(self.seen[t].len());
         let known = std::mem::take(&mut scanned.known);
         for (i, k) in known.iter().enumerate() {
@@ -262,10 +266,15 @@ impl Pipeline {
             }
         }
         let scrape = self.scrapes;
-        let gone: Vec<(Slot, SeriesId)> = previous
-            .into_iter()
-            .filter(|&(slot, id)| !self.states.seen_in(slot, id, scrape))
-            .collect();
+        // Usually every series of the last scrape is back: then none is gone.
+        let gone: Vec<(Slot, SeriesId)> = if batch.reseen == previous.len() {
+            Vec::new()
+        } else {
+            previous
+                .into_iter()
+                .filter(|&(slot, id)| !self.states.seen_in(slot, id, scrape))
+                .collect()
+        };
         for (slot, id) in gone {
             self.end_series(slot, id, now, &mut batch);
         }
@@ -433,6 +442,10 @@ impl Pipeline {
         if series.seen_in == self.scrapes {
             // A duplicate series in one scrape: the first one wins.
             return;
+        }
+        // (0: the target's first scrape, whose `previous` are restored alerts' series.)
+        if b.previous_scrape != 0 && series.seen_in == b.previous_scrape {
+            b.reseen += 1;
         }
         series.seen_in = self.scrapes;
         current.push((slot, id));
@@ -648,5 +661,8 @@ struct Batch {
     firing: Vec<(SeriesId, String, Option<i64>)>,
     /// Evaluations per rule index.
     evaluations: Vec<u64>,
+    /// The number of the target's previous scrape, and how many of its series came back.
+    previous_scrape: u64,
+    reseen: usize,
     dropped: u64,
 }

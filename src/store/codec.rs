@@ -160,7 +160,8 @@ mod tests {
         #[test]
         fn garbage_never_panics(b in prop::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_window(&b);
-            let _ = super::super::journal::decode(&b, &mut Vec::new());
+            let ordinals = &mut super::super::journal::Ordinals::default();
+            let _ = super::super::journal::decode(&b, ordinals, &mut Vec::new());
         }
     }
 

@@ -3,8 +3,8 @@
 //!
 //! Layout, so a scrape costs one append rather than a write per sample:
 //! - `history/journal.log` (ours, `files.rs`): the changes since the last compaction as
-//!   records (`journal.rs`): series defined, window capacities, a scrape's values (16 bytes
-//!   a sample), series removed; appended and synced per scrape;
+//!   records (`journal.rs`): series defined, window capacities, a scrape's values (8 bytes
+//!   a sample in the usual order), series removed; appended and synced per scrape;
 //! - `history/windows.snap` (ours): every series' identity and window (capacity, values,
 //!   compact timestamps) and the last journal seq included, replaced atomically by a
 //!   compaction once the journal reaches half the windows' raw size (8 bytes a value), which
@@ -124,6 +124,8 @@ pub struct SeriesEntry {
     /// Most samples kept (the longest window of its rules); 0 until the first append.
     capacity: usize,
     last_seen_ms: i64,
+    /// Its number in the journal since the last compaction (`journal::NO_ORDINAL`: none yet).
+    ordinal: u32,
 }
 
 impl SeriesEntry {
@@ -135,6 +137,7 @@ impl SeriesEntry {
             samples: SampleRing::default(),
             capacity: 0,
             last_seen_ms: 0,
+            ordinal: journal::NO_ORDINAL,
         }
     }
 
@@ -217,6 +220,8 @@ pub struct Store {
     next_seq: u64,
     /// Journal bytes since the last compaction.
     journal_bytes: u64,
+    /// Samples in every window together (so the compaction check does not walk them all).
+    held_samples: u64,
 }
 
 /// Why a new series was not admitted.
@@ -252,6 +257,7 @@ impl Store {
             journal: journal::Builder::default(),
             next_seq: 0,
             journal_bytes: 0,
+            held_samples: 0,
         };
         store.load(loaded)?;
         Ok(store)
@@ -297,11 +303,6 @@ impl Store {
     fn get_mut(&mut self, id: SeriesId) -> Option<&mut SeriesEntry> {
         let slot = *self.slots.get(&id)?;
         self.entries.get_mut(slot.index())?.as_mut()
-    }
-
-    /// Every series held, by slot.
-    fn series(&self) -> impl Iterator<Item = &SeriesEntry> + '_ {
-        self.entries.iter().flatten()
     }
 
     /// Puts a new series in a free slot (the most recently freed: its neighbours are likely
@@ -377,6 +378,7 @@ impl Store {
             firing,
             journal,
             pending,
+            held_samples,
             ..
         } = self;
         let entry = entries.get_mut(slot.index())?.as_mut()?;
@@ -386,8 +388,13 @@ impl Store {
             entry.capacity = capacity.max(1);
             journal.capacity(id, entry.capacity);
         }
+        let before = entry.samples.len() as u64;
         entry.samples.push(entry.capacity, ts_ms, value);
-        journal.sample(id, ts_ms, value);
+        *held_samples = (*held_samples + entry.samples.len() as u64).saturating_sub(before);
+        if entry.ordinal == journal::NO_ORDINAL {
+            entry.ordinal = journal.ordinal(id);
+        }
+        journal.sample(entry.ordinal, ts_ms, value);
         pending.empty = false;
         Some(Appended { entry, firing })
     }
@@ -457,6 +464,7 @@ impl Store {
         let Some(entry) = self.take(id) else {
             return;
         };
+        self.held_samples = self.held_samples.saturating_sub(entry.samples.len() as u64);
         if let Some(c) = self.per_target.get_mut(&entry.identity.target) {
             *c = c.saturating_sub(1);
         }
@@ -488,7 +496,7 @@ impl Store {
 
     /// Whether the journal has grown to half the windows' raw size (after a batch is written).
     pub fn compaction_due(&self) -> bool {
-        let raw: u64 = self.series().map(|e| e.samples.len() as u64 * 8).sum();
+        let raw = self.held_samples * 8;
         self.journal_bytes >= (raw / 2).max(MIN_COMPACTION_BYTES)
     }
 
@@ -517,6 +525,11 @@ impl Store {
             Ok(())
         })?;
         self.journal_bytes = 0;
+        // A new journal: series get new ordinals as they sample.
+        self.journal.clear();
+        for e in self.entries.iter_mut().flatten() {
+            e.ordinal = journal::NO_ORDINAL;
+        }
         Ok(())
     }
 

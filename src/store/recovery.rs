@@ -42,13 +42,14 @@ impl Store {
         }
         // The journal after the snapshot: what it misses, in order.
         let mut changes = Vec::new();
+        let mut ordinals = journal::Ordinals::default();
         for (seq, record) in history.journal {
             self.next_seq = seq + 1;
             if through.is_some_and(|t| seq <= t) {
                 continue;
             }
             changes.clear();
-            journal::decode(&record, &mut changes)
+            journal::decode(&record, &mut ordinals, &mut changes)
                 .ok_or_else(|| StoreError::Corrupt(format!("journal record {seq}")))?;
             for change in changes.drain(..) {
                 self.replay(change, &mut targets);
@@ -58,8 +59,17 @@ impl Store {
         if let Some(t) = through {
             self.next_seq = self.next_seq.max(t + 1);
         }
+        // The journal goes on: its series keep their ordinals.
+        for (ordinal, id) in ordinals.iter() {
+            if let Some(e) = self.get_mut(id) {
+                e.ordinal = ordinal;
+            }
+        }
+        self.journal.resume(&ordinals);
+        self.held_samples = 0;
         for e in self.entries.iter_mut().flatten() {
             e.last_seen_ms = e.samples.back().map_or(0, |s| s.0);
+            self.held_samples += e.samples.len() as u64;
         }
         Ok(())
     }

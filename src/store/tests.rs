@@ -162,3 +162,49 @@ fn a_data_dir_of_the_per_sample_layout_opens_and_its_old_trees_go() {
         assert!(s.writer.db.tree(old).unwrap().is_empty(), "{old} dropped");
     }
 }
+
+/// The journal's ordinals carry across opens: a restart continues the journal it replayed
+/// (its series keep their numbers, new ones get the next), and a compaction starts over.
+#[test]
+fn journal_ordinals_survive_reopens_and_restart_at_compaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let values = |s: &Store, id: SeriesId| -> Vec<f64> {
+        s.get(id).unwrap().samples().iter().map(|x| x.1).collect()
+    };
+    {
+        let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+        for id in 1..=3 {
+            s.admit(id, || ident("t", &format!("m{id}")), 10).unwrap();
+        }
+        // Out of order on the second scrape: runs of their own.
+        for (ts, order) in [(1_000, [1, 2, 3]), (2_000, [3, 1, 2])] {
+            for id in order {
+                s.append(id, ts, (ts / 1000 * 10 + id as i64) as f64, 8);
+            }
+            write(&mut s);
+        }
+    }
+    {
+        let mut s = reopen(dir.path());
+        assert_eq!(values(&s, 3), vec![13.0, 23.0]);
+        s.admit(4, || ident("t", "m4"), 10).unwrap();
+        for id in 1..=4 {
+            s.append(id, 3_000, 30.0 + id as f64, 8);
+        }
+        write(&mut s);
+    }
+    {
+        let mut s = reopen(dir.path());
+        assert_eq!(values(&s, 1), vec![11.0, 21.0, 31.0]);
+        assert_eq!(values(&s, 4), vec![34.0]);
+        s.compact().unwrap();
+        for id in [4, 2] {
+            s.append(id, 4_000, 40.0 + id as f64, 8);
+        }
+        write(&mut s);
+    }
+    let s = reopen(dir.path());
+    assert_eq!(values(&s, 2), vec![12.0, 22.0, 32.0, 42.0]);
+    assert_eq!(values(&s, 4), vec![34.0, 44.0]);
+    assert_eq!(values(&s, 3), vec![13.0, 23.0, 33.0]);
+}

@@ -173,5 +173,47 @@ mod properties {
             prop_assert_eq!(&parsed[0].labels, &want);
             prop_assert_eq!(parsed[0].value, value);
         }
+
+        /// The plain-decimal fast path gives exactly the bits `str::parse` gives, and takes
+        /// only what it can get exactly right.
+        #[test]
+        fn simple_decimals_match_str_parse(text in "[-+]?[0-9]{0,17}(\\.[0-9]{0,17})?") {
+            let want = text.parse::<f64>().ok();
+            if let Some(v) = simple_decimal(&text) {
+                prop_assert_eq!(Some(v.to_bits()), want.map(f64::to_bits), "{}", text);
+            }
+            prop_assert_eq!(parse_value(&text).map(f64::to_bits), want.map(f64::to_bits));
+        }
+    }
+
+    #[test]
+    fn simple_decimal_cases() {
+        for text in [
+            "0",
+            "-0",
+            "7",
+            "55.1234",
+            "-12.5",
+            ".5",
+            "5.",
+            "+3.25",
+            "999999999999999",
+        ] {
+            let got = simple_decimal(text).map(f64::to_bits);
+            assert_eq!(got, text.parse::<f64>().ok().map(f64::to_bits), "{text}");
+            assert!(got.is_some(), "{text} takes the fast path");
+        }
+        for text in [
+            "",
+            "-",
+            ".",
+            "1e5",
+            "1.2.3",
+            "1234567890123456",
+            "0x10",
+            "NaN",
+        ] {
+            assert_eq!(simple_decimal(text), None, "{text}");
+        }
     }
 }
