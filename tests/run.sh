@@ -44,6 +44,9 @@ cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 # Licenses, banned crates and sources (deny.toml). Advisories need the RustSec database from
 # GitHub, which this network does not reach: `cargo deny check advisories` where it does.
+# cargo metadata (which cargo deny reads) needs every locked crate, other platforms' too; the
+# builds above fetched only this platform's.
+cargo fetch --locked --quiet
 cargo deny --offline --log-level error check licenses bans sources
 # CI=true makes integration tests fail, not skip, when a tool is missing.
 CI="${CI:-true}" cargo test --locked
