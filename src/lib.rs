@@ -11,6 +11,7 @@ pub mod export;
 pub mod fuzzing;
 pub mod notify;
 pub mod pipeline;
+pub mod prefetch;
 pub mod scrape;
 pub mod server;
 pub mod store;

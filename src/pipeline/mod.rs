@@ -212,6 +212,7 @@ impl Pipeline {
             // The ring each sample writes is a cache miss: ask for it a few samples ahead.
             if let Some(slot) = known.get(i + PREFETCH_AHEAD).and_then(|k| k.slot) {
                 self.store.prefetch(slot);
+                self.states.prefetch(slot);
             }
             let source = Source::Known(index.rules(k), k.slot);
             let (id, value) = (k.id, k.value);

@@ -92,6 +92,13 @@ impl SlotStates {
         self.list.get_mut(slot.index()).filter(|s| s.id == id)
     }
 
+    /// Starts fetching the state in `slot` (a hint).
+    pub(super) fn prefetch(&self, slot: Slot) {
+        if let Some(s) = self.list.get(slot.index()) {
+            crate::prefetch::prefetch(s);
+        }
+    }
+
     /// Whether series `id` in `slot` was in scrape number `scrape`.
     pub(super) fn seen_in(&self, slot: Slot, id: SeriesId, scrape: u64) -> bool {
         self.list

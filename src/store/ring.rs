@@ -76,7 +76,7 @@ impl SampleRing {
         } else {
             wrap(self.head + self.len, self.samples.len())
         };
-        prefetch(&self.samples[next]);
+        crate::prefetch::prefetch(&self.samples[next]);
     }
 
     /// Appends a sample, keeping at most `capacity` (the oldest go first).
@@ -130,18 +130,6 @@ impl SampleRing {
         }
     }
 }
-
-/// Hints the CPU to fetch the cache line of `at`.
-#[cfg(target_arch = "x86_64")]
-fn prefetch<T>(at: &T) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-    // SAFETY: a prefetch is only a hint; it never faults and changes no memory, and the
-    // pointer comes from a live reference anyway. `sse` is part of the x86_64 baseline.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>((at as *const T).cast()) }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn prefetch<T>(_: &T) {}
 
 /// `i % capacity` for `i < 2 * capacity`: a subtraction instead of a division.
 fn wrap(i: usize, capacity: usize) -> usize {

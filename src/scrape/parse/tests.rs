@@ -150,6 +150,14 @@ mod properties {
     }
 
     proptest! {
+        /// Lines split exactly as `str::lines` splits them, numbered alike.
+        #[test]
+        fn lines_match_str_lines(body in "[a\\r\\n ]{0,40}") {
+            let ours: Vec<(usize, &str)> = Lines { body: &body, at: 0, number: 0 }.collect();
+            let std: Vec<(usize, &str)> = body.lines().enumerate().collect();
+            prop_assert_eq!(ours, std);
+        }
+
         /// No input makes the parser panic; it either parses or names a line.
         #[test]
         fn never_panics(body in "\\PC{0,200}") {
