@@ -105,12 +105,12 @@ fn parse(c: &mut Criterion) {
         // Every later scrape: series resolved from their text, values parsed.
         let mut warm = SeriesIndex::default();
         let scan = SeriesIndex::default().scan(&text).unwrap();
-        let learnt: Vec<(String, bool)> = scan
+        let learnt: Vec<String> = scan
             .new_samples(&SeriesIndex::default())
-            .map(|n| (n.text.to_string(), n.sample.counter_like))
+            .map(|n| n.text.to_string())
             .collect();
-        for (i, (series, counter_like)) in learnt.iter().enumerate() {
-            warm.learn(series, i as u64, None, *counter_like, Arc::from([0usize]));
+        for (i, series) in learnt.iter().enumerate() {
+            warm.learn(series, i as u64, None, Arc::from([0usize]));
         }
         g.bench_function(BenchmarkId::new("ours_steady", name), |b| {
             b.iter(|| {

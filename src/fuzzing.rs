@@ -68,7 +68,7 @@ pub fn exposition(data: &[u8]) {
     let mut texts = Vec::new();
     for (i, n) in new.iter().enumerate() {
         assert!(!n.sample.name.is_empty(), "a sample has a name");
-        index.learn(n.text, i as u64, None, n.sample.counter_like, Arc::from([]));
+        index.learn(n.text, i as u64, None, Arc::from([]));
         texts.push(n.text);
     }
     let Ok(warm) = index.scan(&body.text) else {

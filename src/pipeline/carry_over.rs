@@ -20,7 +20,11 @@ impl Pipeline {
                 self.store.set_firing(id, &key, None);
                 continue;
             };
-            let (Some(slot), Some(entry)) = (self.store.slot(id), self.store.get(id)) else {
+            let Some((slot, entry)) = self
+                .store
+                .slot(id)
+                .and_then(|s| Some((s, self.store.at(s)?)))
+            else {
                 self.store.set_firing(id, &key, None);
                 continue;
             };
@@ -115,12 +119,7 @@ impl Pipeline {
                 }
             }
         }
-        (self.names, self.heads) = super::rule_series::rule_names(&new);
-        self.ids = new
-            .rules
-            .iter()
-            .map(|r| self.exporter.rule_id(&r.name))
-            .collect();
+        (self.names, self.heads, self.ids) = super::rule_series::rule_names(&new, &self.exporter);
         self.matches.clear();
         self.match_lists.clear();
         // Index entries carry rule indices of the old set.

@@ -89,12 +89,7 @@ impl Pipeline {
         notifier: Option<Arc<Notifier>>,
     ) -> Self {
         let n = targets.len();
-        let (names, heads) = rule_names(&rules);
-        let ids = rules
-            .rules
-            .iter()
-            .map(|r| exporter.rule_id(&r.name))
-            .collect();
+        let (names, heads, ids) = rule_names(&rules, &exporter);
         for t in &targets {
             exporter
                 .metrics
@@ -245,13 +240,13 @@ impl Pipeline {
             if let Some(rules) = self.matches.get(&id) {
                 let slot = self.store.slot(id);
                 if rules.is_empty() || slot.is_some() {
-                    learnt.push((new.text, id, slot, sample.counter_like, rules.clone()));
+                    learnt.push((new.text, id, slot, rules.clone()));
                 }
             }
             self.export_slice(&mut batch);
         }
-        for (text, id, slot, counter_like, rules) in learnt {
-            index.learn(text, id, slot, counter_like, rules);
+        for (text, id, slot, rules) in learnt {
+            index.learn(text, id, slot, rules);
         }
         drop(body);
         self.index[t] = index;

@@ -113,13 +113,20 @@ fn label_pairs(rule: &Rule, identity: &SeriesIdentity) -> Vec<(String, String)> 
     pairs
 }
 
-/// Per rule of `set`: its name and its gauges' rendered head, shared by every row of the rule
-/// (no allocation per sample).
-pub(super) fn rule_names(set: &crate::config::RuleSet) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
-    set.rules
-        .iter()
-        .map(|r| (Arc::from(r.name.as_str()), export_head(r)))
-        .unzip()
+/// Per rule of `set`: its name, its gauges' rendered head (shared by every row of the rule, no
+/// allocation per sample) and its number in the exporter's row keys.
+#[allow(clippy::type_complexity)]
+pub(super) fn rule_names(
+    set: &crate::config::RuleSet,
+    exporter: &crate::export::Exporter,
+) -> (Vec<Arc<str>>, Vec<Arc<str>>, Vec<crate::export::RuleId>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new());
+    for r in &set.rules {
+        out.0.push(Arc::from(r.name.as_str()));
+        out.1.push(export_head(r));
+        out.2.push(exporter.rule_id(&r.name));
+    }
+    out
 }
 
 /// The labels every gauge of a rule starts with, rendered once per rule (the series' part is

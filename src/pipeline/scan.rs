@@ -14,7 +14,6 @@ pub struct KnownSample {
     pub id: SeriesId,
     /// The store's slot of the series, if it is stored.
     pub slot: Option<Slot>,
-    pub counter_like: bool,
     pub value: f64,
     /// The index entry: `SeriesIndex::rules` tells the rules that select the series (no
     /// reference counted per sample).
@@ -92,7 +91,6 @@ struct Known {
     len: u32,
     /// The store's slot of the series (None: no rule selects it, it is not stored).
     slot: Option<Slot>,
-    counter_like: bool,
     /// Where the series' line was in the last scrape that relaid the entries out.
     rank: u32,
     id: SeriesId,
@@ -155,14 +153,7 @@ impl<'i> Cursor<'i> {
 }
 
 impl SeriesIndex {
-    pub fn learn(
-        &mut self,
-        text: &str,
-        id: SeriesId,
-        slot: Option<Slot>,
-        counter_like: bool,
-        rules: Arc<[usize]>,
-    ) {
+    pub fn learn(&mut self, text: &str, id: SeriesId, slot: Option<Slot>, rules: Arc<[usize]>) {
         let (Ok(len), Ok(at)) = (u32::try_from(text.len()), u32::try_from(self.entries.len()))
         else {
             return;
@@ -172,7 +163,6 @@ impl SeriesIndex {
             hash,
             len,
             slot,
-            counter_like,
             rank: u32::MAX,
             id,
             rules,
@@ -285,7 +275,8 @@ impl SeriesIndex {
         };
         let mut labels: Vec<(&str, Cow<str>)> = Vec::new();
         let mut cursor = Cursor::new(self);
-        let mut order = Vec::new();
+        // Positions are kept only once the order has drifted (most scans never).
+        let mut order: Option<Vec<u32>> = None;
         while let Some(next) = walk.next_line() {
             let (i, line) = next?;
             if use_index {
@@ -293,16 +284,14 @@ impl SeriesIndex {
                     scan.known.push(KnownSample {
                         id: k.id,
                         slot: k.slot,
-                        counter_like: k.counter_like,
                         value,
                         entry: at as u32,
                     });
-                    // Positions are kept only once the order has drifted (most scans never).
-                    if cursor.misses > 0 && order.is_empty() {
-                        order.extend(scan.known.iter().enumerate().map(|(j, _)| j as u32));
-                        order.truncate(scan.known.len() - 1);
+                    if order.is_none() && cursor.misses > 0 {
+                        // Every hit before the first miss was predicted: entries 0, 1, 2, ...
+                        order = Some((0..scan.known.len() as u32 - 1).collect());
                     }
-                    if !order.is_empty() || cursor.misses > 0 {
+                    if let Some(order) = &mut order {
                         order.push(at as u32);
                     }
                     continue;
@@ -313,7 +302,7 @@ impl SeriesIndex {
             scan.new_lines += 1;
         }
         let drifted = cursor.misses > 16 + self.entries.len() / 32;
-        let order = drifted.then_some(order);
+        let order = order.filter(|_| drifted);
         Ok((scan, walk.types_fingerprint(), order))
     }
 }
