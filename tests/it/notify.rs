@@ -328,6 +328,12 @@ fn outbox_survives_kill_9() {
         "1",
         T,
     );
+    // The gauge counts the event when it is queued; the first delivery attempt comes only after
+    // the scrape's batch (outbox and firing alert) is on disk. A kill before that may lose the
+    // scrape whole, as a kill -9 is allowed to, and then nothing is left to deliver.
+    wait_for("a first delivery attempt", T, || {
+        (hook.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1).then_some(())
+    });
     s.child.kill().unwrap(); // SIGKILL
     s.child.wait().unwrap();
     drop(s);
