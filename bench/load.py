@@ -60,17 +60,21 @@ def render_bodies(n, variants=3, seed=7, churned=0, epoch=0):
             labels.append(f'code="{200 + i % 5}"')
         if i % 5 == 0:
             labels.append(f'path="/api/v1/items/{i % 1000}"')
-        lines.append((name, ",".join(labels), 50 + 10 * rng.random()))
+        base = 50 + 10 * rng.random()
+        # Drawn here, in series order, so a churn changes only the churned series' values
+        # (drawn after the sort by name, every value moved when a churned series changed name,
+        # and every series fired at once).
+        lines.append((name, ",".join(labels), [base + rng.gauss(0, 1) for _ in range(variants)]))
     lines.sort(key=lambda l: NAMES.index(l[0]))
     bodies = []
-    for _ in range(variants):
+    for v in range(variants):
         out = []
         last = None
-        for name, labels, base in lines:
+        for name, labels, values in lines:
             if name != last:
                 out.append(f"# TYPE {name} gauge\n")
                 last = name
-            out.append(f"{name}{{{labels}}} {base + rng.gauss(0, 1):.4f}\n")
+            out.append(f"{name}{{{labels}}} {values[v]:.4f}\n")
         bodies.append("".join(out).encode())
     return bodies
 

@@ -1,4 +1,5 @@
-//! Byte layouts of what the store writes: windows and series identities.
+//! Byte layouts the store shares between the journal and the snapshot: series identities,
+//! timestamps, varints; and format 1 windows.
 
 use super::SeriesIdentity;
 use std::collections::VecDeque;
@@ -15,10 +16,9 @@ pub(super) fn encode_window(
     out
 }
 
-/// A window: capacity, count, the values (8 bytes each), then the timestamps as the first
-/// one and zigzag varints of the change of interval (one byte a sample when regular), so a
-/// window costs little more than its raw values on disk.
-/// Appended to `out`: a compaction encodes every window into one reused buffer.
+/// A window (format 1 snapshots): capacity, count, the values (8 bytes each), then the
+/// timestamps (`encode_timestamps`). Appended to `out`.
+#[cfg(test)]
 pub(super) fn encode_window_into(
     out: &mut Vec<u8>,
     capacity: usize,
@@ -29,9 +29,32 @@ pub(super) fn encode_window_into(
     for (_, v) in samples.clone() {
         out.extend_from_slice(&v.to_bits().to_le_bytes());
     }
-    let mut prev_ts = 0i64;
-    let mut prev_delta = 0i64;
-    for (i, (ts, _)) in samples.enumerate() {
+    encode_timestamps(out, samples.map(|s| s.0));
+}
+
+/// Capacity and samples of an encoded window; None when it is malformed.
+pub(super) fn decode_window(b: &[u8]) -> Option<(usize, VecDeque<(i64, f64)>)> {
+    let capacity = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let n = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?) as usize;
+    let values = b.get(8..8usize.checked_add(n.checked_mul(8)?)?)?;
+    let mut rest = &b[8 + n * 8..];
+    let timestamps = match n {
+        0 => Vec::new(),
+        _ => decode_timestamps(&mut rest, n)?,
+    };
+    let samples = timestamps
+        .into_iter()
+        .zip(values.chunks_exact(8))
+        .map(|(ts, v)| Some((ts, f64::from_bits(u64::from_le_bytes(v.try_into().ok()?)))))
+        .collect::<Option<VecDeque<_>>>()?;
+    rest.is_empty().then_some((capacity, samples))
+}
+
+/// Timestamps as the first one and zigzag varints of the change of interval (one byte a
+/// sample when regular), so a window costs little more than its raw values on disk.
+pub(super) fn encode_timestamps(out: &mut Vec<u8>, timestamps: impl Iterator<Item = i64>) {
+    let (mut prev_ts, mut prev_delta) = (0i64, 0i64);
+    for (i, ts) in timestamps.enumerate() {
         if i == 0 {
             out.extend_from_slice(&ts.to_le_bytes());
         } else {
@@ -43,27 +66,22 @@ pub(super) fn encode_window_into(
     }
 }
 
-/// Capacity and samples of an encoded window; None when it is malformed.
-pub(super) fn decode_window(b: &[u8]) -> Option<(usize, VecDeque<(i64, f64)>)> {
-    let capacity = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
-    let n = u32::from_le_bytes(b.get(4..8)?.try_into().ok()?) as usize;
-    let values = b.get(8..8usize.checked_add(n.checked_mul(8)?)?)?;
-    let mut rest = &b[8 + n * 8..];
-    let mut samples = VecDeque::with_capacity(n);
-    let (mut ts, mut delta) = (0i64, 0i64);
-    for (i, v) in values.chunks_exact(8).enumerate() {
-        if i == 0 {
-            ts = i64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
-            rest = &rest[8..];
-        } else {
-            let (dod, used) = get_varint(rest)?;
-            rest = &rest[used..];
-            delta = delta.wrapping_add(unzigzag(dod));
-            ts = ts.wrapping_add(delta);
-        }
-        samples.push_back((ts, f64::from_bits(u64::from_le_bytes(v.try_into().ok()?))));
+/// `count` (> 0) timestamps taken from the front of `rest`.
+pub(super) fn decode_timestamps(rest: &mut &[u8], count: usize) -> Option<Vec<i64>> {
+    let mut ts = i64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+    *rest = &rest[8..];
+    // Bounded by the bytes left (one at least per timestamp), not by a count read from disk.
+    let mut out = Vec::with_capacity(count.min(rest.len() + 1));
+    out.push(ts);
+    let mut delta = 0i64;
+    for _ in 1..count {
+        let (dod, used) = get_varint(rest)?;
+        *rest = &rest[used..];
+        delta = delta.wrapping_add(unzigzag(dod));
+        ts = ts.wrapping_add(delta);
+        out.push(ts);
     }
-    rest.is_empty().then_some((capacity, samples))
+    Some(out)
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -74,7 +92,7 @@ fn unzigzag(v: u64) -> i64 {
     ((v >> 1) as i64) ^ -((v & 1) as i64)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(super) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
@@ -82,7 +100,7 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn get_varint(b: &[u8]) -> Option<(u64, usize)> {
+pub(super) fn get_varint(b: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;
     for (i, byte) in b.iter().enumerate().take(10) {
         v |= u64::from(byte & 0x7f) << (7 * i);
@@ -93,14 +111,10 @@ fn get_varint(b: &[u8]) -> Option<(u64, usize)> {
     None
 }
 
+/// An identity as the journal (and format 1 snapshots) hold it: counter-like, then target,
+/// name, label names and values, each with a 4-byte length.
 pub(super) fn encode_identity(s: &SeriesIdentity) -> Vec<u8> {
     let mut out = Vec::new();
-    encode_identity_into(&mut out, s);
-    out
-}
-
-/// `encode_identity`, appended to `out`.
-pub(super) fn encode_identity_into(out: &mut Vec<u8>, s: &SeriesIdentity) {
     out.push(u8::from(s.counter_like));
     let mut put = |t: &str| {
         out.extend_from_slice(&(t.len() as u32).to_be_bytes());
@@ -112,6 +126,7 @@ pub(super) fn encode_identity_into(out: &mut Vec<u8>, s: &SeriesIdentity) {
         put(k);
         put(v);
     }
+    out
 }
 
 pub(super) fn decode_identity(b: &[u8]) -> Option<SeriesIdentity> {

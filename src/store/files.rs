@@ -10,14 +10,22 @@ use std::path::{Path, PathBuf};
 
 const JOURNAL: &str = "journal.log";
 const SNAPSHOT: &str = "windows.snap";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"ASWIN\x00\x00\x01";
+/// The last byte is the entry format (`snapshot.rs`); format 1 files still load.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"ASWIN\x00\x00\x02";
+const SNAPSHOT_FORMATS: [u8; 2] = [1, 2];
 /// Journal frame: payload length, CRC-32 of seq and payload, seq.
 const FRAME: usize = 4 + 4 + 8;
 
 /// Journal records: (seq, payload).
 pub type Records = Vec<(u64, Vec<u8>)>;
-/// A snapshot: the last journal seq it includes, and its windows (series id, encoded).
-pub type Snapshot = (u64, Vec<(u64, Vec<u8>)>);
+/// A snapshot as read: the last journal seq it includes, its entries (series id, encoded)
+/// and their format.
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    pub through: u64,
+    pub format: u8,
+    pub entries: Vec<(u64, Vec<u8>)>,
+}
 
 /// What the files held at open.
 #[derive(Default)]
@@ -180,9 +188,13 @@ fn read_snapshot(path: &Path) -> io::Result<Option<Snapshot>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    if bytes.len() < 8 + 16 + 4 || &bytes[..8] != SNAPSHOT_MAGIC {
+    if bytes.len() < 8 + 16 + 4
+        || bytes[..7] != SNAPSHOT_MAGIC[..7]
+        || !SNAPSHOT_FORMATS.contains(&bytes[7])
+    {
         return Err(invalid("not a windows snapshot"));
     }
+    let format = bytes[7];
     let (body, crc) = bytes[8..].split_at(bytes.len() - 8 - 4);
     let crc = u32::from_le_bytes(crc.try_into().map_err(|_| invalid("checksum"))?);
     if crc32fast::hash(body) != crc {
@@ -214,7 +226,11 @@ fn read_snapshot(path: &Path) -> io::Result<Option<Snapshot>> {
     if windows.len() as u64 != count {
         return Err(invalid("entry count"));
     }
-    Ok(Some((through, windows)))
+    Ok(Some(Snapshot {
+        through,
+        format,
+        entries: windows,
+    }))
 }
 
 /// Every whole record, and the length up to the last one.
@@ -277,7 +293,9 @@ mod tests {
         f.append(&[(4, b"four".to_vec())]).unwrap();
         drop(f);
         let (_, loaded) = HistoryFiles::open(dir.path()).unwrap();
-        assert_eq!(loaded.snapshot, Some((3, vec![(7, b"window-7".to_vec())])));
+        let snapshot = loaded.snapshot.unwrap();
+        assert_eq!((snapshot.through, snapshot.format), (3, 2));
+        assert_eq!(snapshot.entries, vec![(7, b"window-7".to_vec())]);
         assert_eq!(loaded.journal, vec![(4, b"four".to_vec())]);
         assert!(loaded.repaired.is_empty());
     }
@@ -287,7 +305,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join(SNAPSHOT),
-            b"ASWIN\x00\x00\x01garbage-garbage-garbage",
+            b"ASWIN\x00\x00\x02garbage-garbage-garbage",
         )
         .unwrap();
         let (_, loaded) = HistoryFiles::open(dir.path()).unwrap();

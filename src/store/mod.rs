@@ -6,9 +6,9 @@
 //!   records (`journal.rs`): series defined, window capacities, a scrape's values (8 bytes
 //!   a sample in the usual order), series removed; appended and synced per scrape;
 //! - `history/windows.snap` (ours): every series' identity and window (capacity, values,
-//!   compact timestamps) and the last journal seq included, replaced atomically by a
-//!   compaction once the journal reaches half the windows' raw size (8 bytes a value), which
-//!   then empties the journal. Disk stays under ~1.6× the raw windows plus the identities;
+//!   timestamps shared by the series scraped together; `snapshot.rs`) and the last journal
+//!   seq included, replaced atomically by a compaction once the journal reaches half the
+//!   windows' raw size (8 bytes a value), which then empties the journal;
 //! - sled: firing alerts (tree `alerts`) and the receivers' outboxes. It held identities and
 //!   samples once; at 100k series its in-memory tree cost ~450 MB.
 //!
@@ -22,13 +22,13 @@ mod identity;
 mod journal;
 mod recovery;
 mod ring;
+mod snapshot;
 
 pub use identity::SeriesIdentity;
 pub use ring::SampleRing;
 
 pub use database::Database;
 
-use codec::{encode_identity_into, encode_window_into};
 use files::HistoryFiles;
 use std::collections::HashMap;
 use std::path::Path;
@@ -511,15 +511,10 @@ impl Store {
         let mut files = self.writer.files.lock().unwrap_or_else(|p| p.into_inner());
         let (count, entries) = (self.slots.len() as u64, &self.entries);
         files.write_snapshot(through, count, |out| {
-            let mut entry = Vec::new();
+            let (mut entry, mut writer) = (Vec::new(), snapshot::EntryWriter::default());
             for e in entries.iter().flatten() {
-                // Length-prefixed identity, then the window, into one reused buffer.
                 entry.clear();
-                entry.extend_from_slice(&[0; 4]);
-                encode_identity_into(&mut entry, &e.identity);
-                let len = (entry.len() - 4) as u32;
-                entry[..4].copy_from_slice(&len.to_le_bytes());
-                encode_window_into(&mut entry, e.capacity, e.samples.iter());
+                writer.encode(&mut entry, &e.identity, e.capacity, e.samples.iter());
                 files::entry(out, e.id, &entry)?;
             }
             Ok(())

@@ -1,13 +1,12 @@
 //! Getting the store back: loading the snapshot and replaying the journal at open, and
 //! writing memory back whole after the database was reopened (a full disk with space again).
 
-use super::codec::decode_identity;
-use super::codec::decode_window;
 use super::journal::{self, Change};
+use super::snapshot::EntryReader;
 use super::{
     alert_key, files, SampleRing, SeriesEntry, SeriesId, SeriesIdentity, Store, StoreError, ALERTS,
 };
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 impl Store {
@@ -28,10 +27,12 @@ impl Store {
         }
         let mut targets: HashMap<String, Arc<str>> = HashMap::new();
         let mut through = None;
-        if let Some((t, entries)) = history.snapshot {
-            through = Some(t);
-            for (id, entry) in entries {
-                let (identity, capacity, samples) = decode_entry(&entry)
+        if let Some(snapshot) = history.snapshot {
+            through = Some(snapshot.through);
+            let mut reader = EntryReader::new(snapshot.format);
+            for (id, entry) in snapshot.entries {
+                let (identity, capacity, samples) = reader
+                    .decode(&entry)
                     .ok_or_else(|| StoreError::Corrupt(format!("window of series {id:016x}")))?;
                 self.define(id, identity, &mut targets);
                 if let Some(e) = self.get_mut(id) {
@@ -152,15 +153,4 @@ impl Store {
         writer.write(batch)?;
         self.compact()
     }
-}
-
-/// A series as a snapshot holds it: identity, window capacity, samples.
-type Entry = (SeriesIdentity, usize, VecDeque<(i64, f64)>);
-
-/// A snapshot entry: identity length, identity, window.
-fn decode_entry(b: &[u8]) -> Option<Entry> {
-    let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
-    let identity = decode_identity(b.get(4..4 + len)?)?;
-    let (capacity, samples) = decode_window(b.get(4 + len..)?)?;
-    Some((identity, capacity, samples))
 }

@@ -208,3 +208,41 @@ fn journal_ordinals_survive_reopens_and_restart_at_compaction() {
     assert_eq!(values(&s, 4), vec![34.0, 44.0]);
     assert_eq!(values(&s, 3), vec![13.0, 23.0, 33.0]);
 }
+
+#[test]
+fn a_format_1_snapshot_written_by_an_older_version_loads_and_is_rewritten_as_format_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("history");
+    std::fs::create_dir_all(&history).unwrap();
+    let samples: Vec<(i64, f64)> = (0..5).map(|i| (1000 * i, i as f64)).collect();
+    let mut entry = Vec::new();
+    let identity = codec::encode_identity(&ident("t:1", "m"));
+    entry.extend_from_slice(&(identity.len() as u32).to_le_bytes());
+    entry.extend_from_slice(&identity);
+    codec::encode_window_into(&mut entry, 10, samples.iter().copied());
+    let mut body = Vec::new();
+    body.extend_from_slice(&0u64.to_le_bytes());
+    body.extend_from_slice(&1u64.to_le_bytes());
+    body.extend_from_slice(&7u64.to_le_bytes());
+    body.extend_from_slice(&(entry.len() as u32).to_le_bytes());
+    body.extend_from_slice(&entry);
+    let mut file = b"ASWIN\x00\x00\x01".to_vec();
+    file.extend_from_slice(&body);
+    file.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    std::fs::write(history.join("windows.snap"), file).unwrap();
+
+    let check = |s: &Store| {
+        let e = s.get(7).unwrap();
+        assert_eq!(*e.identity, ident("t:1", "m"));
+        assert_eq!(e.samples().iter().collect::<Vec<_>>(), samples);
+        assert_eq!(e.capacity, 10);
+    };
+    {
+        let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+        check(&s);
+        s.compact().unwrap();
+    }
+    let snap = std::fs::read(history.join("windows.snap")).unwrap();
+    assert_eq!(&snap[..8], b"ASWIN\x00\x00\x02");
+    check(&reopen(dir.path()));
+}
