@@ -4,6 +4,7 @@
 
 pub mod alert;
 pub mod app;
+pub mod backtest;
 pub mod config;
 pub mod demo;
 pub mod detect;

@@ -1,6 +1,6 @@
 //! anomaly-sidecar: parse flags, set up logging, dispatch, map errors to exit codes.
 
-use anomaly_sidecar::{app, config, demo, server};
+use anomaly_sidecar::{app, backtest, config, demo, server};
 use clap::Parser;
 use config::flags::{Cli, Command};
 use std::io::IsTerminal;
@@ -29,6 +29,46 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Demo(args) => runtime_then(|| demo::run(args)),
+        Command::Backtest(args) => backtest(&args),
+    }
+}
+
+/// `backtest`: rules errors as `check` prints them, then the summary; exits 1 on any error.
+fn backtest(args: &config::flags::BacktestArgs) -> ExitCode {
+    let rules = match config::rules::load_file(&args.rules) {
+        Ok(set) => set,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let run = || -> Result<String, backtest::BacktestError> {
+        let inputs = args
+            .csv
+            .iter()
+            .map(|p| backtest::input::read_csv(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        for s in inputs.iter().filter(|s| s.backwards.is_some()) {
+            let line = s.backwards.unwrap_or(0);
+            eprintln!(
+                "warning: {}:{line}: a timestamp before the previous row's; replayed in file order, as a clock that went back",
+                s.target
+            );
+        }
+        let summary = backtest::run(&rules, &inputs, &args.out)?;
+        Ok(backtest::render_summary(&summary))
+    };
+    match run() {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

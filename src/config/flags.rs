@@ -22,6 +22,24 @@ pub enum Command {
     Check(CheckArgs),
     /// Run everything on loopback against a built-in synthetic exporter.
     Demo(DemoArgs),
+    /// Replay recorded series through the rules (the live evaluation, the data's timestamps
+    /// as the clock) and write each series' scores and firings.
+    Backtest(BacktestArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BacktestArgs {
+    /// Rules file to try.
+    #[arg(long, env = "ANOMALY_SIDECAR_RULES", default_value = "./rules.yaml")]
+    pub rules: PathBuf,
+    /// `timestamp,value` CSV files, one series each, named after the file (its stem, with
+    /// characters outside [a-zA-Z0-9_] as `_`, is the metric name).
+    #[arg(long, num_args = 1.., required = true)]
+    pub csv: Vec<PathBuf>,
+    /// Directory for `<series>.csv` (timestamp,value,anomaly_score,active) and
+    /// `<series>.events.csv` (a timestamp per firing).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -100,6 +100,11 @@ pub struct Rule {
     pub min_samples: usize,
     /// How long the condition must hold before the alert fires.
     pub for_duration: Duration,
+    /// How long a firing alert stays firing after its condition cleared.
+    pub keep_firing_for: Duration,
+    /// The condition: at least `.0` anomalous verdicts among the last `.1` (1 of 1 unless
+    /// set).
+    pub min_anomalous: (u32, u32),
     pub severity: Severity,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, Template>,
@@ -112,6 +117,16 @@ impl Rule {
     /// whose fingerprint survives a reload is kept.
     pub fn fingerprint(&self) -> String {
         format!("{self:?}")
+    }
+
+    /// How the rule's verdicts become an alert.
+    pub fn policy(&self) -> crate::alert::Policy {
+        crate::alert::Policy {
+            for_ms: self.for_duration.as_millis().min(i64::MAX as u128) as i64,
+            keep_firing_for_ms: self.keep_firing_for.as_millis().min(i64::MAX as u128) as i64,
+            count: self.min_anomalous.0,
+            of: self.min_anomalous.1,
+        }
     }
 
     /// Whether this rule applies to a series of a target at `source` (host:port).

@@ -8,14 +8,23 @@
 //! - threshold: x compared with a fixed value by gt | lt | gte | lte.
 //! - trend: the last `trend_window` values strictly rising (falling), first > 0, and
 //!   |last − first| / first · 100 ≥ deviation_pct.
+//! - mad: median ± k · 1.4826 · MAD of the history (the modified z-score of Iglewicz and
+//!   Hoaglin, k = mad_threshold, default 3.5): the median and MAD ignore the outliers the
+//!   rule looks for, where a mean and a standard deviation are dragged by them. With MAD 0
+//!   (over half the history one value) the scale is 1.2533 · mean absolute deviation.
+//! - ewma: exponentially weighted mean and variance (weight `alpha` on the newest value),
+//!   anomalous when |x − mean| / std > z_threshold: a baseline that follows a drift.
 //!
 //! `score` puts every method on one scale where ≥ 1 means past the rule's threshold:
 //! zscore |z| / z_threshold; iqr distance beyond the nearer quartile / (k·iqr);
 //! threshold 1 + signed distance past the threshold / max(|threshold|, 1) (0 when far inside);
-//! trend (relative change in % / deviation_pct) when the run is monotone, else 0.
+//! trend (relative change in % / deviation_pct) when the run is monotone, else 0;
+//! mad |x − median| / (k · scale); ewma |z| / z_threshold.
 
+mod robust;
 pub mod window;
 
+pub use robust::Ewma;
 pub use window::Window;
 
 /// Below this the history is considered flat and z-scores are meaningless.
@@ -47,6 +56,13 @@ pub enum Method {
         trend_window: usize,
         deviation_pct: f64,
     },
+    Mad {
+        mad_threshold: f64,
+    },
+    Ewma {
+        alpha: f64,
+        z_threshold: f64,
+    },
 }
 
 impl Method {
@@ -57,12 +73,41 @@ impl Method {
             Method::Iqr { .. } => "iqr",
             Method::Threshold { .. } => "threshold",
             Method::Trend { .. } => "trend",
+            Method::Mad { .. } => "mad",
+            Method::Ewma { .. } => "ewma",
         }
     }
 
     /// Whether the window must keep a sorted copy for this method.
     pub fn needs_sorted(&self) -> bool {
-        matches!(self, Method::Iqr { .. })
+        matches!(self, Method::Iqr { .. } | Method::Mad { .. })
+    }
+
+    /// The state this method keeps beside the window, empty.
+    pub fn new_state(&self) -> State {
+        match self {
+            Method::Ewma { .. } => State::Ewma(Box::default()),
+            _ => State::None,
+        }
+    }
+}
+
+/// What a detector keeps of the history beside the window (boxed: most methods keep none,
+/// and every series under a rule carries the field).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum State {
+    #[default]
+    None,
+    Ewma(Box<Ewma>),
+}
+
+/// Folds `x` (just judged) into the method's state.
+pub fn update(method: &Method, state: &mut State, x: f64) {
+    if !x.is_finite() {
+        return;
+    }
+    if let (Method::Ewma { alpha, .. }, State::Ewma(e)) = (method, state) {
+        e.push(*alpha, x);
     }
 }
 
@@ -104,9 +149,21 @@ pub fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Err
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
-/// Evaluates `x` against `history` (which does not yet contain `x`).
-/// Returns None for a non-finite `x`: NaN and ±Inf are skipped, never judged.
+/// Evaluates `x` against `history` (which does not yet contain `x`), for methods that keep
+/// no state of their own (see `evaluate_with`).
 pub fn evaluate(method: &Method, history: &Window, x: f64, min_samples: usize) -> Option<Verdict> {
+    evaluate_with(method, history, &State::None, x, min_samples)
+}
+
+/// Evaluates `x` against `history` and the method's `state` (neither contains `x` yet).
+/// Returns None for a non-finite `x`: NaN and ±Inf are skipped, never judged.
+pub fn evaluate_with(
+    method: &Method,
+    history: &Window,
+    state: &State,
+    x: f64,
+    min_samples: usize,
+) -> Option<Verdict> {
     if !x.is_finite() {
         return None;
     }
@@ -129,6 +186,13 @@ pub fn evaluate(method: &Method, history: &Window, x: f64, min_samples: usize) -
             trend_window,
             deviation_pct,
         } => trend(&mut v, history, x, trend_window, deviation_pct),
+        Method::Mad { mad_threshold } => {
+            robust::mad(&mut v, history, x, min_samples, mad_threshold)
+        }
+        Method::Ewma { z_threshold, .. } => match state {
+            State::Ewma(e) => robust::ewma(&mut v, e, x, min_samples, z_threshold),
+            State::None => {}
+        },
     }
     Some(v)
 }

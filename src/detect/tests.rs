@@ -190,3 +190,109 @@ proptest! {
         }
     }
 }
+
+const MAD: Method = Method::Mad { mad_threshold: 3.5 };
+
+#[test]
+fn mad_worked_example_ignores_an_outlier_in_the_history() {
+    // Sorted: 9 10 10 10 11 11 12 12 12 13 (+100); median 11, deviations 0 0 1 1 1 1 1 1 2 2
+    // (+89): MAD 1, scale 1.4826, band 11 ± 3.5 · 1.4826 = [5.8109, 16.1891].
+    let mut values = HIST.to_vec();
+    values.push(100.0);
+    let h = window(&values, true);
+    let v = evaluate(&MAD, &h, 17.0, 10).unwrap();
+    assert!((v.upper_bound.unwrap() - (11.0 + 3.5 * 1.4826)).abs() < 1e-9);
+    assert!((v.lower_bound.unwrap() - (11.0 - 3.5 * 1.4826)).abs() < 1e-9);
+    assert!(v.anomalous);
+    assert!((v.score - 6.0 / (3.5 * 1.4826)).abs() < 1e-9);
+    assert_eq!(v.direction, Some(Direction::Rising));
+    // The zscore of the same history is blinded by the outlier: 17 is within 1 std.
+    let z = evaluate(&Z, &h, 17.0, 10).unwrap();
+    assert!(!z.anomalous);
+    let v = evaluate(&MAD, &h, 15.0, 10).unwrap();
+    assert!(!v.anomalous && v.score < 1.0);
+}
+
+#[test]
+fn mad_on_a_plateau_uses_the_mean_absolute_deviation_then_any_change() {
+    // 8 of 10 values equal: MAD 0; mean absolute deviation 2/10, scale 1.2533 · 0.2.
+    let h = window(&[5.0, 5.0, 5.0, 6.0, 5.0, 5.0, 4.0, 5.0, 5.0, 5.0], true);
+    let v = evaluate(&MAD, &h, 6.0, 10).unwrap();
+    let scale = 1.253314 * 0.2;
+    assert!((v.score - 1.0 / (3.5 * scale)).abs() < 1e-9);
+    assert!(v.anomalous);
+    let flat = window(&[5.0; 10], true);
+    assert!(!evaluate(&MAD, &flat, 5.0, 10).unwrap().anomalous);
+    let off = evaluate(&MAD, &flat, 5.5, 10).unwrap();
+    assert!(off.anomalous && off.score > 1.0);
+    assert!(evaluate(&MAD, &flat, 7.0, 10).unwrap().score > off.score);
+}
+
+#[test]
+fn ewma_worked_example_follows_a_drift() {
+    let m = Method::Ewma {
+        alpha: 0.5,
+        z_threshold: 3.0,
+    };
+    let mut state = m.new_state();
+    // 10, 12: mean 11, var 0.5 · (0 + 2 · 1) = 1. Then 11: d 0, var 0.5.
+    for x in [10.0, 12.0, 11.0] {
+        update(&m, &mut state, x);
+    }
+    let h = window(&[], false);
+    let v = evaluate_with(&m, &h, &state, 14.0, 2).unwrap();
+    assert_eq!(v.baseline_mean, Some(11.0));
+    assert!((v.baseline_stddev.unwrap() - 0.5f64.sqrt()).abs() < 1e-12);
+    let z = 3.0 / 0.5f64.sqrt();
+    assert!((v.zscore.unwrap() - z).abs() < 1e-12);
+    assert!(v.anomalous && (v.score - z / 3.0).abs() < 1e-12);
+    // Not judged before min_samples values.
+    assert!(!evaluate_with(&m, &h, &state, 14.0, 4).unwrap().anomalous);
+    // A slow ramp: the zscore of a 60-value window fires at its end, the ewma does not.
+    let ramp: Vec<f64> = (0..120)
+        .map(|i| 100.0 + i as f64 + (i % 3) as f64)
+        .collect();
+    let m = Method::Ewma {
+        alpha: 0.3,
+        z_threshold: 3.0,
+    };
+    let mut state = m.new_state();
+    let mut zw = Window::new(60, false);
+    let (mut ewma_fired, mut z_fired) = (0, 0);
+    for &x in &ramp {
+        ewma_fired += usize::from(evaluate_with(&m, &zw, &state, x, 10).unwrap().anomalous);
+        z_fired += usize::from(
+            evaluate(&Method::ZScore { z_threshold: 1.5 }, &zw, x, 10)
+                .unwrap()
+                .anomalous,
+        );
+        update(&m, &mut state, x);
+        zw.push(x);
+    }
+    assert_eq!(ewma_fired, 0);
+    assert!(z_fired > 50, "{z_fired}");
+}
+
+proptest! {
+    /// The merged median deviation equals sorting the deviations.
+    #[test]
+    fn mad_matches_sorting(values in prop::collection::vec(-1e3f64..1e3, 1..80), x in -2e3f64..2e3) {
+        let h = window(&values, true);
+        let mut s = values.clone();
+        s.sort_by(f64::total_cmp);
+        let n = s.len();
+        let med = |s: &[f64]| if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
+        let m = med(&s);
+        let mut d: Vec<f64> = s.iter().map(|v| (v - m).abs()).collect();
+        d.sort_by(f64::total_cmp);
+        let mad = med(&d);
+        let v = evaluate(&MAD, &h, x, 1).unwrap();
+        if mad > 0.0 {
+            let upper = m + 3.5 * 1.4826 * mad;
+            prop_assert!((v.upper_bound.unwrap() - upper).abs() <= 1e-9 * (1.0 + upper.abs()));
+        }
+        // Monotone: further from the median never scores lower.
+        let further = evaluate(&MAD, &h, x + (x - m).signum() * 1.0, 1).unwrap();
+        prop_assert!(further.score >= v.score);
+    }
+}

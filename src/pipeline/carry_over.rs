@@ -2,7 +2,7 @@
 //! unchanged rules across a reload (removed or changed rules resolve and drop their gauges).
 
 use super::rule_series::{event, new_state, RuleSeries};
-use super::{firing_since, Pipeline};
+use super::Pipeline;
 use crate::alert::Transition;
 use crate::config::RuleSet;
 use crate::detect::Verdict;
@@ -74,7 +74,7 @@ impl Pipeline {
                 }
             }
             for (ri, mut state) in ended {
-                let since = firing_since(state.alert, now);
+                let since = state.alert.firing_since().unwrap_or(now);
                 if state.alert.end() != Some(Transition::Resolved) {
                     continue;
                 }

@@ -10,16 +10,15 @@ mod slots;
 
 use crate::alert::{AlertEvent, AlertState, Transition};
 use crate::config::{Rule, RuleSet};
-use crate::detect::{self, Verdict, Window};
+use crate::detect::Verdict;
 use crate::export::{
     AlertView, AnomalyRow, ExportChanges, Exporter, RowKey, RowUpdate, RowValues, RuleId,
 };
 use crate::notify::Notifier;
 use crate::scrape::{Sample, ScrapeResult, Target};
-use crate::store::{
-    series_id, IdMap, SampleRing, SeriesEntry, SeriesId, SeriesIdentity, Slot, Store,
-};
-use rule_series::{event, new_state, rule_names, transform, RuleSeries};
+use crate::store::{series_id, IdMap, SeriesEntry, SeriesId, SeriesIdentity, Slot, Store};
+use rule_series::{event, rule_names};
+pub(crate) use rule_series::{new_state, RuleSeries};
 use scan::SeriesIndex;
 use slots::SlotStates;
 use std::collections::HashMap;
@@ -349,7 +348,7 @@ impl Pipeline {
         for series in self.states.iter() {
             for (ri, state) in series.rules.iter() {
                 let rule = &self.rules.rules[ri];
-                let AlertState::Firing { since_ms } = state.alert else {
+                let Some(since_ms) = state.alert.firing_since() else {
                     continue;
                 };
                 let Some(entry) = self.store.get(series.id) else {
@@ -483,7 +482,7 @@ impl Pipeline {
         };
         for (ri, state) in series.rules.iter_mut() {
             let rule = &self.rules.rules[ri];
-            let since = firing_since(state.alert, now);
+            let since = state.alert.firing_since().unwrap_or(now);
             let tr = state.alert.end();
             if let Some(tr) = tr {
                 self.exporter
@@ -556,29 +555,24 @@ fn evaluate_rule(
     b: &mut Batch,
 ) {
     let (identity, ring) = (&series.identity, series.samples());
-    let Some((now, value)) = ring.back() else {
+    let Some(step) = state.step(rule, series.counter_like, ring) else {
         return;
     };
-    let prev = ring.len().checked_sub(2).and_then(|i| ring.get(i));
-    let Some(x) = transform(rule.transform, series.counter_like, prev, (now, value)) else {
+    let (x, verdict, before, transition) = (step.x, step.verdict, step.before, step.transition);
+    let Some((now, _)) = ring.back() else {
         return;
     };
-    let Some(verdict) = detect::evaluate(&rule.method, &state.window, x, rule.min_samples) else {
-        return;
-    };
-    push_to_window(&mut state.window, x, ring);
     b.evaluations[ri] += 1;
     let id = key.1;
-    let before = state.alert;
-    let transition = state
+    let since = state
         .alert
-        .step(verdict.anomalous, now, rule.for_duration.as_millis() as i64);
-    let since = match state.alert {
-        AlertState::Firing { since_ms } => since_ms,
-        _ => firing_since(before, now),
-    };
+        .firing_since()
+        .or(before.firing_since())
+        .unwrap_or(now);
     match state.alert {
-        AlertState::Firing { since_ms: at } | AlertState::Pending { since_ms: at } => {
+        AlertState::Firing { since_ms: at }
+        | AlertState::Kept { since_ms: at, .. }
+        | AlertState::Pending { since_ms: at } => {
             let view = AlertView {
                 firing: state.alert.is_firing(),
                 active_at_ms: at,
@@ -619,32 +613,6 @@ fn evaluate_rule(
             b.events
                 .push(event(rule, identity, firing, now, since, x, verdict));
         }
-    }
-}
-
-/// Appends `x` to a rule's window. A shared window's values are the raw samples in `ring`
-/// (whose newest is `x`): the value leaving is the one `capacity` samples before it.
-fn push_to_window(window: &mut Window, x: f64, ring: &SampleRing) {
-    if !window.is_shared() {
-        return window.push(x);
-    }
-    let (len, held, capacity) = (ring.len(), window.len(), window.capacity());
-    let evicted = if held == capacity {
-        len.checked_sub(1 + held)
-            .and_then(|i| ring.get(i))
-            .map(|s| s.1)
-    } else {
-        None
-    };
-    let tail = || ring.iter().skip(len.saturating_sub(capacity)).map(|s| s.1);
-    window.push_shared(x, evicted, tail);
-}
-
-/// When a firing alert started (`now` for any other state).
-fn firing_since(alert: AlertState, now: i64) -> i64 {
-    match alert {
-        AlertState::Firing { since_ms } => since_ms,
-        _ => now,
     }
 }
 

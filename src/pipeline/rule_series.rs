@@ -1,18 +1,22 @@
 //! The state of one rule on one series, and how it is described to the outside: the
 //! transform that feeds its window, its export labels, and the events it announces.
 
-use crate::alert::{AlertEvent, AlertState};
+use crate::alert::{AlertEvent, AlertState, Transition};
 use crate::config::{Rule, Transform};
-use crate::detect::{Verdict, Window};
+use crate::detect::{self, Verdict, Window};
 use crate::export::render_labels;
-use crate::store::SeriesIdentity;
+use crate::store::{SampleRing, SeriesIdentity};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// State of one rule on one series.
-pub(super) struct RuleSeries {
+pub(crate) struct RuleSeries {
     pub(super) window: Window,
+    /// What the detector keeps beside the window (ewma's weighted mean and variance).
+    pub(super) detector: detect::State,
     pub(super) alert: AlertState,
+    /// The last verdicts, newest in bit 0 (for `min_anomalous`).
+    recent: u64,
     /// Value and verdict that fired the alert, for re-sending it while it fires
     /// (boxed: few series fire, every series has the field).
     pub(super) fired: Option<Box<(f64, Verdict)>>,
@@ -20,15 +24,86 @@ pub(super) struct RuleSeries {
     pub(super) exported: bool,
 }
 
+/// What one evaluation found.
+pub(crate) struct Step {
+    /// The value judged (after the transform).
+    pub x: f64,
+    pub verdict: Verdict,
+    /// The alert before this evaluation.
+    pub before: AlertState,
+    pub transition: Option<Transition>,
+}
+
+impl RuleSeries {
+    /// Whether its alert is firing.
+    pub(crate) fn is_firing(&self) -> bool {
+        self.alert.is_firing()
+    }
+
+    /// Judges the newest sample of `ring` (a series' raw samples): transform, detector
+    /// against the history, the value into the history, then the alert. The live pipeline
+    /// and `backtest` both run exactly this. None when there is nothing to judge (a rate's
+    /// first sample, a non-finite value).
+    pub(crate) fn step(
+        &mut self,
+        rule: &Rule,
+        counter_like: bool,
+        ring: &SampleRing,
+    ) -> Option<Step> {
+        let (now, value) = ring.back()?;
+        let prev = ring.len().checked_sub(2).and_then(|i| ring.get(i));
+        let x = transform(rule.transform, counter_like, prev, (now, value))?;
+        let verdict = detect::evaluate_with(
+            &rule.method,
+            &self.window,
+            &self.detector,
+            x,
+            rule.min_samples,
+        )?;
+        push_to_window(&mut self.window, x, ring);
+        detect::update(&rule.method, &mut self.detector, x);
+        let policy = rule.policy();
+        let condition = policy.condition(&mut self.recent, verdict.anomalous);
+        let before = self.alert;
+        let transition = self.alert.step(condition, now, &policy);
+        Some(Step {
+            x,
+            verdict,
+            before,
+            transition,
+        })
+    }
+}
+
+/// Appends `x` to a rule's window. A shared window's values are the raw samples in `ring`
+/// (whose newest is `x`): the value leaving is the one `capacity` samples before it.
+fn push_to_window(window: &mut Window, x: f64, ring: &SampleRing) {
+    if !window.is_shared() {
+        return window.push(x);
+    }
+    let (len, held, capacity) = (ring.len(), window.len(), window.capacity());
+    let evicted = if held == capacity {
+        len.checked_sub(1 + held)
+            .and_then(|i| ring.get(i))
+            .map(|s| s.1)
+    } else {
+        None
+    };
+    let tail = || ring.iter().skip(len.saturating_sub(capacity)).map(|s| s.1);
+    window.push_shared(x, evicted, tail);
+}
+
 /// Builds a rule's window from stored raw samples (so a restart or a new rule starts warm).
-pub(super) fn new_state(
+pub(crate) fn new_state(
     rule: &Rule,
     identity: &SeriesIdentity,
     samples: impl Iterator<Item = (i64, f64)>,
     firing_since: Option<i64>,
 ) -> RuleSeries {
     let sorted = rule.method.needs_sorted();
-    let window = if shares_store_window(rule, identity.counter_like) {
+    let mut detector = rule.method.new_state();
+    let stateful = detector != detect::State::None;
+    let window = if shares_store_window(rule, identity.counter_like) && !stateful {
         Window::shared(rule.window, sorted, samples.map(|s| s.1))
     } else {
         let mut window = Window::new(rule.window, sorted);
@@ -36,6 +111,7 @@ pub(super) fn new_state(
         for s in samples {
             if let Some(x) = transform(rule.transform, identity.counter_like, prev, s) {
                 window.push(x);
+                detect::update(&rule.method, &mut detector, x);
             }
             prev = Some(s);
         }
@@ -43,6 +119,8 @@ pub(super) fn new_state(
     };
     RuleSeries {
         window,
+        detector,
+        recent: 0,
         alert: firing_since.map_or(AlertState::Inactive, |since_ms| AlertState::Firing {
             since_ms,
         }),

@@ -3,6 +3,7 @@
 mod common;
 
 mod alertmanager;
+mod backtest;
 mod check;
 mod deploy;
 mod detection;

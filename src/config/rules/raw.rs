@@ -20,7 +20,17 @@ pub(super) struct RawDefaults {
     pub(super) min_samples: Option<Spanned<i64>>,
     #[serde(rename = "for")]
     pub(super) for_duration: Option<Spanned<String>>,
+    pub(super) keep_firing_for: Option<Spanned<String>>,
+    pub(super) min_anomalous: Option<Spanned<RawMinAnomalous>>,
     pub(super) severity: Option<Spanned<String>>,
+}
+
+/// `min_anomalous: {count: k, of: n}`.
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMinAnomalous {
+    pub(super) count: i64,
+    pub(super) of: i64,
 }
 
 #[derive(Deserialize)]
@@ -38,10 +48,14 @@ pub(super) struct RawRule {
     pub(super) op: Option<Spanned<String>>,
     pub(super) trend_window: Option<Spanned<i64>>,
     pub(super) deviation_pct: Option<Spanned<f64>>,
+    pub(super) mad_threshold: Option<Spanned<f64>>,
+    pub(super) alpha: Option<Spanned<f64>>,
     pub(super) window: Option<Spanned<i64>>,
     pub(super) min_samples: Option<Spanned<i64>>,
     #[serde(rename = "for")]
     pub(super) for_duration: Option<Spanned<String>>,
+    pub(super) keep_firing_for: Option<Spanned<String>>,
+    pub(super) min_anomalous: Option<Spanned<RawMinAnomalous>>,
     pub(super) severity: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) labels: BTreeMap<String, Spanned<String>>,

@@ -1,6 +1,6 @@
 //! Turns the raw rules into validated `Rule`s, collecting every problem with its place.
 
-use super::raw::{RawFile, RawRule};
+use super::raw::{RawFile, RawMinAnomalous, RawRule};
 use super::{Rule, RuleError, Severity, Transform, RESERVED_LABELS};
 use crate::config::glob::Glob;
 use crate::config::selector::Selector;
@@ -23,6 +23,8 @@ struct Defaults {
     window: i64,
     min_samples: i64,
     for_duration: Duration,
+    keep_firing_for: Duration,
+    min_anomalous: (u32, u32),
     severity: Severity,
 }
 
@@ -49,6 +51,12 @@ impl Validator<'_> {
             for_duration: d
                 .for_duration
                 .map_or(Duration::ZERO, |f| self.duration(&f, None)),
+            keep_firing_for: d
+                .keep_firing_for
+                .map_or(Duration::ZERO, |f| self.duration(&f, None)),
+            min_anomalous: d
+                .min_anomalous
+                .map_or((1, 1), |m| self.min_anomalous(&m, None)),
             severity: d
                 .severity
                 .map_or(Severity::Warning, |s| self.severity(&s, None)),
@@ -129,6 +137,12 @@ impl Validator<'_> {
         let for_duration = r
             .for_duration
             .map_or(d.for_duration, |f| self.duration(&f, n));
+        let keep_firing_for = r
+            .keep_firing_for
+            .map_or(d.keep_firing_for, |f| self.duration(&f, n));
+        let min_anomalous = r
+            .min_anomalous
+            .map_or(d.min_anomalous, |m| self.min_anomalous(&m, n));
         let severity = r.severity.map_or(d.severity, |s| self.severity(&s, n));
         let labels = self.labels(r.labels, n);
         let annotations = self.annotations(r.annotations, n);
@@ -141,6 +155,8 @@ impl Validator<'_> {
             window: window as usize,
             min_samples: min_samples as usize,
             for_duration,
+            keep_firing_for,
+            min_anomalous,
             severity,
             labels,
             annotations,
@@ -208,6 +224,23 @@ impl Validator<'_> {
                 iqr_factor: self.pos_f64(&r.iqr_factor, 1.5, n, "iqr_factor"),
             },
             "threshold" => self.threshold(r, n),
+            "mad" => Method::Mad {
+                mad_threshold: self.pos_f64(&r.mad_threshold, 3.5, n, "mad_threshold"),
+            },
+            "ewma" => {
+                let alpha = match &r.alpha {
+                    Some(a) if !(a.value > 0.0 && a.value <= 1.0) => {
+                        let msg = format!("alpha must be in (0, 1], got {}", a.value);
+                        self.err(&a.referenced, n, msg);
+                        0.1
+                    }
+                    a => a.as_ref().map_or(0.1, |a| a.value),
+                };
+                Method::Ewma {
+                    alpha,
+                    z_threshold: self.pos_f64(&r.z_threshold, 3.0, n, "z_threshold"),
+                }
+            }
             "trend" => {
                 let trend_window = r.trend_window.as_ref().map_or(5, |t| {
                     if t.value < 2 || t.value > window + 1 {
@@ -225,7 +258,9 @@ impl Validator<'_> {
                 }
             }
             other => {
-                let msg = format!("unknown method {other:?}: use zscore, iqr, threshold or trend");
+                let msg = format!(
+                    "unknown method {other:?}: use zscore, iqr, threshold, trend, mad or ewma"
+                );
                 self.err(&r.method.referenced, n, msg);
                 Method::ZScore { z_threshold: 3.0 }
             }
@@ -235,42 +270,59 @@ impl Validator<'_> {
     /// Parameters of another method are mistakes, not silently ignored values.
     fn foreign_params(&mut self, r: &RawRule, n: Option<&str>) {
         let m = r.method.value.as_str();
-        let params: [(&str, Option<Location>, &str); 6] = [
+        let params: [(&str, Option<Location>, &[&str]); 8] = [
             (
                 "z_threshold",
                 (r.z_threshold.as_ref().map(|s| s.referenced)),
-                "zscore",
+                &["zscore", "ewma"],
             ),
             (
                 "iqr_factor",
                 (r.iqr_factor.as_ref().map(|s| s.referenced)),
-                "iqr",
+                &["iqr"],
             ),
             (
                 "threshold",
                 (r.threshold.as_ref().map(|s| s.referenced)),
-                "threshold",
+                &["threshold"],
             ),
-            ("op", (r.op.as_ref().map(|s| s.referenced)), "threshold"),
+            ("op", (r.op.as_ref().map(|s| s.referenced)), &["threshold"]),
             (
                 "trend_window",
                 (r.trend_window.as_ref().map(|s| s.referenced)),
-                "trend",
+                &["trend"],
             ),
             (
                 "deviation_pct",
                 (r.deviation_pct.as_ref().map(|s| s.referenced)),
-                "trend",
+                &["trend"],
             ),
+            (
+                "mad_threshold",
+                (r.mad_threshold.as_ref().map(|s| s.referenced)),
+                &["mad"],
+            ),
+            ("alpha", (r.alpha.as_ref().map(|s| s.referenced)), &["ewma"]),
         ];
-        if !["zscore", "iqr", "threshold", "trend"].contains(&m) {
+        if !["zscore", "iqr", "threshold", "trend", "mad", "ewma"].contains(&m) {
             return; // the unknown method is the error to report
         }
-        for (key, at, method) in params {
-            if let Some(at) = at.filter(|_| method != m) {
+        for (key, at, methods) in params {
+            if let Some(at) = at.filter(|_| !methods.contains(&m)) {
                 self.err(&at, n, format!("{key} does not apply to method {m}"));
             }
         }
+    }
+
+    fn min_anomalous(&mut self, v: &Spanned<RawMinAnomalous>, n: Option<&str>) -> (u32, u32) {
+        let RawMinAnomalous { count, of } = v.value;
+        if !(1..=64).contains(&of) || !(1..=of).contains(&count) {
+            let msg =
+                format!("min_anomalous needs 1 <= count <= of <= 64, got count {count} of {of}");
+            self.err(&v.referenced, n, msg);
+            return (1, 1);
+        }
+        (count as u32, of as u32)
     }
 
     fn threshold(&mut self, r: &RawRule, n: Option<&str>) -> Method {

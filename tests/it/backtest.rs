@@ -1,0 +1,233 @@
+//! `anomaly-sidecar backtest`: the real binary over CSV files, its outputs, and every
+//! input problem reported with file and line, nothing written.
+
+use crate::common::*;
+
+const RULES: &str =
+    "rules:\n  - name: z\n    match: '{__name__=~\".+\"}'\n    method: zscore\n    for: 2m\n";
+
+/// 60 rows a minute apart around 10, rows 40..=43 at 40.
+fn spiky_csv() -> String {
+    let mut s = String::from("timestamp,value\n");
+    for i in 0..60 {
+        let v = if (40..44).contains(&i) {
+            40.0
+        } else {
+            10.0 + (i % 3) as f64
+        };
+        s.push_str(&format!(
+            "2014-04-10 {:02}:{:02}:00,{v}\n",
+            7 + i / 60,
+            i % 60
+        ));
+    }
+    s
+}
+
+#[test]
+fn writes_scores_events_and_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let csv = write(dir.path(), "cpu-busy.v1.csv", &spiky_csv());
+    let flat = write(
+        dir.path(),
+        "flat.csv",
+        "timestamp,value\n2014-04-10T07:00:00Z,1\n2014-04-10T07:01:00Z,1\n",
+    );
+    let out_dir = dir.path().join("out");
+    let out = run(&[
+        "backtest",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        flat.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scores = std::fs::read_to_string(out_dir.join("cpu-busy.v1.csv")).unwrap();
+    let lines: Vec<&str> = scores.lines().collect();
+    assert_eq!(lines[0], "timestamp,value,anomaly_score,active");
+    assert_eq!(lines.len(), 61, "one row per input row");
+    assert!(
+        lines[1].starts_with("2014-04-10 07:00:00,10.0,"),
+        "{}",
+        lines[1]
+    );
+    // Rows 40..=43 anomalous; `for: 2m` is two minutes of data time: firing at row 42.
+    let active: Vec<usize> = (0..60).filter(|i| lines[i + 1].ends_with(",1")).collect();
+    assert_eq!(active.first(), Some(&42), "{scores}");
+    let score = |i: usize| {
+        lines[i + 1]
+            .split(',')
+            .nth(2)
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert!(score(40) > 0.5 && score(40) < 1.0 && score(10) < 0.5);
+    let events = std::fs::read_to_string(out_dir.join("cpu-busy.v1.events.csv")).unwrap();
+    assert_eq!(events, "timestamp\n2014-04-10 07:42:00\n");
+    let flat_events = std::fs::read_to_string(out_dir.join("flat.events.csv")).unwrap();
+    assert_eq!(flat_events, "timestamp\n");
+    assert!(stdout.contains("cpu-busy.v1"), "{stdout}");
+    assert!(stdout.contains("2 series, 1 firings"), "{stdout}");
+}
+
+#[test]
+fn a_rule_that_does_not_select_the_file_scores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "rules:\n  - name: z\n    match: other\n    method: zscore\n",
+    );
+    let csv = write(dir.path(), "cpu.csv", &spiky_csv());
+    let out_dir = dir.path().join("out");
+    let out = run(&[
+        "backtest",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let scores = std::fs::read_to_string(out_dir.join("cpu.csv")).unwrap();
+    assert!(
+        scores.lines().skip(1).all(|l| l.ends_with(",0.0,0")),
+        "{scores}"
+    );
+}
+
+#[test]
+fn bad_input_is_reported_with_file_and_line_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let cases = [
+        (
+            "ts.csv",
+            "timestamp,value\n2014-04-10 07:00:00,1\nyesterday,2\n",
+            ":3: bad timestamp \"yesterday\"",
+        ),
+        (
+            "value.csv",
+            "timestamp,value\n2014-04-10 07:00:00,one\n",
+            ":2: bad value \"one\"",
+        ),
+        (
+            "header.csv",
+            "time,v\n2014-04-10 07:00:00,1\n",
+            ":1: header",
+        ),
+        (
+            "short.csv",
+            "timestamp,value\n2014-04-10 07:00:00\n",
+            ":2: expected 2 columns, got 1",
+        ),
+    ];
+    for (name, text, message) in cases {
+        let csv = write(dir.path(), name, text);
+        let out_dir = dir.path().join(format!("out-{name}"));
+        let out = run(&[
+            "backtest",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--csv",
+            csv.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{}{message}", csv.display())),
+            "{name}: {stderr}"
+        );
+        assert!(!out_dir.exists(), "{name}: wrote output despite the error");
+    }
+    // A missing file, and a rules error, as `check` reports it.
+    let out = run(&[
+        "backtest",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--csv",
+        "/nonexistent.csv",
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.csv"));
+    let bad_rules = write(
+        dir.path(),
+        "bad.yaml",
+        "rules:\n  - name: a\n    match: x\n    method: ewma\n    alpha: 2\n",
+    );
+    let csv = write(dir.path(), "ok.csv", &spiky_csv());
+    let out = run(&[
+        "backtest",
+        "--rules",
+        bad_rules.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(":5:12: rule \"a\": alpha must be in (0, 1], got 2"),
+        "{stderr}"
+    );
+    // Two files with one stem would overwrite each other's output.
+    std::fs::create_dir_all(dir.path().join("b")).unwrap();
+    let twin = write(&dir.path().join("b"), "ok.csv", &spiky_csv());
+    let out = run(&[
+        "backtest",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        twin.to_str().unwrap(),
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ok.csv"));
+}
+
+#[test]
+fn a_clock_that_goes_back_is_replayed_in_file_order_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let csv = write(
+        dir.path(),
+        "back.csv",
+        "timestamp,value\n2014-04-10 07:05:00,1\n2014-04-10 07:00:00,2\n2014-04-10 07:10:00,3\n",
+    );
+    let out_dir = dir.path().join("out");
+    let out = run(&[
+        "backtest",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("back.csv:3: a timestamp before the previous row's"));
+    let scores = std::fs::read_to_string(out_dir.join("back.csv")).unwrap();
+    assert_eq!(
+        scores.lines().nth(2).unwrap().split(',').next(),
+        Some("2014-04-10 07:00:00")
+    );
+}
