@@ -91,8 +91,9 @@ pub fn replay(rules: &RuleSet, series: &Recorded) -> Replay {
         if row.value.is_finite() && !selected.is_empty() {
             ring.push(capacity, row.ts_ms, row.value);
             for (rule, state) in selected.iter().zip(states.iter_mut()) {
-                let state = state
-                    .get_or_insert_with(|| new_state(rule, &identity, std::iter::empty(), None));
+                let state = state.get_or_insert_with(|| {
+                    new_state(rule, &identity, std::iter::empty(), None, &[])
+                });
                 if let Some(step) = state.step(rule, false, &ring) {
                     score = score.max(squash(step.verdict.score));
                     fired |= step.transition == Some(crate::alert::Transition::Firing);

@@ -14,6 +14,8 @@
 //!   (over half the history one value) the scale is 1.2533 · mean absolute deviation.
 //! - ewma: exponentially weighted mean and variance (weight `alpha` on the newest value),
 //!   anomalous when |x − mean| / std > z_threshold: a baseline that follows a drift.
+//! - seasonal: the zscore against the mean and std of the sample's bucket of the season
+//!   (`seasonal.rs`) once that bucket holds min_samples values, against the window before.
 //!
 //! `score` puts every method on one scale where ≥ 1 means past the rule's threshold:
 //! zscore |z| / z_threshold; iqr distance beyond the nearer quartile / (k·iqr);
@@ -22,9 +24,11 @@
 //! mad |x − median| / (k · scale); ewma |z| / z_threshold.
 
 mod robust;
+pub mod seasonal;
 pub mod window;
 
 pub use robust::Ewma;
+pub use seasonal::Seasonal;
 pub use window::Window;
 
 /// Below this the history is considered flat and z-scores are meaningless.
@@ -63,6 +67,13 @@ pub enum Method {
         alpha: f64,
         z_threshold: f64,
     },
+    Seasonal {
+        season_ms: i64,
+        buckets: usize,
+        z_threshold: f64,
+        /// Values a bucket remembers (the rule's window).
+        memory: u32,
+    },
 }
 
 impl Method {
@@ -75,6 +86,7 @@ impl Method {
             Method::Trend { .. } => "trend",
             Method::Mad { .. } => "mad",
             Method::Ewma { .. } => "ewma",
+            Method::Seasonal { .. } => "seasonal",
         }
     }
 
@@ -87,6 +99,7 @@ impl Method {
     pub fn new_state(&self) -> State {
         match self {
             Method::Ewma { .. } => State::Ewma(Box::default()),
+            Method::Seasonal { buckets, .. } => State::Seasonal(Box::new(Seasonal::new(*buckets))),
             _ => State::None,
         }
     }
@@ -99,15 +112,30 @@ pub enum State {
     #[default]
     None,
     Ewma(Box<Ewma>),
+    Seasonal(Box<Seasonal>),
 }
 
-/// Folds `x` (just judged) into the method's state.
-pub fn update(method: &Method, state: &mut State, x: f64) {
+/// Folds `x` at `ts_ms` (just judged) into the method's state. Returns the seasonal bucket
+/// the series just left, for the caller to persist.
+pub fn update(method: &Method, state: &mut State, ts_ms: i64, x: f64) -> Option<u32> {
     if !x.is_finite() {
-        return;
+        return None;
     }
-    if let (Method::Ewma { alpha, .. }, State::Ewma(e)) = (method, state) {
-        e.push(*alpha, x);
+    match (method, state) {
+        (Method::Ewma { alpha, .. }, State::Ewma(e)) => {
+            e.push(*alpha, x);
+            None
+        }
+        (
+            Method::Seasonal {
+                season_ms, memory, ..
+            },
+            State::Seasonal(p),
+        ) => {
+            let i = p.bucket_of(*season_ms, ts_ms);
+            p.push(i, x, *memory)
+        }
+        _ => None,
     }
 }
 
@@ -152,15 +180,17 @@ pub fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Err
 /// Evaluates `x` against `history` (which does not yet contain `x`), for methods that keep
 /// no state of their own (see `evaluate_with`).
 pub fn evaluate(method: &Method, history: &Window, x: f64, min_samples: usize) -> Option<Verdict> {
-    evaluate_with(method, history, &State::None, x, min_samples)
+    evaluate_with(method, history, &State::None, 0, x, min_samples)
 }
 
-/// Evaluates `x` against `history` and the method's `state` (neither contains `x` yet).
-/// Returns None for a non-finite `x`: NaN and ±Inf are skipped, never judged.
+/// Evaluates `x`, sampled at `ts_ms`, against `history` and the method's `state` (neither
+/// contains `x` yet). Returns None for a non-finite `x`: NaN and ±Inf are skipped, never
+/// judged.
 pub fn evaluate_with(
     method: &Method,
     history: &Window,
     state: &State,
+    ts_ms: i64,
     x: f64,
     min_samples: usize,
 ) -> Option<Verdict> {
@@ -189,10 +219,33 @@ pub fn evaluate_with(
         Method::Mad { mad_threshold } => {
             robust::mad(&mut v, history, x, min_samples, mad_threshold)
         }
-        Method::Ewma { z_threshold, .. } => match state {
-            State::Ewma(e) => robust::ewma(&mut v, e, x, min_samples, z_threshold),
-            State::None => {}
-        },
+        Method::Ewma { z_threshold, .. } => {
+            if let State::Ewma(e) = state {
+                robust::ewma(&mut v, e, x, min_samples, z_threshold);
+            }
+        }
+        Method::Seasonal {
+            season_ms,
+            z_threshold,
+            ..
+        } => {
+            let bucket = match state {
+                State::Seasonal(p) => p
+                    .stats(p.bucket_of(season_ms, ts_ms))
+                    .filter(|(_, std, n)| *n as usize >= min_samples && *std >= MIN_STDDEV),
+                _ => None,
+            };
+            match bucket {
+                Some((mean, std, _)) => {
+                    v.baseline_mean = Some(mean);
+                    v.baseline_stddev = Some(std);
+                    v.zscore = Some((x - mean) / std);
+                    zscore(&mut v, history, x, 0, z_threshold);
+                }
+                // Until the bucket knows its time of day: the window's zscore.
+                None => zscore(&mut v, history, x, min_samples, z_threshold),
+            }
+        }
     }
     Some(v)
 }

@@ -237,17 +237,17 @@ fn ewma_worked_example_follows_a_drift() {
     let mut state = m.new_state();
     // 10, 12: mean 11, var 0.5 · (0 + 2 · 1) = 1. Then 11: d 0, var 0.5.
     for x in [10.0, 12.0, 11.0] {
-        update(&m, &mut state, x);
+        update(&m, &mut state, 0, x);
     }
     let h = window(&[], false);
-    let v = evaluate_with(&m, &h, &state, 14.0, 2).unwrap();
+    let v = evaluate_with(&m, &h, &state, 0, 14.0, 2).unwrap();
     assert_eq!(v.baseline_mean, Some(11.0));
     assert!((v.baseline_stddev.unwrap() - 0.5f64.sqrt()).abs() < 1e-12);
     let z = 3.0 / 0.5f64.sqrt();
     assert!((v.zscore.unwrap() - z).abs() < 1e-12);
     assert!(v.anomalous && (v.score - z / 3.0).abs() < 1e-12);
     // Not judged before min_samples values.
-    assert!(!evaluate_with(&m, &h, &state, 14.0, 4).unwrap().anomalous);
+    assert!(!evaluate_with(&m, &h, &state, 0, 14.0, 4).unwrap().anomalous);
     // A slow ramp: the zscore of a 60-value window fires at its end, the ewma does not.
     let ramp: Vec<f64> = (0..120)
         .map(|i| 100.0 + i as f64 + (i % 3) as f64)
@@ -260,13 +260,13 @@ fn ewma_worked_example_follows_a_drift() {
     let mut zw = Window::new(60, false);
     let (mut ewma_fired, mut z_fired) = (0, 0);
     for &x in &ramp {
-        ewma_fired += usize::from(evaluate_with(&m, &zw, &state, x, 10).unwrap().anomalous);
+        ewma_fired += usize::from(evaluate_with(&m, &zw, &state, 0, x, 10).unwrap().anomalous);
         z_fired += usize::from(
             evaluate(&Method::ZScore { z_threshold: 1.5 }, &zw, x, 10)
                 .unwrap()
                 .anomalous,
         );
-        update(&m, &mut state, x);
+        update(&m, &mut state, 0, x);
         zw.push(x);
     }
     assert_eq!(ewma_fired, 0);
@@ -295,4 +295,56 @@ proptest! {
         let further = evaluate(&MAD, &h, x + (x - m).signum() * 1.0, 1).unwrap();
         prop_assert!(further.score >= v.score);
     }
+}
+
+#[test]
+fn seasonal_knows_the_busy_hour_and_still_sees_a_spike_in_it() {
+    // Hourly buckets over a day; every day 09:00-10:00 runs at 100, the rest at 10 (± 1).
+    let hour = 3_600_000i64;
+    let m = Method::Seasonal {
+        season_ms: 24 * hour,
+        buckets: 24,
+        z_threshold: 3.0,
+        memory: 60,
+    };
+    let z = Method::ZScore { z_threshold: 3.0 };
+    let mut state = m.new_state();
+    let mut window = Window::new(60, false);
+    let value = |t: i64| {
+        let base = if (t / hour) % 24 == 9 { 100.0 } else { 10.0 };
+        base + ((t / 60_000) % 3) as f64 - 1.0
+    };
+    // Five days at one sample every 10 minutes.
+    let (mut seasonal_fired, mut z_fired) = (0, 0);
+    for i in 0..(5 * 144) {
+        let t = i * 600_000;
+        let x = value(t);
+        let day = i / 144;
+        let s = evaluate_with(&m, &window, &state, t, x, 3).unwrap();
+        if day >= 3 {
+            seasonal_fired += usize::from(s.anomalous);
+            z_fired += usize::from(evaluate(&z, &window, x, 3).unwrap().anomalous);
+        }
+        update(&m, &mut state, t, x);
+        window.push(x);
+    }
+    assert_eq!(seasonal_fired, 0, "the busy hour is usual by day 3");
+    assert!(
+        z_fired >= 2,
+        "a plain zscore fires at every busy hour: {z_fired}"
+    );
+    // At 09:30 on day 5, 150 is unusual even for the busy hour; 100 is not.
+    let t = 5 * 24 * hour + 9 * hour + 30 * 60_000;
+    let spike = evaluate_with(&m, &window, &state, t, 150.0, 3).unwrap();
+    assert!(spike.anomalous);
+    assert!((spike.baseline_mean.unwrap() - 100.0).abs() < 1.0);
+    assert!(
+        !evaluate_with(&m, &window, &state, t, 100.5, 3)
+            .unwrap()
+            .anomalous
+    );
+    // A bucket with fewer than min_samples values falls back to the window's zscore.
+    let fresh = m.new_state();
+    let v = evaluate_with(&m, &window, &fresh, t, 100.0, 3).unwrap();
+    assert_eq!(v.baseline_mean, window.mean());
 }

@@ -1,6 +1,7 @@
 //! What survives a change: firing alerts across a restart, and windows and alert state of
 //! unchanged rules across a reload (removed or changed rules resolve and drop their gauges).
 
+use super::rule_series::stored_profile;
 use super::rule_series::{event, new_state, RuleSeries};
 use super::Pipeline;
 use crate::alert::Transition;
@@ -29,7 +30,9 @@ impl Pipeline {
                 continue;
             };
             let rule = &self.rules.rules[ri];
-            let state = new_state(rule, &entry.identity, entry.samples().iter(), Some(since));
+            let profile = stored_profile(rule, || self.store.profile(id, &rule.state_key));
+            let samples = entry.samples().iter();
+            let state = new_state(rule, &entry.identity, samples, Some(since), &profile);
             if let Some(t) = self
                 .targets
                 .iter()

@@ -17,7 +17,7 @@ use crate::export::{
 use crate::notify::Notifier;
 use crate::scrape::{Sample, ScrapeResult, Target};
 use crate::store::{series_id, IdMap, SeriesEntry, SeriesId, SeriesIdentity, Slot, Store};
-use rule_series::{event, rule_names};
+use rule_series::{event, rule_names, stored_profile};
 pub(crate) use rule_series::{new_state, RuleSeries};
 use scan::SeriesIndex;
 use slots::SlotStates;
@@ -295,6 +295,9 @@ impl Pipeline {
                 .with_label_values(&[&tgt.name])
                 .set(self.store.target_series(&tgt.name) as i64);
         }
+        for (id, key, bucket, bytes) in batch.profiles.drain(..) {
+            self.store.set_profile_bucket(id, &key, bucket, &bytes);
+        }
         for (id, key, since) in batch.firing.drain(..) {
             self.store.set_firing(id, &key, since);
         }
@@ -466,7 +469,8 @@ impl Pipeline {
                     // Warm from the history before this sample (a restart, or a new rule).
                     let firing = appended.firing_since(&rule.state_key);
                     let before = ring.iter().take(ring.len().saturating_sub(1));
-                    let state = new_state(rule, identity, before, firing);
+                    let profile = stored_profile(rule, || appended.profile(&rule.state_key));
+                    let state = new_state(rule, identity, before, firing, &profile);
                     series.rules.insert(ri, state)
                 }
             };
@@ -559,6 +563,13 @@ fn evaluate_rule(
         return;
     };
     let (x, verdict, before, transition) = (step.x, step.verdict, step.before, step.transition);
+    if let Some(bytes) = step
+        .finished_bucket
+        .and_then(|i| Some((i, state.profile_bucket(i)?)))
+    {
+        b.profiles
+            .push((key.1, rule.state_key.clone(), bytes.0, bytes.1));
+    }
     let Some((now, _)) = ring.back() else {
         return;
     };
@@ -623,6 +634,13 @@ struct Batch {
     transitions: Vec<(String, Transition)>,
     /// Alerts that started or stopped firing, for the store.
     firing: Vec<(SeriesId, String, Option<i64>)>,
+    /// Seasonal buckets the series left: (series, rule key, bucket, statistics).
+    profiles: Vec<(
+        SeriesId,
+        String,
+        u32,
+        [u8; crate::detect::seasonal::BUCKET_BYTES],
+    )>,
     /// Evaluations per rule index.
     evaluations: Vec<u64>,
     /// The number of the target's previous scrape, and how many of its series came back.

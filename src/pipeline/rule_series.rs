@@ -32,9 +32,19 @@ pub(crate) struct Step {
     /// The alert before this evaluation.
     pub before: AlertState,
     pub transition: Option<Transition>,
+    /// The seasonal bucket the series just left (its statistics to persist).
+    pub finished_bucket: Option<u32>,
 }
 
 impl RuleSeries {
+    /// Bucket `i` of a seasonal rule's profile, as persisted.
+    pub(crate) fn profile_bucket(&self, i: u32) -> Option<[u8; detect::seasonal::BUCKET_BYTES]> {
+        match &self.detector {
+            detect::State::Seasonal(p) => p.encode(i),
+            _ => None,
+        }
+    }
+
     /// Whether its alert is firing.
     pub(crate) fn is_firing(&self) -> bool {
         self.alert.is_firing()
@@ -57,11 +67,12 @@ impl RuleSeries {
             &rule.method,
             &self.window,
             &self.detector,
+            now,
             x,
             rule.min_samples,
         )?;
         push_to_window(&mut self.window, x, ring);
-        detect::update(&rule.method, &mut self.detector, x);
+        let finished_bucket = detect::update(&rule.method, &mut self.detector, now, x);
         let policy = rule.policy();
         let condition = policy.condition(&mut self.recent, verdict.anomalous);
         let before = self.alert;
@@ -71,6 +82,7 @@ impl RuleSeries {
             verdict,
             before,
             transition,
+            finished_bucket,
         })
     }
 }
@@ -93,30 +105,45 @@ fn push_to_window(window: &mut Window, x: f64, ring: &SampleRing) {
     window.push_shared(x, evicted, tail);
 }
 
-/// Builds a rule's window from stored raw samples (so a restart or a new rule starts warm).
+/// Builds a rule's state from stored raw samples (so a restart or a new rule starts warm),
+/// and a seasonal rule's profile from its stored buckets (`profile`; when there are none,
+/// from the samples).
 pub(crate) fn new_state(
     rule: &Rule,
     identity: &SeriesIdentity,
     samples: impl Iterator<Item = (i64, f64)>,
     firing_since: Option<i64>,
+    profile: &[(u32, Vec<u8>)],
 ) -> RuleSeries {
     let sorted = rule.method.needs_sorted();
+    let samples: Vec<(i64, f64)> = samples.collect();
     let mut detector = rule.method.new_state();
-    let stateful = detector != detect::State::None;
-    let window = if shares_store_window(rule, identity.counter_like) && !stateful {
-        Window::shared(rule.window, sorted, samples.map(|s| s.1))
+    let mut restored = false;
+    if let detect::State::Seasonal(p) = &mut detector {
+        for (bucket, bytes) in profile {
+            restored |= p.restore(*bucket, bytes);
+        }
+    }
+    let values = || {
+        let mut prev = None;
+        samples.iter().filter_map(move |&s| {
+            let x = transform(rule.transform, identity.counter_like, prev, s);
+            prev = Some(s);
+            x.map(|x| (s.0, x))
+        })
+    };
+    let window = if shares_store_window(rule, identity.counter_like) {
+        Window::shared(rule.window, sorted, samples.iter().map(|s| s.1))
     } else {
         let mut window = Window::new(rule.window, sorted);
-        let mut prev = None;
-        for s in samples {
-            if let Some(x) = transform(rule.transform, identity.counter_like, prev, s) {
-                window.push(x);
-                detect::update(&rule.method, &mut detector, x);
-            }
-            prev = Some(s);
-        }
+        values().for_each(|(_, x)| window.push(x));
         window
     };
+    if !restored {
+        for (ts, x) in values() {
+            detect::update(&rule.method, &mut detector, ts, x);
+        }
+    }
     RuleSeries {
         window,
         detector,
@@ -127,6 +154,21 @@ pub(crate) fn new_state(
         fired: None,
         exported: false,
     }
+}
+
+/// The stored profile a seasonal rule's state starts from (none for other methods); a
+/// store that cannot be read starts the profile afresh, with a warning.
+pub(super) fn stored_profile(
+    rule: &Rule,
+    read: impl FnOnce() -> Result<Vec<(u32, Vec<u8>)>, crate::store::StoreError>,
+) -> Vec<(u32, Vec<u8>)> {
+    if !matches!(rule.method, detect::Method::Seasonal { .. }) {
+        return Vec::new();
+    }
+    read().unwrap_or_else(|e| {
+        tracing::warn!(rule = %rule.name, "Seasonal profile unreadable, starting afresh: {e}");
+        Vec::new()
+    })
 }
 
 /// Whether a rule's window can be a view of the store's samples instead of a copy: it judges

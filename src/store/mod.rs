@@ -9,7 +9,8 @@
 //!   timestamps shared by the series scraped together; `snapshot.rs`) and the last journal
 //!   seq included, replaced atomically by a compaction once the journal reaches half the
 //!   windows' raw size (8 bytes a value), which then empties the journal;
-//! - sled: firing alerts (tree `alerts`) and the receivers' outboxes. It held identities and
+//! - sled: firing alerts (tree `alerts`), seasonal profiles (tree `profiles`) and the
+//!   receivers' outboxes. It held identities and
 //!   samples once; at 100k series its in-memory tree cost ~450 MB.
 //!
 //! Each scrape's writes are flushed before the next scrape is processed, so a kill -9 loses
@@ -20,6 +21,7 @@ mod database;
 mod files;
 mod identity;
 mod journal;
+mod profiles;
 mod recovery;
 mod ring;
 mod snapshot;
@@ -101,6 +103,7 @@ pub fn series_id(target: &str, name: &str, labels: &[(String, String)]) -> Serie
 pub struct Appended<'a> {
     pub entry: &'a SeriesEntry,
     firing: &'a HashMap<(SeriesId, String), i64>,
+    db: &'a Database,
 }
 
 impl Appended<'_> {
@@ -176,6 +179,9 @@ pub enum StoreError {
 #[derive(Default)]
 pub struct WriteBatch {
     alerts: sled::Batch,
+    /// Seasonal buckets written, and series whose profiles go.
+    profiles: sled::Batch,
+    profiles_gone: Vec<SeriesId>,
     /// Journal records and their seq.
     journal: Vec<(u64, Vec<u8>)>,
     empty: bool,
@@ -198,6 +204,10 @@ impl StoreWriter {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         files.append(&batch.journal)?;
         self.db.tree(ALERTS)?.apply_batch(batch.alerts)?;
+        self.db
+            .tree(profiles::PROFILES)?
+            .apply_batch(batch.profiles)?;
+        profiles::remove_series(&self.db, &batch.profiles_gone)?;
         self.db.flush()?;
         Ok(())
     }
@@ -379,6 +389,7 @@ impl Store {
             journal,
             pending,
             held_samples,
+            writer,
             ..
         } = self;
         let entry = entries.get_mut(slot.index())?.as_mut()?;
@@ -396,7 +407,11 @@ impl Store {
         }
         journal.sample(entry.ordinal, ts_ms, value);
         pending.empty = false;
-        Some(Appended { entry, firing })
+        Some(Appended {
+            entry,
+            firing,
+            db: &writer.db,
+        })
     }
 
     /// Moves the journal records built so far into the pending batch, numbered.
@@ -469,6 +484,7 @@ impl Store {
             *c = c.saturating_sub(1);
         }
         self.journal.removed(id);
+        self.pending.profiles_gone.push(id);
         let alerts: Vec<String> = self
             .firing
             .keys()

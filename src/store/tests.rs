@@ -246,3 +246,30 @@ fn a_format_1_snapshot_written_by_an_older_version_loads_and_is_rewritten_as_for
     assert_eq!(&snap[..8], b"ASWIN\x00\x00\x02");
     check(&reopen(dir.path()));
 }
+
+#[test]
+fn seasonal_profiles_survive_reopen_and_go_with_their_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = series_id("t:1", "m", &[("a".into(), "1".into())]);
+    {
+        let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+        s.admit(id, || ident("t:1", "m"), 10).unwrap();
+        s.append(id, 1000, 1.0, 4);
+        s.set_profile_bucket(id, "rule@1", 7, b"bucket-seven");
+        s.set_profile_bucket(id, "rule@1", 2, b"bucket-two");
+        s.set_profile_bucket(id, "rule@10", 2, b"other rule");
+        write(&mut s);
+    }
+    let mut s = reopen(dir.path());
+    let p = s.profile(id, "rule@1").unwrap();
+    assert_eq!(
+        p,
+        vec![(2, b"bucket-two".to_vec()), (7, b"bucket-seven".to_vec())]
+    );
+    assert_eq!(s.profile(id, "rule@10").unwrap().len(), 1);
+    assert!(s.profile(id + 1, "rule@1").unwrap().is_empty());
+    s.remove(id);
+    write(&mut s);
+    assert!(s.profile(id, "rule@1").unwrap().is_empty());
+    assert!(s.profile(id, "rule@10").unwrap().is_empty());
+}

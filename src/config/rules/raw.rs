@@ -50,6 +50,8 @@ pub(super) struct RawRule {
     pub(super) deviation_pct: Option<Spanned<f64>>,
     pub(super) mad_threshold: Option<Spanned<f64>>,
     pub(super) alpha: Option<Spanned<f64>>,
+    pub(super) season: Option<Spanned<String>>,
+    pub(super) buckets: Option<Spanned<i64>>,
     pub(super) window: Option<Spanned<i64>>,
     pub(super) min_samples: Option<Spanned<i64>>,
     #[serde(rename = "for")]

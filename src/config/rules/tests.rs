@@ -158,3 +158,104 @@ fn the_shipped_rules_file_loads() {
     let set = load_file(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(!set.rules.is_empty());
 }
+
+#[test]
+fn robust_and_seasonal_methods_with_their_defaults_and_alert_policy() {
+    let text = r#"
+defaults:
+  keep_firing_for: 10m
+  min_anomalous: {count: 2, of: 3}
+rules:
+  - name: m
+    match: x
+    method: mad
+  - name: e
+    match: x
+    method: ewma
+    alpha: 0.2
+    keep_firing_for: 0s
+  - name: s
+    match: x
+    method: seasonal
+    season: 168h
+    buckets: 672
+    window: 20
+    min_anomalous: {count: 1, of: 1}
+"#;
+    let set = parse("rules.yaml", text).unwrap();
+    let [m, e, s] = &set.rules[..] else {
+        panic!("three rules")
+    };
+    assert_eq!(m.method, Method::Mad { mad_threshold: 3.5 });
+    assert_eq!(
+        (m.keep_firing_for, m.min_anomalous),
+        (Duration::from_secs(600), (2, 3))
+    );
+    assert_eq!(
+        e.method,
+        Method::Ewma {
+            alpha: 0.2,
+            z_threshold: 3.0
+        }
+    );
+    assert_eq!(e.keep_firing_for, Duration::ZERO);
+    assert_eq!(
+        s.method,
+        Method::Seasonal {
+            season_ms: 168 * 3_600_000,
+            buckets: 672,
+            z_threshold: 3.0,
+            memory: 20
+        }
+    );
+    assert_eq!(s.policy().count, 1);
+    assert_eq!(s.policy().keep_firing_for_ms, 600_000);
+}
+
+#[test]
+fn bad_parameters_of_the_new_methods_point_at_their_value() {
+    let text = r#"rules:
+  - name: a
+    match: x
+    method: ewma
+    alpha: 0
+  - name: b
+    match: x
+    method: seasonal
+    season: 1m
+    buckets: 288
+  - name: c
+    match: x
+    method: zscore
+    mad_threshold: 3
+    min_anomalous: {count: 4, of: 3}
+  - name: d
+    match: x
+    method: seasonal
+    season: soon
+"#;
+    let e = errors(text);
+    let msgs: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    let has = |needle: &str| msgs.iter().any(|m| m.contains(needle));
+    assert!(
+        has("rules.yaml:5:12: rule \"a\": alpha must be in (0, 1], got 0"),
+        "{msgs:?}"
+    );
+    assert!(
+        has("rules.yaml:10:14: rule \"b\": season 60s in 288 buckets is under a second a bucket"),
+        "{msgs:?}"
+    );
+    assert!(
+        has("rules.yaml:14:20: rule \"c\": mad_threshold does not apply to method zscore"),
+        "{msgs:?}"
+    );
+    assert!(
+        has("rule \"c\": min_anomalous needs 1 <= count <= of <= 64, got count 4 of 3"),
+        "{msgs:?}"
+    );
+    assert!(
+        has("rules.yaml:19:13: rule \"d\": bad duration \"soon\""),
+        "{msgs:?}"
+    );
+    assert_eq!(msgs.len(), 5, "{msgs:?}");
+}

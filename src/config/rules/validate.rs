@@ -241,6 +241,7 @@ impl Validator<'_> {
                     z_threshold: self.pos_f64(&r.z_threshold, 3.0, n, "z_threshold"),
                 }
             }
+            "seasonal" => self.seasonal(r, n, window),
             "trend" => {
                 let trend_window = r.trend_window.as_ref().map_or(5, |t| {
                     if t.value < 2 || t.value > window + 1 {
@@ -259,7 +260,7 @@ impl Validator<'_> {
             }
             other => {
                 let msg = format!(
-                    "unknown method {other:?}: use zscore, iqr, threshold, trend, mad or ewma"
+                    "unknown method {other:?}: use zscore, iqr, threshold, trend, mad, ewma or seasonal"
                 );
                 self.err(&r.method.referenced, n, msg);
                 Method::ZScore { z_threshold: 3.0 }
@@ -270,11 +271,21 @@ impl Validator<'_> {
     /// Parameters of another method are mistakes, not silently ignored values.
     fn foreign_params(&mut self, r: &RawRule, n: Option<&str>) {
         let m = r.method.value.as_str();
-        let params: [(&str, Option<Location>, &[&str]); 8] = [
+        let params: [(&str, Option<Location>, &[&str]); 10] = [
             (
                 "z_threshold",
                 (r.z_threshold.as_ref().map(|s| s.referenced)),
-                &["zscore", "ewma"],
+                &["zscore", "ewma", "seasonal"],
+            ),
+            (
+                "season",
+                (r.season.as_ref().map(|s| s.referenced)),
+                &["seasonal"],
+            ),
+            (
+                "buckets",
+                (r.buckets.as_ref().map(|s| s.referenced)),
+                &["seasonal"],
             ),
             (
                 "iqr_factor",
@@ -304,13 +315,51 @@ impl Validator<'_> {
             ),
             ("alpha", (r.alpha.as_ref().map(|s| s.referenced)), &["ewma"]),
         ];
-        if !["zscore", "iqr", "threshold", "trend", "mad", "ewma"].contains(&m) {
+        if ![
+            "zscore",
+            "iqr",
+            "threshold",
+            "trend",
+            "mad",
+            "ewma",
+            "seasonal",
+        ]
+        .contains(&m)
+        {
             return; // the unknown method is the error to report
         }
         for (key, at, methods) in params {
             if let Some(at) = at.filter(|_| !methods.contains(&m)) {
                 self.err(&at, n, format!("{key} does not apply to method {m}"));
             }
+        }
+    }
+
+    /// `season` (default 24h) cut into `buckets` (default 288) of at least a second.
+    fn seasonal(&mut self, r: &RawRule, n: Option<&str>, window: i64) -> Method {
+        let before = self.errors.len();
+        let season = r
+            .season
+            .as_ref()
+            .map_or(Duration::from_secs(86_400), |s| self.duration(s, n));
+        let season_ms = season.as_millis().min(i64::MAX as u128) as i64;
+        let buckets = r
+            .buckets
+            .as_ref()
+            .map_or(288, |b| self.positive(b, n, "buckets"));
+        if self.errors.len() == before && season_ms / buckets.max(1) < 1000 {
+            let at = r
+                .buckets
+                .as_ref()
+                .map_or(r.method.referenced, |b| b.referenced);
+            let msg = format!("season {season:?} in {buckets} buckets is under a second a bucket");
+            self.err(&at, n, msg);
+        }
+        Method::Seasonal {
+            season_ms: season_ms.max(1),
+            buckets: buckets as usize,
+            z_threshold: self.pos_f64(&r.z_threshold, 3.0, n, "z_threshold"),
+            memory: window.clamp(2, u32::MAX as i64) as u32,
         }
     }
 
