@@ -13,6 +13,7 @@ pub mod fuzzing;
 pub mod notify;
 pub mod pipeline;
 pub mod prefetch;
+pub mod promapi;
 pub mod scrape;
 pub mod server;
 pub mod store;

@@ -45,11 +45,14 @@ fn backtest(args: &config::flags::BacktestArgs) -> ExitCode {
         }
     };
     let run = || -> Result<String, backtest::BacktestError> {
-        let inputs = args
+        let mut inputs = args
             .csv
             .iter()
             .map(|p| backtest::input::read_csv(p))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(url) = &args.prometheus {
+            inputs.extend(backtest::fetch(url, args)?);
+        }
         for s in inputs.iter().filter(|s| s.backwards.is_some()) {
             let line = s.backwards.unwrap_or(0);
             eprintln!(

@@ -103,6 +103,62 @@ pub fn read_csv(path: &Path) -> Result<Recorded, BacktestError> {
     })
 }
 
+/// The series of a range query as recorded series: each named after its metric and label
+/// values (`node_load1_10_0_0_1_9100_node`, made unique with `-2`, `-3`…), its target the
+/// `instance` label (else `source`, the Prometheus URL). Timestamps are written RFC 3339.
+pub fn from_range(series: Vec<crate::promapi::RangeSeries>, source: &str) -> Vec<Recorded> {
+    let mut taken = std::collections::HashSet::new();
+    series
+        .into_iter()
+        .map(|s| {
+            let mut labels = s.labels;
+            let metric = labels.remove("__name__").unwrap_or_else(|| "query".into());
+            let target = labels
+                .get("instance")
+                .cloned()
+                .unwrap_or_else(|| source.to_string());
+            let stem = std::iter::once(metric.as_str())
+                .chain(labels.values().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join("_");
+            let base = metric_name(&stem);
+            let mut name = base.clone();
+            let mut n = 1;
+            while !taken.insert(name.clone()) {
+                n += 1;
+                name = format!("{base}-{n}");
+            }
+            let rows = s
+                .samples
+                .into_iter()
+                .map(|(ts_ms, value)| Row {
+                    ts_ms,
+                    text: rfc3339_ms(ts_ms),
+                    value,
+                })
+                .collect();
+            Recorded {
+                name,
+                metric: metric_name(&metric),
+                labels: labels.into_iter().collect(),
+                target,
+                rows,
+                backwards: None,
+            }
+        })
+        .collect()
+}
+
+/// RFC 3339 in UTC, with milliseconds only when there are some.
+fn rfc3339_ms(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    if ms % 1000 == 0 {
+        humantime::format_rfc3339_seconds(t).to_string()
+    } else {
+        humantime::format_rfc3339_millis(t).to_string()
+    }
+}
+
 /// A metric name from a file stem: characters outside `[a-zA-Z0-9_]` become `_`.
 pub fn metric_name(stem: &str) -> String {
     stem.chars()

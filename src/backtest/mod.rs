@@ -33,6 +33,10 @@ pub enum BacktestError {
         line: usize,
         message: String,
     },
+    #[error("reading from Prometheus: {0}")]
+    Prometheus(#[from] crate::promapi::PromApiError),
+    #[error("{0}")]
+    Usage(String),
     #[error("two inputs would both write {0}: rename one of them")]
     SameName(String),
     #[error("cannot write {file}: {source}")]
@@ -108,6 +112,37 @@ pub fn replay(rules: &RuleSet, series: &Recorded) -> Replay {
             .push(states.iter().flatten().any(RuleSeries::is_firing));
     }
     out
+}
+
+/// The series of `--query` over `--start`..`--end` from the Prometheus at `url`.
+pub fn fetch(
+    url: &str,
+    args: &crate::config::flags::BacktestArgs,
+) -> Result<Vec<Recorded>, BacktestError> {
+    let time = |flag: &str, v: &Option<String>| {
+        let text = v.as_deref().unwrap_or_default();
+        input::parse_timestamp(text).ok_or_else(|| {
+            BacktestError::Usage(format!(
+                "bad --{flag} {text:?}: use RFC 3339, YYYY-MM-DD HH:MM:SS or Unix seconds"
+            ))
+        })
+    };
+    let (start, end) = (time("start", &args.start)?, time("end", &args.end)?);
+    if end < start {
+        return Err(BacktestError::Usage("--end is before --start".into()));
+    }
+    let query = args.query.clone().unwrap_or_default();
+    let endpoint = crate::promapi::endpoint(url)?;
+    let client = crate::promapi::client(std::time::Duration::from_secs(60))?;
+    let step = args.step.as_millis().min(i64::MAX as u128) as i64;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BacktestError::Usage(format!("cannot start the async runtime: {e}")))?;
+    let series = runtime.block_on(crate::promapi::query_range(
+        &client, &endpoint, &query, start, end, step,
+    ))?;
+    Ok(input::from_range(series, url))
 }
 
 /// A detector score (≥ 0, 1 at the threshold) as an anomaly_score in [0, 1).

@@ -34,8 +34,23 @@ pub struct BacktestArgs {
     pub rules: PathBuf,
     /// `timestamp,value` CSV files, one series each, named after the file (its stem, with
     /// characters outside [a-zA-Z0-9_] as `_`, is the metric name).
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "prometheus")]
     pub csv: Vec<PathBuf>,
+    /// Read the series from a Prometheus HTTP API instead (with --query, --start, --end).
+    #[arg(long, requires_all = ["query", "start", "end"])]
+    pub prometheus: Option<String>,
+    /// The selector (or any PromQL expression) whose range is replayed.
+    #[arg(long)]
+    pub query: Option<String>,
+    /// Range start: RFC 3339, `YYYY-MM-DD HH:MM:SS` (UTC) or Unix seconds.
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Range end, as --start.
+    #[arg(long)]
+    pub end: Option<String>,
+    /// Resolution of the range: the scrape interval the rules will see.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    pub step: Duration,
     /// Directory for `<series>.csv` (timestamp,value,anomaly_score,active) and
     /// `<series>.events.csv` (a timestamp per firing).
     #[arg(long)]

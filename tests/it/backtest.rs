@@ -231,3 +231,160 @@ fn a_clock_that_goes_back_is_replayed_in_file_order_with_a_warning() {
         Some("2014-04-10 07:00:00")
     );
 }
+
+/// A Prometheus whose TSDB holds `openmetrics` (backfilled with promtool), on a free port;
+/// killed on drop. None when the tools are missing (outside CI).
+pub struct HistoryPrometheus {
+    child: std::process::Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for HistoryPrometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HistoryPrometheus {
+    pub fn start(openmetrics: &str) -> Option<Self> {
+        let (prometheus, promtool) = (tool("prometheus")?, tool("promtool")?);
+        let dir = tempfile::tempdir().unwrap();
+        let input = write(dir.path(), "history.om", openmetrics);
+        let data = dir.path().join("data");
+        let out = std::process::Command::new(promtool)
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&input)
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = write(dir.path(), "prometheus.yml", "global: {}\n");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = std::process::Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(
+            "prometheus ready",
+            std::time::Duration::from_secs(60),
+            || http("GET", &addr, "/-/ready").filter(|(s, _)| *s == 200),
+        );
+        Some(Self {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+}
+
+/// `n` samples of `name{labels}` a second apart ending `end_s`, ~10 with a spike at `spike`.
+pub fn openmetrics(name: &str, labels: &str, end_s: u64, n: u64, spike: Option<u64>) -> String {
+    let mut s = format!("# TYPE {name} gauge\n");
+    for i in 0..n {
+        let v = if Some(i) == spike { 100 } else { 10 + i % 3 };
+        s.push_str(&format!("{name}{{{labels}}} {v} {}\n", end_s - n + 1 + i));
+    }
+    s.push_str("# EOF\n");
+    s
+}
+
+#[test]
+fn replays_a_range_read_from_prometheus() {
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 60;
+    let history = openmetrics(
+        "bt_value",
+        "instance=\"h:1\",job=\"bt\"",
+        end,
+        300,
+        Some(250),
+    );
+    let Some(prom) = HistoryPrometheus::start(&history) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "rules:\n  - name: z\n    match: bt_value\n    method: zscore\n",
+    );
+    let out_dir = dir.path().join("out");
+    let url = format!("http://{}", prom.addr);
+    let (start, end) = ((end - 299).to_string(), end.to_string());
+    let args = |query: &str, out: &std::path::Path| {
+        run(&[
+            "backtest",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--prometheus",
+            &url,
+            "--query",
+            query,
+            "--start",
+            &start,
+            "--end",
+            &end,
+            "--step",
+            "1s",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let out = args("bt_value", &out_dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scores = std::fs::read_to_string(out_dir.join("bt_value_h_1_bt.csv")).unwrap();
+    assert_eq!(scores.lines().count(), 301, "a row per step");
+    let events = std::fs::read_to_string(out_dir.join("bt_value_h_1_bt.events.csv")).unwrap();
+    let fired: Vec<&str> = events.lines().skip(1).collect();
+    assert_eq!(fired.len(), 1, "{events}");
+    let spike_at = anomaly_sidecar::export::rfc3339(((end.parse::<i64>().unwrap()) - 49) * 1000);
+    assert_eq!(fired[0], spike_at);
+    assert!(stdout.contains("bt_value_h_1_bt"), "{stdout}");
+
+    // Prometheus' own complaint, and an unreachable one: errors, nothing written.
+    let bad = dir.path().join("bad");
+    let out = args("bt_value{", &bad);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad_data"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!bad.exists());
+    let out = run(&[
+        "backtest",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--prometheus",
+        &format!("http://127.0.0.1:{}", free_port()),
+        "--query",
+        "x",
+        "--start",
+        &start,
+        "--end",
+        &end,
+        "--out",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading from Prometheus"));
+    assert!(!bad.exists());
+}
