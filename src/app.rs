@@ -43,6 +43,8 @@ pub enum StartError {
     WebConfig(server::web::WebError),
     #[error("cannot set up: {0}")]
     Setup(String),
+    #[error("invalid --warmup-from: {0}")]
+    Warmup(crate::promapi::PromApiError),
 }
 
 /// A started sidecar; `wait` runs it until `shutdown` resolves.
@@ -148,11 +150,26 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         )));
     }
     drop(results_tx);
+    let warmup = match &args.warmup_from {
+        Some(url) => {
+            let w = crate::scrape::warmup::Warmup::new(
+                url,
+                &args.warmup_selector,
+                args.scrape_interval,
+                args.warmup_timeout,
+            )
+            .map_err(StartError::Warmup)?;
+            tracing::info!(url = %url, "Warm start from Prometheus");
+            Some(Arc::new(w))
+        }
+        None => None,
+    };
     let pipeline = Pipeline::new(
         targets,
         PipelineSettings {
             max_series: args.max_series,
             retention: args.retention,
+            warmup,
         },
         rules,
         store,

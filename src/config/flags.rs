@@ -93,6 +93,22 @@ pub struct RunArgs {
     /// How often each target is scraped.
     #[arg(long, env = "ANOMALY_SIDECAR_SCRAPE_INTERVAL", default_value = "15s", value_parser = duration)]
     pub scrape_interval: Duration,
+    /// Prometheus (HTTP API base URL) to read the recent history of series the store lacks
+    /// from, at start and for each new series, so a fresh pod judges its first scrape.
+    /// Unreachable: a warning, and the series start from scratch.
+    #[arg(long = "warmup-from", env = "ANOMALY_SIDECAR_WARMUP_FROM")]
+    pub warmup_from: Option<String>,
+    /// Label matchers added to every warm-start query, to pick this pod's copy of a series
+    /// from its replicas' (e.g. `pod="$(POD_NAME)"`).
+    #[arg(
+        long = "warmup-selector",
+        env = "ANOMALY_SIDECAR_WARMUP_SELECTOR",
+        default_value = ""
+    )]
+    pub warmup_selector: String,
+    /// Longest a target's first scrape waits for its history.
+    #[arg(long = "warmup-timeout", env = "ANOMALY_SIDECAR_WARMUP_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub warmup_timeout: Duration,
     /// Scrape timeout; defaults to the smaller of 10s and the interval.
     #[arg(long, env = "ANOMALY_SIDECAR_SCRAPE_TIMEOUT", value_parser = duration)]
     pub scrape_timeout: Option<Duration>,

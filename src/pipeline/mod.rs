@@ -7,6 +7,7 @@ mod persist;
 mod rule_series;
 pub mod scan;
 mod slots;
+mod warm;
 
 use crate::alert::{AlertEvent, AlertState, Transition};
 use crate::config::{Rule, RuleSet};
@@ -36,6 +37,8 @@ const EXPORT_SLICE: usize = 4096;
 pub struct PipelineSettings {
     pub max_series: usize,
     pub retention: Duration,
+    /// Where to read the history of series the store lacks (`--warmup-from`).
+    pub warmup: Option<Arc<crate::scrape::warmup::Warmup>>,
 }
 
 /// Owns the store and all rule state; driven by `run`.
@@ -75,6 +78,9 @@ pub struct Pipeline {
     last_resend_ms: i64,
     /// While the store is failing: when to try reopening it next, and the backoff.
     store_retry: Option<(std::time::Instant, std::time::Duration)>,
+    /// Warm start, with `--warmup-from`; its background answers.
+    warm: Option<warm::WarmStart>,
+    warm_replies: Option<mpsc::UnboundedReceiver<warm::Reply>>,
 }
 
 impl Pipeline {
@@ -89,6 +95,13 @@ impl Pipeline {
     ) -> Self {
         let n = targets.len();
         let (names, heads, ids) = rule_names(&rules, &exporter);
+        let (warm, warm_replies) = match settings.warmup.clone() {
+            Some(w) => {
+                let (warm, rx) = warm::WarmStart::new(w, n);
+                (Some(warm), Some(rx))
+            }
+            None => (None, None),
+        };
         for t in &targets {
             exporter
                 .metrics
@@ -118,6 +131,8 @@ impl Pipeline {
             last_expiry_ms: 0,
             last_resend_ms: 0,
             store_retry: None,
+            warm,
+            warm_replies,
         };
         p.restore_firing();
         p
@@ -130,6 +145,9 @@ impl Pipeline {
         mut rules: watch::Receiver<Arc<RuleSet>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        // Without warm start, a channel that never yields.
+        let (_never, idle) = mpsc::unbounded_channel();
+        let mut warm_replies = self.warm_replies.take().unwrap_or(idle);
         loop {
             tokio::select! {
                 biased;
@@ -138,10 +156,16 @@ impl Pipeline {
                     let new = rules.borrow_and_update().clone();
                     self.set_rules(new);
                 }
+                Some((target, asked, fetched)) = warm_replies.recv() => {
+                    self.take_history(&target, asked, fetched, false);
+                }
                 r = results.recv() => match r {
                     Some(r) => {
                         let started_ms = r.at_ms;
+                        self.warm_first_scrape(&r).await;
+                        let (target, at_ms) = (r.target, r.at_ms);
                         self.process(r);
+                        self.warm_late(target, at_ms);
                         let took = crate::scrape::now_ms().saturating_sub(started_ms);
                         self.exporter
                             .metrics
@@ -427,6 +451,18 @@ impl Pipeline {
                 let identity =
                     || SeriesIdentity::new(target.clone(), &s.name, &s.labels, s.counter_like);
                 match self.store.admit(id, identity, self.settings.max_series) {
+                    Ok(slot)
+                        if self.warm.is_some()
+                            && self.store.at(slot).is_some_and(|e| e.samples().is_empty()) =>
+                    {
+                        let window = rules
+                            .iter()
+                            .map(|&ri| self.rules.rules[ri].window)
+                            .max()
+                            .unwrap_or(0);
+                        self.admitted(slot, id, &s.name, &s.labels, window);
+                        slot
+                    }
                     Ok(slot) => slot,
                     Err(_) => {
                         b.dropped += 1;

@@ -2,6 +2,7 @@
 //! the scrape failed) goes to the pipeline over a channel. Never touches the store.
 
 pub mod parse;
+pub mod warmup;
 
 pub use parse::Sample;
 

@@ -16,6 +16,7 @@
 //! Each scrape's writes are flushed before the next scrape is processed, so a kill -9 loses
 //! at most the scrape being written; a restart loads the windows and replays the journal.
 
+mod backfill;
 mod codec;
 mod database;
 mod files;
@@ -232,6 +233,8 @@ pub struct Store {
     journal_bytes: u64,
     /// Samples in every window together (so the compaction check does not walk them all).
     held_samples: u64,
+    /// Windows got older samples (warm start) that only a compaction writes.
+    backfilled: bool,
 }
 
 /// Why a new series was not admitted.
@@ -268,6 +271,7 @@ impl Store {
             next_seq: 0,
             journal_bytes: 0,
             held_samples: 0,
+            backfilled: false,
         };
         store.load(loaded)?;
         Ok(store)
@@ -513,7 +517,7 @@ impl Store {
     /// Whether the journal has grown to half the windows' raw size (after a batch is written).
     pub fn compaction_due(&self) -> bool {
         let raw = self.held_samples * 8;
-        self.journal_bytes >= (raw / 2).max(MIN_COMPACTION_BYTES)
+        self.backfilled || self.journal_bytes >= (raw / 2).max(MIN_COMPACTION_BYTES)
     }
 
     /// Writes every identity and window into a new snapshot, streamed to the file (no copy of
@@ -536,6 +540,7 @@ impl Store {
             Ok(())
         })?;
         self.journal_bytes = 0;
+        self.backfilled = false;
         // A new journal: series get new ordinals as they sample.
         self.journal.clear();
         for e in self.entries.iter_mut().flatten() {

@@ -326,3 +326,43 @@ fn dockerfile_agrees_with_the_chart() {
     }
     assert!(docker.contains("COPY rules.yaml /etc/anomaly-sidecar/rules.yaml"));
 }
+
+#[test]
+fn warm_start_values_set_the_flags_and_the_pod_name() {
+    let (Some(helm), Some(validate)) = (tool("helm"), tool("kubernetes-validate")) else {
+        return;
+    };
+    let docs = documents(&render(
+        &helm,
+        &validate,
+        &chart(),
+        &[
+            "--set",
+            "warmup.from=http://prometheus-operated.monitoring.svc:9090",
+        ],
+    ));
+    let c = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.contains(&"--warmup-from=http://prometheus-operated.monitoring.svc:9090"),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--warmup-selector=pod=\"$(POD_NAME)\""),
+        "{args:?}"
+    );
+    assert_eq!(c["env"][0]["name"], "POD_NAME");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    // Off by default: no flag, no env.
+    let docs = documents(&render(&helm, &validate, &chart(), &[]));
+    let c = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0];
+    assert!(c["env"].is_null());
+}

@@ -17,4 +17,5 @@ mod prometheus_path;
 mod reload;
 mod scrape_auth;
 mod store;
+mod warmup;
 mod web;

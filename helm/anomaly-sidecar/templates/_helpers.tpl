@@ -80,9 +80,22 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
     - --llm-url={{ . }}
     - --llm-model={{ $.Values.notify.llmModel }}
     {{- end }}
+    {{- with .Values.warmup.from }}
+    - --warmup-from={{ . }}
+    - --warmup-selector={{ $.Values.warmup.selector }}
+    - --warmup-timeout={{ $.Values.warmup.timeout }}
+    {{- end }}
     {{- range .Values.extraArgs }}
     - {{ . }}
     {{- end }}
+  {{- if .Values.warmup.from }}
+  env:
+    # $(POD_NAME) in --warmup-selector: this pod's copy of each series in Prometheus.
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+  {{- end }}
   ports:
     - name: http-metrics
       containerPort: {{ .Values.port }}

@@ -1,0 +1,219 @@
+//! Warm start in the pipeline (`scrape::warmup` reads the history): at a target's first
+//! scrape, the series its rules select and the store cannot fill are asked of Prometheus,
+//! waiting up to `--warmup-timeout`, before the scrape is judged, so its first scrape is
+//! judged against a full window. Series that appear later are asked in the background; their
+//! rule states are rebuilt from the history when it arrives (from their next scrape on).
+//! An unreachable Prometheus is a warning: the series start from scratch.
+
+use super::Pipeline;
+use crate::scrape::warmup::{Fetched, Wanted, Warmup};
+use crate::scrape::{ScrapeBody, ScrapeResult};
+use crate::store::{series_id, IdMap, SeriesId, Slot};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// What the pipeline keeps for warm start.
+pub(super) struct WarmStart {
+    pub(super) warmup: Arc<Warmup>,
+    /// Per target: whether its first scrape was warmed.
+    warmed: Vec<bool>,
+    /// History of series not admitted yet (the first scrape's), applied at admission.
+    pending: IdMap<Vec<(i64, f64)>>,
+    /// Series admitted in the current scrape, to ask for in the background.
+    late: Vec<Wanted>,
+    /// The current scrape is its target's first, whose history was asked already.
+    first_scrape: bool,
+    replies: mpsc::UnboundedSender<Reply>,
+}
+
+/// History fetched in the background: the target, how many series were asked, the answer.
+pub(super) type Reply = (String, usize, Fetched);
+
+impl WarmStart {
+    pub(super) fn new(
+        warmup: Arc<Warmup>,
+        targets: usize,
+    ) -> (Self, mpsc::UnboundedReceiver<Reply>) {
+        let (replies, rx) = mpsc::unbounded_channel();
+        let w = Self {
+            warmup,
+            warmed: vec![false; targets],
+            pending: IdMap::default(),
+            late: Vec::new(),
+            first_scrape: false,
+            replies,
+        };
+        (w, rx)
+    }
+}
+
+impl Pipeline {
+    /// Before `result` is processed: at its target's first scrape, fetch the history its
+    /// series lack (waiting for it, bounded).
+    pub(super) async fn warm_first_scrape(&mut self, result: &ScrapeResult) {
+        let t = result.target;
+        let Some(warm) = &mut self.warm else {
+            return;
+        };
+        if warm.warmed.get(t).copied().unwrap_or(true) {
+            return;
+        }
+        let Ok(body) = &result.outcome else {
+            return;
+        };
+        warm.warmed[t] = true;
+        warm.first_scrape = true;
+        let warmup = warm.warmup.clone();
+        let wanted = self.wanted_in(t, body);
+        if wanted.is_empty() {
+            return;
+        }
+        let fetched =
+            match tokio::time::timeout(warmup.timeout, warmup.fetch(&wanted, result.at_ms)).await {
+                Ok(f) => f,
+                Err(_) => {
+                    tracing::warn!(
+                        target = %self.targets[t].name,
+                        "Warm start took over {:?}; its series start from scratch",
+                        warmup.timeout
+                    );
+                    return;
+                }
+            };
+        self.take_history(&self.targets[t].name.clone(), wanted.len(), fetched, true);
+    }
+
+    /// The series of `body` that a rule selects and whose stored window is short.
+    fn wanted_in(&mut self, t: usize, body: &ScrapeBody) -> Vec<Wanted> {
+        let target = self.targets[t].name.clone();
+        let Some(step) = self.warm.as_ref().map(|w| w.warmup.step_ms()) else {
+            return Vec::new();
+        };
+        let mut wanted = Vec::new();
+        for sample in crate::scrape::parse::samples(&body.text).flatten() {
+            let id = series_id(&target, &sample.name, &sample.labels);
+            let rules = self.rules_for(id, &target, &sample);
+            let needed = rules
+                .iter()
+                .map(|&ri| self.rules.rules[ri].window + 1)
+                .max();
+            let Some(needed) = needed else {
+                continue;
+            };
+            let held = self.store.get(id).map_or(0, |e| e.samples().len());
+            if held < needed {
+                wanted.push(Wanted {
+                    id,
+                    name: sample.name,
+                    labels: sample.labels,
+                    span_ms: needed as i64 * step,
+                });
+            }
+        }
+        wanted
+    }
+
+    /// History that arrived: into the store for admitted series (their rule states rebuilt
+    /// from it at their next sample), kept for the others until they are admitted.
+    pub(super) fn take_history(
+        &mut self,
+        target: &str,
+        asked: usize,
+        fetched: Fetched,
+        first: bool,
+    ) {
+        if let Some(e) = &fetched.error {
+            tracing::warn!(target = %target, "Warm start failed, the series start from scratch: {e}");
+        }
+        let got = fetched.history.len();
+        for (id, history) in fetched.history {
+            match self.store.slot(id) {
+                Some(slot) => self.backfill(slot, id, &history),
+                None => {
+                    if let Some(w) = &mut self.warm {
+                        w.pending.insert(id, history);
+                    }
+                }
+            }
+        }
+        let (missing, ambiguous) = (fetched.missing, fetched.ambiguous);
+        if first {
+            tracing::info!(
+                target = %target,
+                "Warm start: history for {got} of {asked} series \
+                 ({missing} missing, {ambiguous} matched several series)"
+            );
+        } else {
+            tracing::debug!(target = %target, got, asked, missing, ambiguous, "Warm start of new series");
+        }
+    }
+
+    fn backfill(&mut self, slot: Slot, id: SeriesId, history: &[(i64, f64)]) {
+        if self.store.backfill(slot, history) > 0 {
+            if let Some(state) = self.states.get_mut(slot, id) {
+                drop(state.rules.take());
+            }
+        }
+    }
+
+    /// A series just admitted: the history fetched for it, if any; else, after its target's
+    /// first scrape, ask for it in the background.
+    pub(super) fn admitted(
+        &mut self,
+        slot: Slot,
+        id: SeriesId,
+        name: &str,
+        labels: &[(String, String)],
+        window: usize,
+    ) {
+        let Some(w) = &mut self.warm else {
+            return;
+        };
+        if let Some(history) = w.pending.remove(&id) {
+            self.store.backfill(slot, &history);
+            return;
+        }
+        if w.first_scrape {
+            return; // asked already, and Prometheus had nothing
+        }
+        let span_ms = (window as i64 + 1) * w.warmup.step_ms();
+        w.late.push(Wanted {
+            id,
+            name: name.to_string(),
+            labels: labels.to_vec(),
+            span_ms,
+        });
+    }
+
+    /// After a scrape: ask for the late series' history in the background, and drop the
+    /// first scrape's history of series that were not admitted.
+    pub(super) fn warm_late(&mut self, target: usize, now_ms: i64) {
+        let Some(w) = &mut self.warm else {
+            return;
+        };
+        w.pending.clear();
+        w.first_scrape = false;
+        if w.late.is_empty() || !w.warmed.get(target).copied().unwrap_or(false) {
+            w.late.clear();
+            return;
+        }
+        let wanted = std::mem::take(&mut w.late);
+        let (warmup, replies) = (w.warmup.clone(), w.replies.clone());
+        let name = self
+            .targets
+            .get(target)
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
+        tokio::spawn(async move {
+            let fetched =
+                match tokio::time::timeout(warmup.timeout, warmup.fetch(&wanted, now_ms)).await {
+                    Ok(f) => f,
+                    Err(_) => Fetched {
+                        missing: wanted.len(),
+                        ..Fetched::default()
+                    },
+                };
+            let _ = replies.send((name, wanted.len(), fetched));
+        });
+    }
+}

@@ -1,0 +1,269 @@
+//! Warm start (`--warmup-from`): the recent history of series the store lacks, read from a
+//! Prometheus that scrapes the same exporters, so a fresh pod judges its first scrape against
+//! a full window instead of staying blind for `min_samples` scrapes.
+//!
+//! Prometheus labels the same series with its own target labels (`job`, `instance`, and with
+//! Kubernetes service discovery `namespace`, `pod`…). A series of ours matches a Prometheus
+//! series whose labels include all of ours with equal values and whose other labels are
+//! target labels (present on every series of the answer). `--warmup-selector` (e.g.
+//! `pod="$(POD_NAME)"`) pins the query to this pod's copy; a series that still matches
+//! several (replicas) is skipped and counted, never mixed.
+
+use crate::promapi::{self, PromApiError};
+use crate::store::SeriesId;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+/// Names asked per request (`{__name__=~"a|b|…"}`): few requests without an overlong query.
+const NAMES_PER_QUERY: usize = 64;
+
+/// A series whose window the store cannot fill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wanted {
+    pub id: SeriesId,
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+    /// How far back its rules look.
+    pub span_ms: i64,
+}
+
+/// History found for series, and what could not be had.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub history: Vec<(SeriesId, Vec<(i64, f64)>)>,
+    /// Series several Prometheus series matched (skipped).
+    pub ambiguous: usize,
+    /// Series Prometheus has nothing for.
+    pub missing: usize,
+    pub error: Option<PromApiError>,
+}
+
+/// Where and how to read history.
+pub struct Warmup {
+    client: reqwest::Client,
+    endpoint: reqwest::Url,
+    /// Extra matchers of every query, e.g. `pod="web-0"`.
+    matchers: String,
+    step_ms: i64,
+    pub timeout: Duration,
+}
+
+impl Warmup {
+    /// `selector` is a label matcher list (`pod="x",namespace="y"`, braces optional),
+    /// checked by Prometheus on the first query; `step` the scrape interval.
+    pub fn new(
+        url: &str,
+        selector: &str,
+        step: Duration,
+        timeout: Duration,
+    ) -> Result<Self, PromApiError> {
+        let matchers = selector
+            .trim()
+            .trim_start_matches('{')
+            .trim_end_matches('}')
+            .trim()
+            .to_string();
+        Ok(Self {
+            client: promapi::client(timeout)?,
+            endpoint: promapi::endpoint(url)?,
+            matchers,
+            step_ms: step.as_millis().clamp(1, i64::MAX as u128) as i64,
+            timeout,
+        })
+    }
+
+    /// The interval of the history asked (the scrape interval).
+    pub fn step_ms(&self) -> i64 {
+        self.step_ms
+    }
+
+    /// The history before `now_ms` of every `wanted` series, by metric name in few queries.
+    pub async fn fetch(&self, wanted: &[Wanted], now_ms: i64) -> Fetched {
+        let mut out = Fetched::default();
+        let mut by_name: BTreeMap<&str, Vec<&Wanted>> = BTreeMap::new();
+        for w in wanted {
+            by_name.entry(w.name.as_str()).or_default().push(w);
+        }
+        let names: Vec<&str> = by_name.keys().copied().collect();
+        for chunk in names.chunks(NAMES_PER_QUERY) {
+            let span = chunk
+                .iter()
+                .flat_map(|n| by_name[n].iter().map(|w| w.span_ms))
+                .max()
+                .unwrap_or(0);
+            let alternatives: Vec<String> = chunk.iter().map(|n| regex::escape(n)).collect();
+            let mut query = format!(
+                "{{__name__=~\"{}\"",
+                alternatives.join("|").replace('\\', "\\\\")
+            );
+            if !self.matchers.is_empty() {
+                query.push(',');
+                query.push_str(&self.matchers);
+            }
+            query.push('}');
+            // Strictly before now: the scrape at `now_ms` is the sample to judge.
+            let (start, end) = (now_ms - span, now_ms - 1);
+            let series = match promapi::query_range(
+                &self.client,
+                &self.endpoint,
+                &query,
+                start,
+                end,
+                self.step_ms,
+            )
+            .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    out.missing += chunk.iter().map(|n| by_name[n].len()).sum::<usize>();
+                    out.error = Some(e);
+                    continue;
+                }
+            };
+            let mut answered: HashMap<String, Vec<promapi::RangeSeries>> = HashMap::new();
+            for s in series {
+                let name = s.labels.get("__name__").cloned().unwrap_or_default();
+                answered.entry(name).or_default().push(s);
+            }
+            for name in chunk {
+                let got = answered.remove(*name).unwrap_or_default();
+                for w in &by_name[name] {
+                    match matching(w, &got) {
+                        Match::One(s) => {
+                            let since = now_ms - w.span_ms;
+                            let samples: Vec<(i64, f64)> = s
+                                .samples
+                                .iter()
+                                .copied()
+                                .filter(|(t, v)| *t >= since && v.is_finite())
+                                .collect();
+                            if samples.is_empty() {
+                                out.missing += 1;
+                            } else {
+                                out.history.push((w.id, samples));
+                            }
+                        }
+                        Match::None => out.missing += 1,
+                        Match::Several => out.ambiguous += 1,
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+enum Match<'a> {
+    One(&'a promapi::RangeSeries),
+    None,
+    Several,
+}
+
+/// The Prometheus series of `got` (all of one metric name) that is `w` plus target labels.
+fn matching<'a>(w: &Wanted, got: &'a [promapi::RangeSeries]) -> Match<'a> {
+    // Target labels: on every series of the answer (a metric's own labels vary).
+    let mut common: Option<BTreeSet<&str>> = None;
+    for s in got {
+        let names: BTreeSet<&str> = s.labels.keys().map(String::as_str).collect();
+        common = Some(match common {
+            None => names,
+            Some(c) => c.intersection(&names).copied().collect(),
+        });
+    }
+    let common = common.unwrap_or_default();
+    let ours: BTreeMap<&str, &str> = w
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut found = got.iter().filter(|s| {
+        ours.iter()
+            .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            && s.labels.keys().all(|k| {
+                k == "__name__" || ours.contains_key(k.as_str()) || common.contains(k.as_str())
+            })
+    });
+    match (found.next(), found.next()) {
+        (Some(s), None) => Match::One(s),
+        (None, _) => Match::None,
+        _ => Match::Several,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(labels: &[(&str, &str)]) -> promapi::RangeSeries {
+        promapi::RangeSeries {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            samples: vec![(1, 1.0)],
+        }
+    }
+
+    fn wanted(labels: &[(&str, &str)]) -> Wanted {
+        Wanted {
+            id: 1,
+            name: "m".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            span_ms: 10,
+        }
+    }
+
+    #[test]
+    fn ours_plus_target_labels_match_and_replicas_do_not() {
+        let got = vec![
+            series(&[
+                ("__name__", "m"),
+                ("code", "200"),
+                ("instance", "a"),
+                ("job", "j"),
+            ]),
+            series(&[
+                ("__name__", "m"),
+                ("code", "200"),
+                ("method", "GET"),
+                ("instance", "a"),
+                ("job", "j"),
+            ]),
+            series(&[
+                ("__name__", "m"),
+                ("code", "500"),
+                ("instance", "a"),
+                ("job", "j"),
+            ]),
+        ];
+        // {code="200"} is the first: the second has `method`, a label of the metric's own.
+        assert!(
+            matches!(matching(&wanted(&[("code", "200")]), &got), Match::One(s) if s.labels.len() == 4)
+        );
+        assert!(matches!(
+            matching(&wanted(&[("code", "404")]), &got),
+            Match::None
+        ));
+        let replicas = vec![
+            series(&[
+                ("__name__", "m"),
+                ("code", "200"),
+                ("instance", "a"),
+                ("job", "j"),
+            ]),
+            series(&[
+                ("__name__", "m"),
+                ("code", "200"),
+                ("instance", "b"),
+                ("job", "j"),
+            ]),
+        ];
+        assert!(matches!(
+            matching(&wanted(&[("code", "200")]), &replicas),
+            Match::Several
+        ));
+    }
+}
