@@ -12,19 +12,19 @@ use std::collections::VecDeque;
 /// The previous values of one series under one rule's transform, oldest first.
 #[derive(Debug, Clone)]
 pub struct Window {
-    capacity: usize,
+    capacity: u32,
     /// The values, when owned; empty for a shared window.
     values: VecDeque<f64>,
     shared: bool,
     /// Number of values in the window.
-    count: usize,
+    count: u32,
     /// Running sums of `v - shift`; shifting keeps the variance numerically stable when
     /// values are large and close together (e.g. a byte counter near 1e12).
     shift: f64,
     sum: f64,
     sum_sq: f64,
     /// Pushes since the sums were last recomputed exactly; bounds rounding drift.
-    pushes_since_exact: usize,
+    pushes_since_exact: u32,
     /// Sorted copy of the values, kept only when a detector needs quantiles.
     sorted: Option<Vec<f64>>,
 }
@@ -32,9 +32,10 @@ pub struct Window {
 impl Window {
     /// An empty window keeping at most `capacity` values; `sorted` keeps a sorted copy.
     pub fn new(capacity: usize, sorted: bool) -> Self {
-        let capacity = capacity.max(1);
+        // Rules cap windows at 1e6; u32 counters keep a window (one per rule and series) small.
+        let capacity = capacity.clamp(1, u32::MAX as usize);
         Self {
-            capacity,
+            capacity: capacity as u32,
             values: VecDeque::with_capacity(capacity),
             shared: false,
             count: 0,
@@ -53,13 +54,13 @@ impl Window {
         w.values = VecDeque::new();
         w.shared = true;
         let all: Vec<f64> = history.filter(|v| v.is_finite()).collect();
-        w.recompute_from(&all[all.len().saturating_sub(w.capacity)..]);
+        w.recompute_from(&all[all.len().saturating_sub(w.capacity as usize)..]);
         w
     }
 
     /// Most values held.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity as usize
     }
 
     /// Whether the values live with the caller.
@@ -69,7 +70,7 @@ impl Window {
 
     /// Number of values held.
     pub fn len(&self) -> usize {
-        self.count
+        self.count as usize
     }
 
     /// True when no value is held.
@@ -102,7 +103,7 @@ impl Window {
                 s.clear();
             }
         }
-        let evicted = if self.values.len() == self.capacity {
+        let evicted = if self.values.len() == self.capacity as usize {
             self.values.pop_front()
         } else {
             None
@@ -131,11 +132,13 @@ impl Window {
         if missing {
             // Out of step with the caller's values: rebuild everything from them.
             let all: Vec<f64> = values().filter(|v| v.is_finite()).collect();
-            self.recompute_from(&all[all.len().saturating_sub(self.capacity)..]);
+            self.recompute_from(&all[all.len().saturating_sub(self.capacity as usize)..]);
         } else if due {
             // Only the sums drift; the count and the sorted copy are exact.
             let all: Vec<f64> = values().filter(|v| v.is_finite()).collect();
-            self.set_exact(exact_sums(&all[all.len().saturating_sub(self.capacity)..]));
+            self.set_exact(exact_sums(
+                &all[all.len().saturating_sub(self.capacity as usize)..],
+            ));
         }
     }
 
@@ -188,7 +191,7 @@ impl Window {
     /// A shared window's state rebuilt from `values` (the whole window): count, sums and
     /// sorted copy.
     fn recompute_from(&mut self, values: &[f64]) {
-        self.count = values.len();
+        self.count = values.len() as u32;
         if let Some(sorted) = &mut self.sorted {
             sorted.clear();
             sorted.extend_from_slice(values);

@@ -383,11 +383,7 @@ impl Pipeline {
                 };
                 // An alert restored after a restart has no firing verdict: send the last value.
                 let last = entry.samples().back().map_or(f64::NAN, |s| s.1);
-                let (value, verdict) = state
-                    .fired
-                    .as_deref()
-                    .cloned()
-                    .unwrap_or((last, Verdict::default()));
+                let (value, verdict) = state.fired().cloned().unwrap_or((last, Verdict::default()));
                 let ev = event(rule, &entry.identity, true, now, since_ms, value, verdict);
                 notifier.resend(&ev);
             }
@@ -646,11 +642,11 @@ fn evaluate_rule(
         b.transitions.push((rule.name.clone(), tr));
         match tr {
             Transition::Firing => {
-                state.fired = Some(Box::new((x, verdict.clone())));
+                state.set_fired(Some((x, verdict.clone())));
                 b.firing.push((id, rule.state_key.clone(), Some(since)));
             }
             Transition::Resolved => {
-                state.fired = None;
+                state.set_fired(None);
                 b.firing.push((id, rule.state_key.clone(), None));
             }
             _ => {}

@@ -12,17 +12,30 @@ use std::sync::Arc;
 /// State of one rule on one series.
 pub(crate) struct RuleSeries {
     pub(super) window: Window,
-    /// What the detector keeps beside the window (ewma's weighted mean and variance).
-    pub(super) detector: detect::State,
     pub(super) alert: AlertState,
-    /// The last verdicts, newest in bit 0 (for `min_anomalous`).
-    recent: u64,
-    /// Value and verdict that fired the alert, for re-sending it while it fires
-    /// (boxed: few series fire, every series has the field).
-    pub(super) fired: Option<Box<(f64, Verdict)>>,
+    /// What only some need, in one box (every rule on every series has the field: at 100k
+    /// series each 8 bytes here is 0.8 MB).
+    extra: Option<Box<Extra>>,
     /// Whether the exporter holds this (rule, series)'s row with its labels.
     pub(super) exported: bool,
 }
+
+#[derive(Default)]
+struct Extra {
+    /// What the detector keeps beside the window (ewma, seasonal).
+    detector: detect::State,
+    /// The last verdicts, newest in bit 0 (`min_anomalous` rules).
+    recent: u64,
+    /// Value and verdict that fired the alert, for re-sending it while it fires.
+    fired: Option<(f64, Verdict)>,
+}
+
+// One per rule and series: at 100k series every 8 bytes is 0.8 MB of the 250 MB budget.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<RuleSeries>() <= 136);
+
+/// The state of stateless detectors.
+static NO_DETECTOR: detect::State = detect::State::None;
 
 /// What one evaluation found.
 pub(crate) struct Step {
@@ -39,9 +52,28 @@ pub(crate) struct Step {
 impl RuleSeries {
     /// Bucket `i` of a seasonal rule's profile, as persisted.
     pub(crate) fn profile_bucket(&self, i: u32) -> Option<[u8; detect::seasonal::BUCKET_BYTES]> {
-        match &self.detector {
-            detect::State::Seasonal(p) => p.encode(i),
+        match self.extra.as_deref().map(|e| &e.detector) {
+            Some(detect::State::Seasonal(p)) => p.encode(i),
             _ => None,
+        }
+    }
+
+    /// The value and verdict that fired the alert, while it fires.
+    pub(super) fn fired(&self) -> Option<&(f64, Verdict)> {
+        self.extra.as_deref().and_then(|e| e.fired.as_ref())
+    }
+
+    /// Records (or clears) what fired the alert.
+    pub(super) fn set_fired(&mut self, fired: Option<(f64, Verdict)>) {
+        match (fired, &mut self.extra) {
+            (Some(f), extra) => extra.get_or_insert_with(Box::default).fired = Some(f),
+            (None, Some(e)) => {
+                e.fired = None;
+                if e.detector == detect::State::None && e.recent == 0 {
+                    self.extra = None;
+                }
+            }
+            (None, None) => {}
         }
     }
 
@@ -63,18 +95,27 @@ impl RuleSeries {
         let (now, value) = ring.back()?;
         let prev = ring.len().checked_sub(2).and_then(|i| ring.get(i));
         let x = transform(rule.transform, counter_like, prev, (now, value))?;
+        let detector = self.extra.as_deref().map_or(&NO_DETECTOR, |e| &e.detector);
         let verdict = detect::evaluate_with(
             &rule.method,
             &self.window,
-            &self.detector,
+            detector,
             now,
             x,
             rule.min_samples,
         )?;
         push_to_window(&mut self.window, x, ring);
-        let finished_bucket = detect::update(&rule.method, &mut self.detector, now, x);
+        let finished_bucket = match &mut self.extra {
+            Some(e) => detect::update(&rule.method, &mut e.detector, now, x),
+            None => None,
+        };
         let policy = rule.policy();
-        let condition = policy.condition(&mut self.recent, verdict.anomalous);
+        let condition = if policy.of <= 1 {
+            verdict.anomalous
+        } else {
+            let extra = self.extra.get_or_insert_with(Box::default);
+            policy.condition(&mut extra.recent, verdict.anomalous)
+        };
         let before = self.alert;
         let transition = self.alert.step(condition, now, &policy);
         Some(Step {
@@ -146,12 +187,15 @@ pub(crate) fn new_state(
     }
     RuleSeries {
         window,
-        detector,
-        recent: 0,
         alert: firing_since.map_or(AlertState::Inactive, |since_ms| AlertState::Firing {
             since_ms,
         }),
-        fired: None,
+        extra: (detector != detect::State::None).then(|| {
+            Box::new(Extra {
+                detector,
+                ..Extra::default()
+            })
+        }),
         exported: false,
     }
 }
