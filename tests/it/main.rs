@@ -16,6 +16,7 @@ mod notify;
 mod prometheus_path;
 mod reload;
 mod scrape_auth;
+mod seasonal;
 mod store;
 mod warmup;
 mod web;
