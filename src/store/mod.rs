@@ -26,6 +26,7 @@ mod profiles;
 mod recovery;
 mod ring;
 mod snapshot;
+mod xor;
 
 pub use identity::SeriesIdentity;
 pub use ring::SampleRing;

@@ -6,10 +6,12 @@
 //! an older version.
 //!
 //! Entry: flags (bit 0 counter-like, bit 1 new target, bit 2 new timestamp column, bit 3
-//! timestamps inline), the target (new: text; else its number), the name and label strings
-//! (count, then each length and bytes), capacity, count, the values (8 bytes each), and for a
-//! non-empty window its timestamps (new or inline: the first one and zigzag varints of the
-//! change of interval; else the column's number). Numbers count definitions in file order.
+//! timestamps inline, bit 4 values XOR-compressed), the target (new: text; else its number),
+//! the name and label strings (count, then each length and bytes), capacity, count, the
+//! values (8 bytes each, or with bit 4 their compressed length and bits, when that is
+//! smaller), and for a non-empty window its timestamps (new or inline: the first one and
+//! zigzag varints of the change of interval; else the column's number). Numbers count
+//! definitions in file order.
 
 use super::codec::{
     decode_identity, decode_timestamps, decode_window, encode_timestamps, get_varint, put_varint,
@@ -22,6 +24,8 @@ const COUNTER_LIKE: u8 = 1;
 const NEW_TARGET: u8 = 2;
 const NEW_COLUMN: u8 = 4;
 const INLINE_TIMESTAMPS: u8 = 8;
+/// The values XOR-compressed (`xor.rs`): their byte length, then the bits.
+const XOR_VALUES: u8 = 16;
 /// Encoded bytes of the timestamp columns a snapshot defines; past it they are inline, so a
 /// snapshot whose series all carry their own timestamps costs the reader no table.
 const COLUMN_BYTES: usize = 256 << 10;
@@ -36,6 +40,7 @@ pub(super) struct EntryWriter {
     columns: HashMap<Box<[u8]>, u64>,
     column_bytes: usize,
     timestamps: Vec<u8>,
+    values: Vec<u8>,
 }
 
 impl EntryWriter {
@@ -71,8 +76,16 @@ impl EntryWriter {
         }
         put_varint(out, capacity as u64);
         put_varint(out, samples.len() as u64);
-        for (_, v) in samples.clone() {
-            out.extend_from_slice(&v.to_bits().to_le_bytes());
+        self.values.clear();
+        super::xor::encode(&mut self.values, samples.clone().map(|s| s.1));
+        if self.values.len() + 4 < samples.len() * 8 {
+            flags |= XOR_VALUES;
+            put_varint(out, self.values.len() as u64);
+            out.extend_from_slice(&self.values);
+        } else {
+            for (_, v) in samples.clone() {
+                out.extend_from_slice(&v.to_bits().to_le_bytes());
+            }
         }
         if samples.len() > 0 {
             self.timestamps.clear();
@@ -141,8 +154,18 @@ impl EntryReader {
         let identity = SeriesIdentity::new(target, name, &labels, flags & COUNTER_LIKE != 0);
         let capacity = take_varint(&mut rest)? as usize;
         let count = take_varint(&mut rest)? as usize;
-        let values = rest.get(..count.checked_mul(8)?)?;
-        rest = &rest[count * 8..];
+        let values: Vec<f64> = if flags & XOR_VALUES != 0 {
+            let len = take_varint(&mut rest)? as usize;
+            let bits = rest.get(..len)?;
+            rest = &rest[len..];
+            super::xor::decode(bits, count)?
+        } else {
+            let raw = rest.get(..count.checked_mul(8)?)?;
+            rest = &rest[count * 8..];
+            raw.chunks_exact(8)
+                .map(|v| Some(f64::from_bits(u64::from_le_bytes(v.try_into().ok()?))))
+                .collect::<Option<_>>()?
+        };
         let timestamps = match count {
             0 => Vec::new(),
             _ if flags & (NEW_COLUMN | INLINE_TIMESTAMPS) != 0 => {
@@ -157,11 +180,7 @@ impl EntryReader {
         if !rest.is_empty() || timestamps.len() != count {
             return None;
         }
-        let samples = timestamps
-            .into_iter()
-            .zip(values.chunks_exact(8))
-            .map(|(ts, v)| Some((ts, f64::from_bits(u64::from_le_bytes(v.try_into().ok()?)))))
-            .collect::<Option<VecDeque<_>>>()?;
+        let samples: VecDeque<(i64, f64)> = timestamps.into_iter().zip(values).collect();
         Some((identity, capacity, samples))
     }
 }
@@ -218,6 +237,30 @@ mod tests {
     }
 
     type Series = (SeriesIdentity, usize, Vec<(i64, f64)>);
+
+    /// The window's values replaced by ones with random mantissas (which XOR cannot shrink).
+    fn noisy(w: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        w.into_iter()
+            .map(|(t, _)| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (t, f64::from_bits(x))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn values_that_move_little_are_xor_compressed() {
+        let id = identity("t", "c", &[], true);
+        let counter: Vec<(i64, f64)> = (0..60).map(|i| (i * 1000, 1e6 + i as f64 * 3.0)).collect();
+        let (back, bytes) = round_trip(&[(id.clone(), 60, counter.clone())]);
+        assert_eq!(back[0].2, counter);
+        assert!(bytes < 200, "{bytes} bytes for 60 values");
+        let (_, raw) = round_trip(&[(id, 60, noisy(counter))]);
+        assert!(raw > 480, "random values stay raw: {raw}");
+    }
 
     /// Encodes every (identity, capacity, window) into one snapshot's entries and decodes
     /// them back in order.
@@ -286,7 +329,7 @@ mod tests {
                     &labels,
                     false,
                 );
-                (id, 60, window(1_700_000_000_000, 60, &[]))
+                (id, 60, noisy(window(1_700_000_000_000, 60, &[])))
             })
             .collect();
         let (_, bytes) = round_trip(&series);
