@@ -110,6 +110,9 @@ pub struct Rule {
     pub annotations: BTreeMap<String, Template>,
     /// Name plus a hash of the definition: persisted alert state belongs to this exact rule.
     pub state_key: String,
+    /// `for`, `keep_firing_for` and `min_anomalous` as the alert state machine takes them,
+    /// computed once at load (every evaluation asks).
+    pub policy: crate::alert::Policy,
 }
 
 impl Rule {
@@ -121,11 +124,20 @@ impl Rule {
 
     /// How the rule's verdicts become an alert.
     pub fn policy(&self) -> crate::alert::Policy {
+        self.policy
+    }
+
+    /// The policy of `for`, `keep_firing_for` and `min_anomalous`.
+    pub fn policy_of(
+        for_duration: Duration,
+        keep_firing_for: Duration,
+        min_anomalous: (u32, u32),
+    ) -> crate::alert::Policy {
         crate::alert::Policy {
-            for_ms: self.for_duration.as_millis().min(i64::MAX as u128) as i64,
-            keep_firing_for_ms: self.keep_firing_for.as_millis().min(i64::MAX as u128) as i64,
-            count: self.min_anomalous.0,
-            of: self.min_anomalous.1,
+            for_ms: for_duration.as_millis().min(i64::MAX as u128) as i64,
+            keep_firing_for_ms: keep_firing_for.as_millis().min(i64::MAX as u128) as i64,
+            count: min_anomalous.0,
+            of: min_anomalous.1,
         }
     }
 

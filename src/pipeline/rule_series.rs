@@ -86,6 +86,7 @@ impl RuleSeries {
     /// against the history, the value into the history, then the alert. The live pipeline
     /// and `backtest` both run exactly this. None when there is nothing to judge (a rate's
     /// first sample, a non-finite value).
+    #[inline]
     pub(crate) fn step(
         &mut self,
         rule: &Rule,
@@ -109,7 +110,7 @@ impl RuleSeries {
             Some(e) => detect::update(&rule.method, &mut e.detector, now, x),
             None => None,
         };
-        let policy = rule.policy();
+        let policy = &rule.policy;
         let condition = if policy.of <= 1 {
             verdict.anomalous
         } else {
@@ -117,7 +118,7 @@ impl RuleSeries {
             policy.condition(&mut extra.recent, verdict.anomalous)
         };
         let before = self.alert;
-        let transition = self.alert.step(condition, now, &policy);
+        let transition = self.alert.step(condition, now, policy);
         Some(Step {
             x,
             verdict,

@@ -41,6 +41,10 @@ pub(super) struct EntryWriter {
     column_bytes: usize,
     timestamps: Vec<u8>,
     values: Vec<u8>,
+    /// The last window's timestamps and the column they were (most series in a row share
+    /// them: compared as they are, they need neither encoding nor hashing).
+    last: Vec<i64>,
+    last_column: Option<u64>,
 }
 
 impl EntryWriter {
@@ -88,28 +92,40 @@ impl EntryWriter {
             }
         }
         if samples.len() > 0 {
-            self.timestamps.clear();
-            encode_timestamps(&mut self.timestamps, samples.map(|s| s.0));
-            flags |= self.put_timestamps(out);
+            let same = self.last_column.is_some()
+                && self.last.len() == samples.len()
+                && self.last.iter().copied().eq(samples.clone().map(|s| s.0));
+            match self.last_column.filter(|_| same) {
+                Some(n) => put_varint(out, n),
+                None => {
+                    self.timestamps.clear();
+                    encode_timestamps(&mut self.timestamps, samples.clone().map(|s| s.0));
+                    let (f, column) = self.put_timestamps(out);
+                    flags |= f;
+                    self.last.clear();
+                    self.last.extend(samples.map(|s| s.0));
+                    self.last_column = column;
+                }
+            }
         }
         out[flags_at] = flags;
     }
 
     /// The column number of the timestamps just encoded, or them (defining a column while
-    /// the table has room); returns the flags that say which.
-    fn put_timestamps(&mut self, out: &mut Vec<u8>) -> u8 {
+    /// the table has room); returns the flags that say which, and the column if any.
+    fn put_timestamps(&mut self, out: &mut Vec<u8>) -> (u8, Option<u64>) {
         if let Some(n) = self.columns.get(self.timestamps.as_slice()) {
             put_varint(out, *n);
-            return 0;
+            return (0, Some(*n));
         }
         out.extend_from_slice(&self.timestamps);
         if self.column_bytes + self.timestamps.len() > COLUMN_BYTES {
-            return INLINE_TIMESTAMPS;
+            return (INLINE_TIMESTAMPS, None);
         }
         self.column_bytes += self.timestamps.len();
         let n = self.columns.len() as u64;
         self.columns.insert(self.timestamps.as_slice().into(), n);
-        NEW_COLUMN
+        (NEW_COLUMN, Some(n))
     }
 }
 

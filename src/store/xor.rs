@@ -14,13 +14,12 @@ pub(super) fn encode(out: &mut Vec<u8>, values: impl Iterator<Item = f64>) {
     let mut prev = 0u64;
     // The previous change's window: leading zeros and meaningful bits (0: none yet).
     let (mut lead, mut len) = (0u32, 0u32);
-    for (i, v) in values.enumerate() {
-        let bits = v.to_bits();
-        if i == 0 {
-            w.put(bits, 64);
-            prev = bits;
-            continue;
-        }
+    let mut values = values.map(f64::to_bits);
+    if let Some(first) = values.next() {
+        w.put(first, 64);
+        prev = first;
+    }
+    for bits in values {
         let x = bits ^ prev;
         prev = bits;
         if x == 0 {
@@ -29,16 +28,24 @@ pub(super) fn encode(out: &mut Vec<u8>, values: impl Iterator<Item = f64>) {
         }
         let (l, t) = (x.leading_zeros().min(31), x.trailing_zeros());
         if len > 0 && l >= lead && t >= 64 - lead - len {
-            w.put(0b10, 2);
-            w.put(x >> (64 - lead - len), len);
+            let meaningful = x >> (64 - lead - len);
+            if len <= 62 {
+                w.put((0b10 << len) | meaningful, len + 2);
+            } else {
+                w.put(0b10, 2);
+                w.put(meaningful, len);
+            }
         } else {
             lead = l;
             len = 64 - l - t;
-            w.put(0b11, 2);
-            w.put(u64::from(lead), 5);
-            // 64 meaningful bits are written as 0 (6 bits hold 0..=63).
-            w.put(u64::from(len % 64), 6);
-            w.put(x >> t, len);
+            // Control, leading zeros (5 bits), length (6 bits; 64 written as 0) in one go.
+            let head = (0b11 << 11) | (u64::from(lead) << 6) | u64::from(len % 64);
+            if len <= 51 {
+                w.put((head << len) | (x >> t), len + 13);
+            } else {
+                w.put(head, 13);
+                w.put(x >> t, len);
+            }
         }
     }
     w.finish();

@@ -161,6 +161,7 @@ impl Validator<'_> {
             labels,
             annotations,
             state_key: String::new(),
+            policy: Rule::policy_of(for_duration, keep_firing_for, min_anomalous),
         }
     }
 
