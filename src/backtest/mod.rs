@@ -54,6 +54,8 @@ pub struct Replay {
     pub active: Vec<bool>,
     /// Rows at which an alert fired.
     pub firings: Vec<usize>,
+    /// Rules that selected the series.
+    pub rules: usize,
 }
 
 /// One line of the summary.
@@ -87,6 +89,7 @@ pub fn replay(rules: &RuleSet, series: &Recorded) -> Replay {
         scores: Vec::with_capacity(n),
         active: Vec::with_capacity(n),
         firings: Vec::new(),
+        rules: selected.len(),
     };
     for (i, row) in series.rows.iter().enumerate() {
         let mut score = 0.0f64;
@@ -179,11 +182,7 @@ pub fn run(
         summary.push(SeriesSummary {
             name: series.name.clone(),
             rows: series.rows.len(),
-            rules: rules
-                .rules
-                .iter()
-                .filter(|r| r.selects(&series.target, &series.metric, &series.labels))
-                .count(),
+            rules: replay.rules,
             firings: replay.firings.len(),
             active_share: active_share(series, &replay.active),
         });

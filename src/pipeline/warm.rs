@@ -68,18 +68,7 @@ impl Pipeline {
         if wanted.is_empty() {
             return;
         }
-        let fetched =
-            match tokio::time::timeout(warmup.timeout, warmup.fetch(&wanted, result.at_ms)).await {
-                Ok(f) => f,
-                Err(_) => {
-                    tracing::warn!(
-                        target = %self.targets[t].name,
-                        "Warm start took over {:?}; its series start from scratch",
-                        warmup.timeout
-                    );
-                    return;
-                }
-            };
+        let fetched = warmup.fetch(&wanted, result.at_ms).await;
         self.take_history(&self.targets[t].name.clone(), wanted.len(), fetched, true);
     }
 
@@ -124,6 +113,9 @@ impl Pipeline {
     ) {
         if let Some(e) = &fetched.error {
             tracing::warn!(target = %target, "Warm start failed, the series start from scratch: {e}");
+        }
+        if fetched.timed_out {
+            tracing::warn!(target = %target, "Warm start timed out, the series start from scratch");
         }
         let got = fetched.history.len();
         for (id, history) in fetched.history {
@@ -205,14 +197,7 @@ impl Pipeline {
             .map(|t| t.name.clone())
             .unwrap_or_default();
         tokio::spawn(async move {
-            let fetched =
-                match tokio::time::timeout(warmup.timeout, warmup.fetch(&wanted, now_ms)).await {
-                    Ok(f) => f,
-                    Err(_) => Fetched {
-                        missing: wanted.len(),
-                        ..Fetched::default()
-                    },
-                };
+            let fetched = warmup.fetch(&wanted, now_ms).await;
             let _ = replies.send((name, wanted.len(), fetched));
         });
     }

@@ -36,6 +36,8 @@ pub struct Fetched {
     /// Series Prometheus has nothing for.
     pub missing: usize,
     pub error: Option<PromApiError>,
+    /// Prometheus did not answer within the timeout (every series counted missing).
+    pub timed_out: bool,
 }
 
 /// Where and how to read history.
@@ -45,7 +47,7 @@ pub struct Warmup {
     /// Extra matchers of every query, e.g. `pod="web-0"`.
     matchers: String,
     step_ms: i64,
-    pub timeout: Duration,
+    timeout: Duration,
 }
 
 impl Warmup {
@@ -77,8 +79,19 @@ impl Warmup {
         self.step_ms
     }
 
-    /// The history before `now_ms` of every `wanted` series, by metric name in few queries.
+    /// The history before `now_ms` of every `wanted` series, by metric name in few queries,
+    /// within the timeout.
     pub async fn fetch(&self, wanted: &[Wanted], now_ms: i64) -> Fetched {
+        tokio::time::timeout(self.timeout, self.fetch_unbounded(wanted, now_ms))
+            .await
+            .unwrap_or_else(|_| Fetched {
+                missing: wanted.len(),
+                timed_out: true,
+                ..Fetched::default()
+            })
+    }
+
+    async fn fetch_unbounded(&self, wanted: &[Wanted], now_ms: i64) -> Fetched {
         let mut out = Fetched::default();
         let mut by_name: BTreeMap<&str, Vec<&Wanted>> = BTreeMap::new();
         for w in wanted {
