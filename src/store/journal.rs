@@ -237,7 +237,9 @@ pub fn decode(record: &[u8], ordinals: &mut Ordinals, out: &mut Vec<Change>) -> 
             }
             for c in rest.chunks_exact(12) {
                 let ordinal = u32_at(c)? as usize;
-                if ordinal >= NO_ORDINAL as usize {
+                // Ordinals are given densely from 0 in record order, so one further than the
+                // next is corruption, and must not size a table of billions of entries.
+                if ordinal >= NO_ORDINAL as usize || ordinal > ordinals.0.len() {
                     return None;
                 }
                 if ordinals.0.len() <= ordinal {
@@ -388,5 +390,25 @@ mod tests {
             }
         }
         assert!(first_sample > 0);
+    }
+
+    /// A corrupt ordinal is rejected, not used to size the table (CI once aborted on a
+    /// 64 GB allocation from a proptest case like this).
+    #[test]
+    fn an_ordinal_past_the_next_one_is_corrupt() {
+        let mut record = vec![ORDINALS];
+        record.extend_from_slice(&4_000_000_000u32.to_le_bytes());
+        record.extend_from_slice(&7u64.to_le_bytes());
+        let mut ordinals = Ordinals::default();
+        assert!(decode(&record, &mut ordinals, &mut Vec::new()).is_none());
+        assert_eq!(ordinals.next(), 0);
+        // The next ordinal, and one already given, are fine.
+        let mut ok = vec![ORDINALS];
+        for (o, id) in [(0u32, 7u64), (1, 8), (1, 9)] {
+            ok.extend_from_slice(&o.to_le_bytes());
+            ok.extend_from_slice(&id.to_le_bytes());
+        }
+        assert!(decode(&ok, &mut ordinals, &mut Vec::new()).is_some());
+        assert_eq!(ordinals.next(), 2);
     }
 }
