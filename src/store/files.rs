@@ -1,15 +1,21 @@
-//! The sample history on disk, in our own two files beside sled's: `journal.log`, each
-//! scrape's values appended and synced, and `windows.snap`, every window, replaced atomically
-//! by a compaction that then empties the journal. sled keeps identities, alerts and outboxes:
-//! fed 100k samples a second as large values it grew to 1 GB on disk and 5 GB of memory in
-//! 80 s, where these files hold ~1.5× the raw windows.
+//! The sample history on disk, in our own files beside sled's: `journal.log`, each scrape's
+//! values appended and synced, and the snapshot, every window, in `SEGMENTS` files
+//! `windows.<k>.snap` by series. A compaction replaces the segments one after another, each
+//! atomically, then empties the journal: one file at a time, so disk peaks at the snapshot +
+//! journal + one segment (a single file peaked at two snapshots + journal, 3× the raw
+//! windows). sled keeps alerts, profiles and outboxes: fed 100k samples a second as large
+//! values it grew to 1 GB on disk and 5 GB of memory in 80 s, where these files hold ~1.5×
+//! the raw windows.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const JOURNAL: &str = "journal.log";
+/// The single snapshot file before segments; still loaded, removed by the next compaction.
 const SNAPSHOT: &str = "windows.snap";
+/// Snapshot files; a series' file is `segment(id)`.
+pub const SEGMENTS: usize = 8;
 /// The last byte is the entry format (`snapshot.rs`); format 1 files still load.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"ASWIN\x00\x00\x02";
 const SNAPSHOT_FORMATS: [u8; 2] = [1, 2];
@@ -27,10 +33,22 @@ pub struct Snapshot {
     pub entries: Vec<(u64, Vec<u8>)>,
 }
 
+/// The snapshot file that holds series `id`.
+pub fn segment(id: u64) -> usize {
+    // Ids are hashes already; the multiply spreads any that are not.
+    (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 61) as usize % SEGMENTS
+}
+
+fn segment_name(k: usize) -> String {
+    format!("windows.{k}.snap")
+}
+
 /// What the files held at open.
 #[derive(Default)]
 pub struct Loaded {
-    pub snapshot: Option<Snapshot>,
+    /// Every snapshot file read, the oldest (lowest `through`) first: a series in two of
+    /// them (a compaction interrupted after the old single file) is the later one's.
+    pub snapshots: Vec<Snapshot>,
     /// Journal records in order, up to the first torn or corrupt one.
     pub journal: Records,
     /// Something was unreadable and set aside or cut off; say so in the log.
@@ -45,24 +63,33 @@ pub struct HistoryFiles {
 
 impl HistoryFiles {
     /// Opens (or creates) the files and reads them; a torn journal tail (a kill -9 during an
-    /// append) is cut off, a corrupt snapshot is renamed aside.
+    /// append) is cut off, a corrupt snapshot file is renamed aside.
     pub fn open(dir: &Path) -> io::Result<(Self, Loaded)> {
         std::fs::create_dir_all(dir)?;
         let mut loaded = Loaded::default();
-        let snap = dir.join(SNAPSHOT);
-        match read_snapshot(&snap) {
-            Ok(s) => loaded.snapshot = s,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                let aside = dir.join(format!("{SNAPSHOT}.corrupt"));
-                std::fs::rename(&snap, &aside)?;
-                loaded.repaired.push(format!(
-                    "{} is corrupt ({e}); moved to {}",
-                    snap.display(),
-                    aside.display()
-                ));
+        let names = std::iter::once(SNAPSHOT.to_string()).chain((0..SEGMENTS).map(segment_name));
+        for name in names {
+            // A compaction's leftover, from a crash while writing it.
+            let tmp = dir.join(format!("{name}.tmp"));
+            if tmp.exists() {
+                std::fs::remove_file(&tmp)?;
             }
-            Err(e) => return Err(e),
+            let snap = dir.join(&name);
+            match read_snapshot(&snap) {
+                Ok(s) => loaded.snapshots.extend(s),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    let aside = dir.join(format!("{name}.corrupt"));
+                    std::fs::rename(&snap, &aside)?;
+                    loaded.repaired.push(format!(
+                        "{} is corrupt ({e}); moved to {}",
+                        snap.display(),
+                        aside.display()
+                    ));
+                }
+                Err(e) => return Err(e),
+            }
         }
+        loaded.snapshots.sort_by_key(|s| s.through);
         let mut journal = OpenOptions::new()
             .read(true)
             .append(true)
@@ -113,16 +140,18 @@ impl HistoryFiles {
         written
     }
 
-    /// Replaces the snapshot with `count` entries that `entries` writes (with `entry`),
-    /// including the journal through `through`, then empties the journal. Atomic: a crash
-    /// leaves the old snapshot and the whole journal, or the new snapshot.
-    pub fn write_snapshot(
+    /// Replaces snapshot segment `k` with `count` entries that `entries` writes (with
+    /// `entry`), including the journal through `through`. Atomic: a crash leaves the old
+    /// segment or the new one, and the journal whole until `finish_compaction`.
+    pub fn write_segment(
         &mut self,
+        k: usize,
         through: u64,
         count: u64,
         entries: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     ) -> io::Result<()> {
-        let tmp = self.dir.join(format!("{SNAPSHOT}.tmp"));
+        let name = segment_name(k);
+        let tmp = self.dir.join(format!("{name}.tmp"));
         let file = File::create(&tmp)?;
         let mut out = Checksummed {
             inner: io::BufWriter::with_capacity(1 << 20, file),
@@ -137,17 +166,29 @@ impl HistoryFiles {
         let file = out.inner.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
-        std::fs::rename(&tmp, self.dir.join(SNAPSHOT))?;
-        File::open(&self.dir)?.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(name))?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// After every segment was written through the same seq: the old single snapshot and
+    /// the journal are superseded.
+    pub fn finish_compaction(&mut self) -> io::Result<()> {
+        match std::fs::remove_file(self.dir.join(SNAPSHOT)) {
+            Ok(()) => File::open(&self.dir)?.sync_all()?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         self.journal.set_len(0)?;
         self.journal.seek(SeekFrom::End(0))?;
         Ok(())
     }
 
-    /// Bytes of both files.
+    /// Bytes of every history file.
     pub fn size(&self) -> u64 {
-        [JOURNAL, SNAPSHOT]
-            .iter()
+        let names = [JOURNAL.to_string(), SNAPSHOT.to_string()]
+            .into_iter()
+            .chain((0..SEGMENTS).map(segment_name));
+        names
             .filter_map(|f| std::fs::metadata(self.dir.join(f)).ok())
             .map(|m| m.len())
             .sum()
@@ -272,7 +313,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let (mut f, loaded) = HistoryFiles::open(dir.path()).unwrap();
-            assert!(loaded.snapshot.is_none() && loaded.journal.is_empty());
+            assert!(loaded.snapshots.is_empty() && loaded.journal.is_empty());
             f.append(&[(1, b"one".to_vec()), (2, b"two".to_vec())])
                 .unwrap();
         }
@@ -288,16 +329,65 @@ mod tests {
         );
         assert_eq!(loaded.repaired.len(), 1);
         f.append(&[(3, b"three".to_vec())]).unwrap();
-        f.write_snapshot(3, 1, |out| entry(out, 7, b"window-7"))
+        for k in 0..SEGMENTS {
+            f.write_segment(k, 3, (k == 2) as u64, |out| {
+                if k == 2 {
+                    entry(out, 7, b"window-7")?;
+                }
+                Ok(())
+            })
             .unwrap();
+        }
+        f.finish_compaction().unwrap();
         f.append(&[(4, b"four".to_vec())]).unwrap();
         drop(f);
         let (_, loaded) = HistoryFiles::open(dir.path()).unwrap();
-        let snapshot = loaded.snapshot.unwrap();
-        assert_eq!((snapshot.through, snapshot.format), (3, 2));
-        assert_eq!(snapshot.entries, vec![(7, b"window-7".to_vec())]);
+        assert_eq!(loaded.snapshots.len(), SEGMENTS);
+        assert!(loaded
+            .snapshots
+            .iter()
+            .all(|s| (s.through, s.format) == (3, 2)));
+        let entries: Vec<_> = loaded.snapshots.iter().flat_map(|s| &s.entries).collect();
+        assert_eq!(entries, vec![&(7, b"window-7".to_vec())]);
         assert_eq!(loaded.journal, vec![(4, b"four".to_vec())]);
         assert!(loaded.repaired.is_empty());
+    }
+
+    /// A compaction killed half-way: the segments written so far are new, the rest and the
+    /// old single file are old, the journal is whole; and its temporary file is removed.
+    #[test]
+    fn an_interrupted_compaction_leaves_old_and_new_segments_and_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut f, _) = HistoryFiles::open(dir.path()).unwrap();
+            for k in 0..SEGMENTS {
+                f.write_segment(k, 5, 0, |_| Ok(())).unwrap();
+            }
+            f.finish_compaction().unwrap();
+            f.append(&[(6, b"six".to_vec())]).unwrap();
+            for k in 0..3 {
+                f.write_segment(k, 6, 0, |_| Ok(())).unwrap();
+            }
+        }
+        std::fs::write(dir.path().join("windows.3.snap.tmp"), b"half").unwrap();
+        let (f, loaded) = HistoryFiles::open(dir.path()).unwrap();
+        let throughs: Vec<u64> = loaded.snapshots.iter().map(|s| s.through).collect();
+        assert_eq!(throughs, [5, 5, 5, 5, 5, 6, 6, 6]);
+        assert_eq!(loaded.journal, vec![(6, b"six".to_vec())]);
+        assert!(!dir.path().join("windows.3.snap.tmp").exists());
+        assert!(f.size() > 0);
+    }
+
+    #[test]
+    fn series_spread_over_every_segment() {
+        let mut counts = [0usize; SEGMENTS];
+        for name in 0..8000u64 {
+            counts[segment(crate::store::series_id("t", &format!("m{name}"), &[]))] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[test]
@@ -308,13 +398,16 @@ mod tests {
             b"ASWIN\x00\x00\x02garbage-garbage-garbage",
         )
         .unwrap();
+        std::fs::write(dir.path().join(segment_name(4)), b"ASWIN\x00\x00\x02").unwrap();
         let (_, loaded) = HistoryFiles::open(dir.path()).unwrap();
-        assert!(loaded.snapshot.is_none());
+        assert!(loaded.snapshots.is_empty());
+        assert_eq!(loaded.repaired.len(), 2, "{:?}", loaded.repaired);
         assert!(
-            loaded.repaired[0].contains("corrupt"),
+            loaded.repaired.iter().all(|r| r.contains("corrupt")),
             "{:?}",
             loaded.repaired
         );
         assert!(dir.path().join(format!("{SNAPSHOT}.corrupt")).exists());
+        assert!(dir.path().join("windows.4.snap.corrupt").exists());
     }
 }

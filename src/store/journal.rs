@@ -34,6 +34,18 @@ pub enum Change {
     Removed(SeriesId),
 }
 
+impl Change {
+    /// The series changed.
+    pub fn series(&self) -> SeriesId {
+        match *self {
+            Change::Series(id, _)
+            | Change::Capacity(id, _)
+            | Change::Sample(id, ..)
+            | Change::Removed(id) => id,
+        }
+    }
+}
+
 /// Records being built for the next batch, and the ordinals given since the last compaction.
 #[derive(Default)]
 pub struct Builder {

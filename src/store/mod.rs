@@ -5,10 +5,11 @@
 //! - `history/journal.log` (ours, `files.rs`): the changes since the last compaction as
 //!   records (`journal.rs`): series defined, window capacities, a scrape's values (8 bytes
 //!   a sample in the usual order), series removed; appended and synced per scrape;
-//! - `history/windows.snap` (ours): every series' identity and window (capacity, values,
-//!   timestamps shared by the series scraped together; `snapshot.rs`) and the last journal
-//!   seq included, replaced atomically by a compaction once the journal reaches half the
-//!   windows' raw size (8 bytes a value), which then empties the journal;
+//! - `history/windows.<k>.snap` (ours): every series' identity and window (capacity,
+//!   values, timestamps shared by the series scraped together; `snapshot.rs`) in 8 files by
+//!   series, each with the last journal seq it includes. A compaction, once the journal
+//!   reaches half the windows' raw size (8 bytes a value), replaces them one by one (each
+//!   atomically), then empties the journal;
 //! - sled: firing alerts (tree `alerts`), seasonal profiles (tree `profiles`) and the
 //!   receivers' outboxes. It held identities and
 //!   samples once; at 100k series its in-memory tree cost ~450 MB.
@@ -521,25 +522,34 @@ impl Store {
         self.backfilled || self.journal_bytes >= (raw / 2).max(MIN_COMPACTION_BYTES)
     }
 
-    /// Writes every identity and window into a new snapshot, streamed to the file (no copy of
-    /// them in memory), and empties the journal (blocking). Call after the pending batch was
-    /// written: the snapshot includes every record numbered so far.
+    /// Writes every identity and window into a new snapshot, segment by segment, streamed to
+    /// the files (no copy of them in memory), and empties the journal (blocking). Call after
+    /// the pending batch was written: the snapshot includes every record numbered so far.
     pub fn compact(&mut self) -> Result<(), StoreError> {
         self.finish_records();
         // Seq 0 stays unused, so "through 0" never hides a record.
         self.next_seq = self.next_seq.max(1);
         let through = self.next_seq - 1;
         let mut files = self.writer.files.lock().unwrap_or_else(|p| p.into_inner());
-        let (count, entries) = (self.slots.len() as u64, &self.entries);
-        files.write_snapshot(through, count, |out| {
-            let (mut entry, mut writer) = (Vec::new(), snapshot::EntryWriter::default());
-            for e in entries.iter().flatten() {
-                entry.clear();
-                writer.encode(&mut entry, &e.identity, e.capacity, e.samples.iter());
-                files::entry(out, e.id, &entry)?;
-            }
-            Ok(())
-        })?;
+        let mut counts = [0u64; files::SEGMENTS];
+        for e in self.entries.iter().flatten() {
+            counts[files::segment(e.id)] += 1;
+        }
+        let entries = &self.entries;
+        for (k, &count) in counts.iter().enumerate() {
+            files.write_segment(k, through, count, |out| {
+                let (mut entry, mut writer) = (Vec::new(), snapshot::EntryWriter::default());
+                for e in entries.iter().flatten() {
+                    if files::segment(e.id) == k {
+                        entry.clear();
+                        writer.encode(&mut entry, &e.identity, e.capacity, e.samples.iter());
+                        files::entry(out, e.id, &entry)?;
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        files.finish_compaction()?;
         self.journal_bytes = 0;
         self.backfilled = false;
         // A new journal: series get new ordinals as they sample.

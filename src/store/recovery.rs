@@ -26,9 +26,12 @@ impl Store {
             self.firing.insert(key, since);
         }
         let mut targets: HashMap<String, Arc<str>> = HashMap::new();
-        let mut through = None;
-        if let Some(snapshot) = history.snapshot {
-            through = Some(snapshot.through);
+        // Per series, the last journal seq its snapshot file includes: files can differ
+        // after a compaction was interrupted between segments.
+        let mut through: HashMap<SeriesId, u64> = HashMap::new();
+        let mut last_through = None;
+        for snapshot in history.snapshots {
+            last_through = last_through.max(Some(snapshot.through));
             let mut reader = EntryReader::new(snapshot.format);
             for (id, entry) in snapshot.entries {
                 let (identity, capacity, samples) = reader
@@ -39,25 +42,26 @@ impl Store {
                     e.capacity = capacity;
                     e.samples = SampleRing::from_samples(capacity.max(samples.len()), samples);
                 }
+                through.insert(id, snapshot.through);
             }
         }
-        // The journal after the snapshot: what it misses, in order.
+        // The journal after the snapshot: what each series' file misses, in order. Every
+        // record is decoded, since the ordinals it gives hold for the whole journal.
         let mut changes = Vec::new();
         let mut ordinals = journal::Ordinals::default();
         for (seq, record) in history.journal {
             self.next_seq = seq + 1;
-            if through.is_some_and(|t| seq <= t) {
-                continue;
-            }
             changes.clear();
             journal::decode(&record, &mut ordinals, &mut changes)
                 .ok_or_else(|| StoreError::Corrupt(format!("journal record {seq}")))?;
             for change in changes.drain(..) {
-                self.replay(change, &mut targets);
+                if through.get(&change.series()).is_none_or(|&t| seq > t) {
+                    self.replay(change, &mut targets);
+                }
             }
             self.journal_bytes += record.len() as u64;
         }
-        if let Some(t) = through {
+        if let Some(t) = last_through {
             self.next_seq = self.next_seq.max(t + 1);
         }
         // The journal goes on: its series keep their ordinals.
