@@ -159,6 +159,45 @@ fn store(c: &mut Criterion) {
             }
         })
     });
+    // A compaction rewrites every window: 100k series, window 60, 3-6 labels, noisy values.
+    // In memory where there is a tmpfs: the CPU it costs, not the disk's fsync.
+    let dir = tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .unwrap();
+    let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+    let ids: Vec<u64> = (0..100_000u64)
+        .map(|i| {
+            let mut labels = vec![
+                (
+                    "instance".to_string(),
+                    format!("10.0.{}.{}:9100", i / 256 % 256, i % 256),
+                ),
+                ("series_id".to_string(), i.to_string()),
+                ("service".to_string(), format!("svc-{}", i % 97)),
+            ];
+            if i % 2 == 1 {
+                labels.push(("method".to_string(), "GET".to_string()));
+            }
+            let id = series_id("t:1", "http_requests_in_flight", &labels);
+            let identity =
+                || SeriesIdentity::new("t:1".into(), "http_requests_in_flight", &labels, false);
+            s.admit(id, identity, 1_000_000).unwrap();
+            id
+        })
+        .collect();
+    for k in 0..61i64 {
+        for (n, id) in ids.iter().enumerate() {
+            let noise = ((n as u64 * 2_654_435_761 + k as u64 * 40_503) % 10_007) as f64 / 1e3;
+            s.append(*id, 1_700_000_000_000 + k * 1000, 50.0 + noise, 60);
+        }
+        let (writer, batch) = s.take_batch();
+        writer.write(batch).unwrap();
+    }
+    g.throughput(Throughput::Elements(ids.len() as u64));
+    g.sample_size(10);
+    g.bench_function("compact_100k_window_60", |b| {
+        b.iter(|| s.compact().unwrap())
+    });
     g.finish();
 }
 

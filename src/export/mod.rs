@@ -289,13 +289,15 @@ impl Exporter {
 
     /// Applies a part of the pipeline's changes, one write lock per map. `removals` drop
     /// both the gauges and the alert of a (rule, series); `alerts_over` only the alert.
-    pub fn apply(&self, changes: ExportChanges) {
+    /// Empties `changes` but keeps their buffers: a scrape's slices reuse them (allocated
+    /// anew, each slice's grew by doubling, ~2 % of the CPU at 100k series).
+    pub fn apply(&self, changes: &mut ExportChanges) {
         if !changes.upserts.is_empty() || !changes.removals.is_empty() {
             let mut rows = self.rows.write().unwrap_or_else(|p| p.into_inner());
             for k in &changes.removals {
                 rows.remove(k);
             }
-            for (k, row) in changes.upserts {
+            for (k, row) in changes.upserts.drain(..) {
                 rows.upsert(k, row);
             }
             self.generation.fetch_add(1, Ordering::AcqRel);
@@ -308,8 +310,10 @@ impl Exporter {
             for k in changes.removals.iter().chain(&changes.alerts_over) {
                 alerts.remove(k);
             }
-            alerts.extend(changes.alerts);
+            alerts.extend(changes.alerts.drain(..));
         }
+        changes.removals.clear();
+        changes.alerts_over.clear();
     }
 
     /// The number of the rule named `name` in row keys (the same for the same name).

@@ -332,7 +332,7 @@ impl Pipeline {
                 .with_label_values(&[&rule, tr.as_str()])
                 .inc();
         }
-        self.exporter.apply(batch.export);
+        self.exporter.apply(&mut batch.export);
         self.resend_firing(now);
         for ev in batch.events {
             self.announce(ev);
@@ -343,7 +343,7 @@ impl Pipeline {
     /// only to be copied. Readers may see part of a scrape; each row is whole.
     fn export_slice(&self, batch: &mut Batch) {
         if batch.export.upserts.len() >= EXPORT_SLICE {
-            self.exporter.apply(std::mem::take(&mut batch.export));
+            self.exporter.apply(&mut batch.export);
         }
     }
 

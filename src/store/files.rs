@@ -154,7 +154,8 @@ impl HistoryFiles {
         let tmp = self.dir.join(format!("{name}.tmp"));
         let file = File::create(&tmp)?;
         let mut out = Checksummed {
-            inner: io::BufWriter::with_capacity(1 << 20, file),
+            // Smaller than `Entries`' chunks, which then go straight to the file.
+            inner: io::BufWriter::with_capacity(64 << 10, file),
             crc: crc32fast::Hasher::new(),
         };
         out.inner.write_all(SNAPSHOT_MAGIC)?;
@@ -196,10 +197,48 @@ impl HistoryFiles {
 }
 
 /// One snapshot entry: series id, window length, encoded window.
+#[cfg(test)]
 pub fn entry(out: &mut dyn Write, id: u64, window: &[u8]) -> io::Result<()> {
-    out.write_all(&id.to_le_bytes())?;
-    out.write_all(&(window.len() as u32).to_le_bytes())?;
-    out.write_all(window)
+    let mut entries = Entries::new(out);
+    entries.push(id, |b| b.extend_from_slice(window))?;
+    entries.finish()
+}
+
+/// Snapshot entries (series id, window length, encoded window) gathered into large writes:
+/// written one by one, the checksum and the copies ran over a few hundred bytes at a time.
+pub struct Entries<'a> {
+    out: &'a mut dyn Write,
+    buf: Vec<u8>,
+}
+
+impl<'a> Entries<'a> {
+    const CHUNK: usize = 256 << 10;
+
+    pub fn new(out: &'a mut dyn Write) -> Self {
+        Self {
+            out,
+            buf: Vec::with_capacity(Self::CHUNK + (16 << 10)),
+        }
+    }
+
+    /// Appends series `id`'s entry, which `encode` appends to the buffer it is given.
+    pub fn push(&mut self, id: u64, encode: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        self.buf.extend_from_slice(&id.to_le_bytes());
+        let len_at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        encode(&mut self.buf);
+        let len = (self.buf.len() - len_at - 4) as u32;
+        self.buf[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+        if self.buf.len() >= Self::CHUNK {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> io::Result<()> {
+        self.out.write_all(&self.buf)
+    }
 }
 
 /// A writer that checksums what passes through it.

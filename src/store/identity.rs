@@ -39,6 +39,16 @@ impl SeriesIdentity {
         }
     }
 
+    /// Starts fetching the name and label text (a compaction walks every series' in turn).
+    pub fn prefetch(&self) {
+        if let Some(first) = self.ends.first() {
+            crate::prefetch::prefetch(first);
+        }
+        if let Some(first) = self.text.as_bytes().first() {
+            crate::prefetch::prefetch(first);
+        }
+    }
+
     fn part(&self, i: usize) -> &str {
         let start = i.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
         let end = self.ends.get(i).map_or(start, |e| *e as usize);

@@ -48,14 +48,16 @@ pub(super) struct EntryWriter {
 }
 
 impl EntryWriter {
-    /// Appends the entry of a series to `out`.
+    /// Appends the entry of a series to `out`; its values XOR-compressed if `try_xor` and
+    /// that is smaller. Returns whether they were.
     pub fn encode(
         &mut self,
         out: &mut Vec<u8>,
         identity: &SeriesIdentity,
         capacity: usize,
         samples: impl ExactSizeIterator<Item = (i64, f64)> + Clone,
-    ) {
+        try_xor: bool,
+    ) -> bool {
         let flags_at = out.len();
         let mut flags = if identity.counter_like {
             COUNTER_LIKE
@@ -81,8 +83,10 @@ impl EntryWriter {
         put_varint(out, capacity as u64);
         put_varint(out, samples.len() as u64);
         self.values.clear();
-        super::xor::encode(&mut self.values, samples.clone().map(|s| s.1));
-        if self.values.len() + 4 < samples.len() * 8 {
+        if try_xor {
+            super::xor::encode(&mut self.values, samples.clone().map(|s| s.1));
+        }
+        if try_xor && self.values.len() + 4 < samples.len() * 8 {
             flags |= XOR_VALUES;
             put_varint(out, self.values.len() as u64);
             out.extend_from_slice(&self.values);
@@ -109,6 +113,7 @@ impl EntryWriter {
             }
         }
         out[flags_at] = flags;
+        flags & XOR_VALUES != 0
     }
 
     /// The column number of the timestamps just encoded, or them (defining a column while
@@ -287,7 +292,7 @@ mod tests {
             .iter()
             .map(|(id, cap, w)| {
                 let mut out = Vec::new();
-                writer.encode(&mut out, id, *cap, w.iter().copied());
+                writer.encode(&mut out, id, *cap, w.iter().copied(), true);
                 bytes += out.len();
                 out
             })
@@ -373,7 +378,7 @@ mod tests {
             .collect();
         let mut writer = EntryWriter::default();
         for (id, cap, w) in &series {
-            writer.encode(&mut Vec::new(), id, *cap, w.iter().copied());
+            writer.encode(&mut Vec::new(), id, *cap, w.iter().copied(), true);
         }
         assert!(writer.column_bytes <= COLUMN_BYTES);
         assert!(writer.columns.len() < series.len());

@@ -359,3 +359,35 @@ fn a_compaction_killed_between_segments_loses_nothing() {
 fn values_of(s: &Store, id: SeriesId) -> Vec<f64> {
     s.get(id).unwrap().samples().iter().map(|x| x.1).collect()
 }
+
+/// Values that do not compress are not tried at every compaction, but within eight: a
+/// series whose values turn regular is compressed again.
+#[test]
+fn xor_is_retried_for_noisy_series_within_eight_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+    s.admit(1, || ident("t", "m"), 10).unwrap();
+    for i in 0..20u64 {
+        let noisy = f64::from_bits(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 2);
+        s.append(1, 1000 * i as i64, noisy, 20);
+    }
+    write(&mut s);
+    s.compact().unwrap();
+    assert!(s.get(1).unwrap().values_raw);
+    for i in 20..40 {
+        s.append(1, 1000 * i, 5.0, 20);
+    }
+    write(&mut s);
+    let mut compactions = 0;
+    while s.get(1).unwrap().values_raw {
+        s.compact().unwrap();
+        compactions += 1;
+        assert!(compactions <= 8);
+    }
+    assert_eq!(values_of(&reopen_after(s, dir.path()), 1), vec![5.0; 20]);
+}
+
+fn reopen_after(s: Store, dir: &Path) -> Store {
+    drop(s);
+    reopen(dir)
+}
