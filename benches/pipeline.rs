@@ -187,8 +187,10 @@ fn store(c: &mut Criterion) {
         .collect();
     for k in 0..61i64 {
         for (n, id) in ids.iter().enumerate() {
+            // As scraped: printed with 4 decimals, parsed back.
             let noise = ((n as u64 * 2_654_435_761 + k as u64 * 40_503) % 10_007) as f64 / 1e3;
-            s.append(*id, 1_700_000_000_000 + k * 1000, 50.0 + noise, 60);
+            let value: f64 = format!("{:.4}", 50.0 + noise).parse().unwrap();
+            s.append(*id, 1_700_000_000_000 + k * 1000, value, 60);
         }
         let (writer, batch) = s.take_batch();
         writer.write(batch).unwrap();

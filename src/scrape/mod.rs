@@ -121,7 +121,11 @@ pub struct ScrapeBody {
 impl ScrapeBody {
     /// A fetched body, checked to be UTF-8 (what every scrape goes through).
     pub fn from_bytes(body: Vec<u8>) -> Result<Self, ScrapeError> {
-        let text = String::from_utf8(body).map_err(|_| ScrapeError::NotUtf8)?;
+        if simdutf8::basic::from_utf8(&body).is_err() {
+            return Err(ScrapeError::NotUtf8);
+        }
+        // SAFETY: simdutf8 has just checked that `body` is UTF-8, the one requirement.
+        let text = unsafe { String::from_utf8_unchecked(body) };
         Ok(Self { text })
     }
 }
@@ -347,6 +351,39 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The fast check agrees with std on any bytes, UTF-8 or nearly (overlong forms,
+        /// surrogates and truncated sequences included).
+        #[test]
+        fn utf8_check_agrees_with_std(
+            ascii in "[ -~\n]{0,200}",
+            tail in prop::collection::vec(any::<u8>(), 0..8),
+            text in "\\PC{0,40}",
+        ) {
+            let mut bytes = ascii.into_bytes();
+            bytes.extend_from_slice(text.as_bytes());
+            bytes.extend_from_slice(&tail);
+            let ours = ScrapeBody::from_bytes(bytes.clone()).map(|b| b.text);
+            let std = String::from_utf8(bytes);
+            prop_assert_eq!(ours.ok(), std.ok());
+        }
+    }
+
+    #[test]
+    fn utf8_check_rejects_overlong_surrogate_and_truncated_sequences() {
+        for bad in [
+            &b"up \xc0\xaf"[..],
+            b"up \xed\xa0\x80",
+            b"up \xe2\x82",
+            b"\xf5\x80\x80\x80",
+        ] {
+            assert!(ScrapeBody::from_bytes(bad.to_vec()).is_err(), "{bad:?}");
+        }
+        let good = "up{a=\"ü€𝄞\"} 1\n";
+        assert_eq!(ScrapeBody::from_bytes(good.into()).unwrap().text, good);
+    }
 
     #[test]
     fn target_names() {

@@ -20,6 +20,7 @@
 mod backfill;
 mod codec;
 mod database;
+mod decimal;
 mod files;
 mod identity;
 mod journal;
@@ -132,8 +133,8 @@ pub struct SeriesEntry {
     last_seen_ms: i64,
     /// Its number in the journal since the last compaction (`journal::NO_ORDINAL`: none yet).
     ordinal: u32,
-    /// The last compaction found its values no smaller XOR-compressed (noisy values): the
-    /// next ones try only now and then.
+    /// The last compaction did not keep its values XOR-compressed (noisy values, or decimals
+    /// that were smaller): the next ones try XOR only now and then.
     values_raw: bool,
 }
 

@@ -6,10 +6,10 @@
 //! an older version.
 //!
 //! Entry: flags (bit 0 counter-like, bit 1 new target, bit 2 new timestamp column, bit 3
-//! timestamps inline, bit 4 values XOR-compressed), the target (new: text; else its number),
-//! the name and label strings (count, then each length and bytes), capacity, count, the
-//! values (8 bytes each, or with bit 4 their compressed length and bits, when that is
-//! smaller), and for a non-empty window its timestamps (new or inline: the first one and
+//! timestamps inline, bit 4 values XOR-compressed, bit 5 values as decimals), the target
+//! (new: text; else its number), the name and label strings (count, then each length and
+//! bytes), capacity, count, the values (8 bytes each; with bit 4 their compressed length and
+//! bits; with bit 5 the digits and the changes, `decimal.rs`: whichever is smallest), and for a non-empty window its timestamps (new or inline: the first one and
 //! zigzag varints of the change of interval; else the column's number). Numbers count
 //! definitions in file order.
 
@@ -26,6 +26,11 @@ const NEW_COLUMN: u8 = 4;
 const INLINE_TIMESTAMPS: u8 = 8;
 /// The values XOR-compressed (`xor.rs`): their byte length, then the bits.
 const XOR_VALUES: u8 = 16;
+/// The values as decimals (`decimal.rs`).
+const DECIMAL_VALUES: u8 = 32;
+/// Decimals this small (bytes a value) are kept without trying XOR, which rarely beats them
+/// and costs more.
+const GOOD_DECIMAL_BYTES: usize = 4;
 /// Encoded bytes of the timestamp columns a snapshot defines; past it they are inline, so a
 /// snapshot whose series all carry their own timestamps costs the reader no table.
 const COLUMN_BYTES: usize = 256 << 10;
@@ -48,8 +53,9 @@ pub(super) struct EntryWriter {
 }
 
 impl EntryWriter {
-    /// Appends the entry of a series to `out`; its values XOR-compressed if `try_xor` and
-    /// that is smaller. Returns whether they were.
+    /// Appends the entry of a series to `out`; its values as decimals or XOR-compressed
+    /// (tried if `try_xor`), whichever is smallest, else raw. Returns whether XOR was the
+    /// smallest (false also when it was not tried).
     pub fn encode(
         &mut self,
         out: &mut Vec<u8>,
@@ -82,15 +88,30 @@ impl EntryWriter {
         }
         put_varint(out, capacity as u64);
         put_varint(out, samples.len() as u64);
+        let values = samples.clone().map(|s| s.1);
+        let raw_bytes = samples.len() * 8;
+        let decimal_at = out.len();
+        let decimal = super::decimal::encode(out, values.clone())
+            .then(|| out.len() - decimal_at)
+            .filter(|&n| n < raw_bytes);
+        let good_decimal = decimal.is_some_and(|n| n <= GOOD_DECIMAL_BYTES * samples.len());
         self.values.clear();
-        if try_xor {
-            super::xor::encode(&mut self.values, samples.clone().map(|s| s.1));
-        }
-        if try_xor && self.values.len() + 4 < samples.len() * 8 {
+        let xor = if try_xor && !good_decimal {
+            super::xor::encode(&mut self.values, values);
+            let n = self.values.len() + varint_len(self.values.len());
+            (n < raw_bytes && decimal.is_none_or(|d| n < d)).then_some(n)
+        } else {
+            None
+        };
+        if xor.is_some() {
+            out.truncate(decimal_at);
             flags |= XOR_VALUES;
             put_varint(out, self.values.len() as u64);
             out.extend_from_slice(&self.values);
+        } else if decimal.is_some() {
+            flags |= DECIMAL_VALUES;
         } else {
+            out.truncate(decimal_at);
             for (_, v) in samples.clone() {
                 out.extend_from_slice(&v.to_bits().to_le_bytes());
             }
@@ -113,7 +134,7 @@ impl EntryWriter {
             }
         }
         out[flags_at] = flags;
-        flags & XOR_VALUES != 0
+        xor.is_some()
     }
 
     /// The column number of the timestamps just encoded, or them (defining a column while
@@ -175,7 +196,9 @@ impl EntryReader {
         let identity = SeriesIdentity::new(target, name, &labels, flags & COUNTER_LIKE != 0);
         let capacity = take_varint(&mut rest)? as usize;
         let count = take_varint(&mut rest)? as usize;
-        let values: Vec<f64> = if flags & XOR_VALUES != 0 {
+        let values: Vec<f64> = if flags & DECIMAL_VALUES != 0 {
+            super::decimal::decode(&mut rest, count)?
+        } else if flags & XOR_VALUES != 0 {
             let len = take_varint(&mut rest)? as usize;
             let bits = rest.get(..len)?;
             rest = &rest[len..];
@@ -204,6 +227,10 @@ impl EntryReader {
         let samples: VecDeque<(i64, f64)> = timestamps.into_iter().zip(values).collect();
         Some((identity, capacity, samples))
     }
+}
+
+fn varint_len(v: usize) -> usize {
+    (usize::BITS - v.leading_zeros()).div_ceil(7).max(1) as usize
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -273,9 +300,30 @@ mod tests {
     }
 
     #[test]
+    fn printed_decimals_are_written_as_decimals() {
+        let id = identity("t", "g", &[], false);
+        let gauge: Vec<(i64, f64)> = (0..60)
+            .map(|i| {
+                (
+                    i * 1000,
+                    format!("{:.4}", 50.0 + (i * 37 % 100) as f64 / 50.0),
+                )
+            })
+            .map(|(t, s)| (t, s.parse().unwrap()))
+            .collect();
+        let (back, bytes) = round_trip(&[(id, 60, gauge.clone())]);
+        assert_eq!(back[0].2, gauge);
+        // Identity and lengths, then 60 values of 3 bytes or less (XOR: ~7).
+        assert!(bytes < 20 + 60 * 3 + 70, "{bytes} bytes for 60 values");
+    }
+
+    #[test]
     fn values_that_move_little_are_xor_compressed() {
         let id = identity("t", "c", &[], true);
-        let counter: Vec<(i64, f64)> = (0..60).map(|i| (i * 1000, 1e6 + i as f64 * 3.0)).collect();
+        // Not a short decimal, and flat with a few steps: XOR it is.
+        let counter: Vec<(i64, f64)> = (0..60)
+            .map(|i| (i * 1000, std::f64::consts::E * (1 + i / 20) as f64))
+            .collect();
         let (back, bytes) = round_trip(&[(id.clone(), 60, counter.clone())]);
         assert_eq!(back[0].2, counter);
         assert!(bytes < 200, "{bytes} bytes for 60 values");
@@ -308,16 +356,23 @@ mod tests {
             series in prop::collection::vec(
                 (0usize..3, "[a-z_]{1,12}", prop::collection::vec(("[a-z]{1,5}", ".{0,8}"), 0..4),
                  any::<bool>(), 1usize..100, 0usize..70, 0i64..3,
-                 prop::collection::vec(-20i64..20, 0..70)),
+                 prop::collection::vec(-20i64..20, 0..70), 0u8..3),
                 0..40),
         ) {
             let series: Vec<_> = series
                 .into_iter()
-                .map(|(t, name, labels, counter, cap, n, start, jitter)| {
+                .map(|(t, name, labels, counter, cap, n, start, jitter, values)| {
                     let labels: Vec<(&str, &str)> =
                         labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                     let id = identity(&format!("target-{t}"), &name, &labels, counter);
-                    (id, cap, window(start * 7, n, &jitter))
+                    // Decimals, noise (raw) or a constant only XOR shrinks.
+                    let w = window(start * 7, n, &jitter);
+                    let w = match values {
+                        0 => w,
+                        1 => noisy(w),
+                        _ => w.into_iter().map(|(t, _)| (t, std::f64::consts::E)).collect(),
+                    };
+                    (id, cap, w)
                 })
                 .collect();
             let (back, _) = round_trip(&series);
