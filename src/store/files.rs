@@ -53,6 +53,8 @@ pub struct Loaded {
     pub journal: Records,
     /// Something was unreadable and set aside or cut off; say so in the log.
     pub repaired: Vec<String>,
+    /// Bytes of the snapshot files read.
+    pub snapshot_bytes: u64,
 }
 
 /// Open handles on the history files of one data dir.
@@ -76,7 +78,10 @@ impl HistoryFiles {
             }
             let snap = dir.join(&name);
             match read_snapshot(&snap) {
-                Ok(s) => loaded.snapshots.extend(s),
+                Ok(s) => {
+                    loaded.snapshot_bytes += std::fs::metadata(&snap).map_or(0, |m| m.len());
+                    loaded.snapshots.extend(s);
+                }
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     let aside = dir.join(format!("{name}.corrupt"));
                     std::fs::rename(&snap, &aside)?;
@@ -141,15 +146,16 @@ impl HistoryFiles {
     }
 
     /// Replaces snapshot segment `k` with `count` entries that `entries` writes (with
-    /// `entry`), including the journal through `through`. Atomic: a crash leaves the old
-    /// segment or the new one, and the journal whole until `finish_compaction`.
+    /// `entry`), including the journal through `through`, and returns its bytes. Atomic: a
+    /// crash leaves the old segment or the new one, and the journal whole until
+    /// `finish_compaction`.
     pub fn write_segment(
         &mut self,
         k: usize,
         through: u64,
         count: u64,
         entries: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-    ) -> io::Result<()> {
+    ) -> io::Result<u64> {
         let name = segment_name(k);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let file = File::create(&tmp)?;
@@ -166,9 +172,11 @@ impl HistoryFiles {
         out.inner.write_all(&crc.to_le_bytes())?;
         let file = out.inner.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
+        let bytes = file.metadata()?.len();
         drop(file);
         std::fs::rename(&tmp, self.dir.join(name))?;
-        File::open(&self.dir)?.sync_all()
+        File::open(&self.dir)?.sync_all()?;
+        Ok(bytes)
     }
 
     /// After every segment was written through the same seq: the old single snapshot and

@@ -244,6 +244,8 @@ pub struct Store {
     backfilled: bool,
     /// Compactions since open (spreads the XOR retries of noisy series over them).
     compactions: u64,
+    /// Bytes of the snapshot files, as the last compaction (or the open) left them.
+    snapshot_bytes: u64,
 }
 
 /// Why a new series was not admitted.
@@ -282,6 +284,7 @@ impl Store {
             held_samples: 0,
             backfilled: false,
             compactions: 0,
+            snapshot_bytes: loaded.snapshot_bytes,
         };
         store.load(loaded)?;
         Ok(store)
@@ -524,10 +527,16 @@ impl Store {
         (self.writer.clone(), batch)
     }
 
-    /// Whether the journal has grown to half the windows' raw size (after a batch is written).
+    /// Whether the journal has grown enough to compact (after a batch is written). Disk peaks
+    /// during a compaction at the snapshot, the journal and one new segment, so the journal
+    /// may grow until they would reach 1.8× the windows' raw size (8 bytes a value), but
+    /// stays between half and all of it: windows that compress well are compacted less often.
     pub fn compaction_due(&self) -> bool {
         let raw = self.held_samples * 8;
-        self.backfilled || self.journal_bytes >= (raw / 2).max(MIN_COMPACTION_BYTES)
+        let snapshot = self.snapshot_bytes + self.snapshot_bytes / files::SEGMENTS as u64;
+        let room = (raw * 9 / 5).saturating_sub(snapshot);
+        let threshold = room.clamp(raw / 2, raw).max(MIN_COMPACTION_BYTES);
+        self.backfilled || self.journal_bytes >= threshold
     }
 
     /// Writes every identity and window into a new snapshot, segment by segment, streamed to
@@ -547,9 +556,10 @@ impl Store {
         }
         let compaction = self.compactions;
         self.compactions += 1;
+        self.snapshot_bytes = 0;
         for (k, slots) in segments.iter().enumerate() {
             let entries = &mut self.entries;
-            files.write_segment(k, through, slots.len() as u64, |out| {
+            self.snapshot_bytes += files.write_segment(k, through, slots.len() as u64, |out| {
                 let mut writer = snapshot::EntryWriter::default();
                 let mut out = files::Entries::new(out);
                 for (i, &slot) in slots.iter().enumerate() {

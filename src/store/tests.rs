@@ -394,3 +394,41 @@ fn reopen_after(s: Store, dir: &Path) -> Store {
     drop(s);
     reopen(dir)
 }
+
+/// The journal grows until the snapshot, the journal and one new segment would reach 1.8×
+/// the raw windows, within half and all of them: windows that compress well are compacted
+/// about half as often as noise.
+#[test]
+fn the_journal_may_grow_further_when_the_snapshot_is_small() {
+    let scrapes_between_compactions = |value: &dyn Fn(u64, i64) -> f64| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+        for id in 0..8000u64 {
+            s.admit(id, || ident("t", &format!("m{id}")), 10_000)
+                .unwrap();
+        }
+        let scrape = |s: &mut Store, k: i64| {
+            for id in 0..8000u64 {
+                s.append(id, 1000 * k, value(id, k), 61);
+            }
+            let (w, b) = s.take_batch();
+            w.write(b).unwrap();
+        };
+        for k in 0..61 {
+            scrape(&mut s, k);
+        }
+        s.compact().unwrap();
+        let mut k = 61;
+        while !s.compaction_due() {
+            scrape(&mut s, k);
+            k += 1;
+        }
+        k - 61
+    };
+    let decimal = scrapes_between_compactions(&|id, k| (id as i64 + k % 7) as f64 / 10.0);
+    let noise = scrapes_between_compactions(&|id, k| {
+        f64::from_bits((id * 1_000_003 + k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 2)
+    });
+    assert!((30..=40).contains(&noise), "noise: {noise} scrapes");
+    assert!((56..=62).contains(&decimal), "decimals: {decimal} scrapes");
+}
