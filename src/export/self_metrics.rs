@@ -117,8 +117,10 @@ impl SelfMetrics {
                     "From the start of a scrape to its samples evaluated and on /metrics.",
                 )
                 .namespace("anomaly_sidecar")
+                // Finer between 50 and 250 ms, where a scrape of 100k series lands.
                 .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5,
+                    1.0, 2.5, 5.0, 10.0,
                 ]),
             )?,
             notification_latency_seconds: Histogram::with_opts(
