@@ -158,22 +158,12 @@ impl HistoryFiles {
     ) -> io::Result<u64> {
         let name = segment_name(k);
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let file = File::create(&tmp)?;
-        let mut out = Checksummed {
-            // Smaller than `Entries`' chunks, which then go straight to the file.
-            inner: io::BufWriter::with_capacity(64 << 10, file),
-            crc: crc32fast::Hasher::new(),
-        };
-        out.inner.write_all(SNAPSHOT_MAGIC)?;
-        out.write_all(&through.to_le_bytes())?;
-        out.write_all(&count.to_le_bytes())?;
-        entries(&mut out)?;
-        let crc = out.crc.finalize();
-        out.inner.write_all(&crc.to_le_bytes())?;
-        let file = out.inner.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        let bytes = file.metadata()?.len();
-        drop(file);
+        let written = write_snapshot_file(&tmp, through, count, entries);
+        if written.is_err() {
+            // A full disk, say: the half-written file would hold on to the space.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        let bytes = written?;
         std::fs::rename(&tmp, self.dir.join(name))?;
         File::open(&self.dir)?.sync_all()?;
         Ok(bytes)
@@ -247,6 +237,29 @@ impl<'a> Entries<'a> {
     pub fn finish(self) -> io::Result<()> {
         self.out.write_all(&self.buf)
     }
+}
+
+/// Writes a whole snapshot file at `path` (synced) and returns its bytes.
+fn write_snapshot_file(
+    path: &Path,
+    through: u64,
+    count: u64,
+    entries: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut out = Checksummed {
+        // Smaller than `Entries`' chunks, which then go straight to the file.
+        inner: io::BufWriter::with_capacity(64 << 10, File::create(path)?),
+        crc: crc32fast::Hasher::new(),
+    };
+    out.inner.write_all(SNAPSHOT_MAGIC)?;
+    out.write_all(&through.to_le_bytes())?;
+    out.write_all(&count.to_le_bytes())?;
+    entries(&mut out)?;
+    let crc = out.crc.finalize();
+    out.inner.write_all(&crc.to_le_bytes())?;
+    let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    file.metadata().map(|m| m.len())
 }
 
 /// A writer that checksums what passes through it.
@@ -423,6 +436,26 @@ mod tests {
         assert_eq!(loaded.journal, vec![(6, b"six".to_vec())]);
         assert!(!dir.path().join("windows.3.snap.tmp").exists());
         assert!(f.size() > 0);
+    }
+
+    /// A segment that fails half-way (a full disk) leaves the old one and no temporary file.
+    #[test]
+    fn a_failed_segment_write_keeps_the_old_file_and_removes_its_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut f, _) = HistoryFiles::open(dir.path()).unwrap();
+        f.write_segment(1, 5, 1, |out| entry(out, 7, b"old"))
+            .unwrap();
+        let failed = f.write_segment(1, 6, 1, |out| {
+            out.write_all(b"half an entry")?;
+            Err(io::Error::other("No space left on device"))
+        });
+        assert!(failed.is_err());
+        assert!(!dir.path().join("windows.1.snap.tmp").exists());
+        drop(f);
+        let (_, loaded) = HistoryFiles::open(dir.path()).unwrap();
+        assert_eq!(loaded.snapshots.len(), 1);
+        assert_eq!(loaded.snapshots[0].through, 5);
+        assert_eq!(loaded.snapshots[0].entries, vec![(7, b"old".to_vec())]);
     }
 
     #[test]
