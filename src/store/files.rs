@@ -43,6 +43,11 @@ fn segment_name(k: usize) -> String {
     format!("windows.{k}.snap")
 }
 
+/// Every snapshot file name: the old single file, then the segments.
+fn snapshot_names() -> impl Iterator<Item = String> {
+    std::iter::once(SNAPSHOT.to_string()).chain((0..SEGMENTS).map(segment_name))
+}
+
 /// What the files held at open.
 #[derive(Default)]
 pub struct Loaded {
@@ -69,8 +74,7 @@ impl HistoryFiles {
     pub fn open(dir: &Path) -> io::Result<(Self, Loaded)> {
         std::fs::create_dir_all(dir)?;
         let mut loaded = Loaded::default();
-        let names = std::iter::once(SNAPSHOT.to_string()).chain((0..SEGMENTS).map(segment_name));
-        for name in names {
+        for name in snapshot_names() {
             // A compaction's leftover, from a crash while writing it.
             let tmp = dir.join(format!("{name}.tmp"));
             if tmp.exists() {
@@ -184,10 +188,8 @@ impl HistoryFiles {
 
     /// Bytes of every history file.
     pub fn size(&self) -> u64 {
-        let names = [JOURNAL.to_string(), SNAPSHOT.to_string()]
-            .into_iter()
-            .chain((0..SEGMENTS).map(segment_name));
-        names
+        std::iter::once(JOURNAL.to_string())
+            .chain(snapshot_names())
             .filter_map(|f| std::fs::metadata(self.dir.join(f)).ok())
             .map(|m| m.len())
             .sum()
