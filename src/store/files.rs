@@ -188,8 +188,16 @@ impl HistoryFiles {
 
     /// Bytes of every history file.
     pub fn size(&self) -> u64 {
-        std::iter::once(JOURNAL.to_string())
-            .chain(snapshot_names())
+        self.bytes_of(std::iter::once(JOURNAL.to_string()).chain(snapshot_names()))
+    }
+
+    /// Bytes of the snapshot files.
+    pub fn snapshot_size(&self) -> u64 {
+        self.bytes_of(snapshot_names())
+    }
+
+    fn bytes_of(&self, names: impl Iterator<Item = String>) -> u64 {
+        names
             .filter_map(|f| std::fs::metadata(self.dir.join(f)).ok())
             .map(|m| m.len())
             .sum()

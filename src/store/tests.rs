@@ -432,3 +432,49 @@ fn the_journal_may_grow_further_when_the_snapshot_is_small() {
     assert!((27..=33).contains(&noise), "noise: {noise} scrapes");
     assert!((56..=62).contains(&decimal), "decimals: {decimal} scrapes");
 }
+
+/// A compaction that fails half-way (here a segment's temporary file can't be created, as
+/// on a full disk) leaves new and old segments; the journal's room is reckoned from what the
+/// files then hold, not from the segments written before the failure. The journal is kept,
+/// so a reopen still finds every sample, and the next compaction succeeds.
+#[test]
+fn a_compaction_that_fails_half_way_counts_the_snapshot_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("history");
+    let on_disk = |s: &Store| s.writer.files.lock().unwrap().snapshot_size();
+    let mut s = Store::open(dir.path(), 1 << 20).unwrap();
+    for id in 1..=400 {
+        s.admit(id, || ident("t", &format!("m{id}")), 1000).unwrap();
+        for k in 0..20 {
+            s.append(id, 1_000 * k, (id * 100 + k as u64) as f64 * 0.37, 20);
+        }
+    }
+    write(&mut s);
+    s.compact().unwrap();
+    let before = s.snapshot_bytes;
+    assert_eq!(before, on_disk(&s));
+    for id in 1..=400 {
+        s.append(id, 30_000, 1.5, 20);
+    }
+    let (w, b) = s.take_batch();
+    w.write(b).unwrap();
+    drop(w);
+    let blocker = history.join("windows.3.snap.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    assert!(s.compact().is_err());
+    assert_eq!(s.snapshot_bytes, on_disk(&s), "counted from the files");
+    assert!(
+        s.snapshot_bytes > before / 2,
+        "old segments 3..8 are counted too"
+    );
+    assert!(s.journal_bytes > 0, "the journal is kept");
+    std::fs::remove_dir(&blocker).unwrap();
+    s.compact().unwrap();
+    assert_eq!(s.snapshot_bytes, on_disk(&s));
+    drop(s);
+    let s = reopen(dir.path());
+    for id in [1, 200, 400] {
+        assert_eq!(values_of(&s, id).last(), Some(&1.5));
+        assert_eq!(values_of(&s, id).len(), 20);
+    }
+}
