@@ -109,6 +109,18 @@ class Exporter:
         self.server.shutdown()
 
 
+def stop(proc):
+    """SIGTERM, then SIGKILL after a minute: Prometheus at 1M series takes longer than that
+    to shut down, and its measurements were already taken."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        print(f"pid {proc.pid} still running a minute after SIGTERM: killed", file=sys.stderr)
+        proc.kill()
+        proc.wait()
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -223,8 +235,7 @@ def run_sidecar(exporter, n, interval, warmup, duration, work):
             "latency p99 s": quantile(buckets(m0, lat), buckets(m1, lat), 0.99),
         }
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop(proc)
 
 
 def run_prometheus(exporter, n, interval, warmup, duration, work):
@@ -272,8 +283,7 @@ def run_prometheus(exporter, n, interval, warmup, duration, work):
             "iterations missed": f"{int(skipped)}/{int(scheduled)}",
         }
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop(proc)
 
 
 def soak(n, interval, seconds, churn_every, churn_frac, out_prefix):
@@ -307,8 +317,7 @@ def soak(n, interval, seconds, churn_every, churn_frac, out_prefix):
             print(f"{t:7.0f} s  RSS {rss:7.1f} MB  disk {rows[-1][2]:7.1f} MB (peak {rows[-1][3]:7.1f})",
                   file=sys.stderr, flush=True)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop(proc)
         exporter.stop()
         shutil.rmtree(work, ignore_errors=True)
     with open(out_prefix + ".csv", "w") as f:
