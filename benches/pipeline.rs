@@ -1,9 +1,11 @@
 //! Criterion benches of the hot path, one stage at a time:
 //!   cargo bench --bench pipeline                 (all; add a filter, e.g. `-- parse`)
-//! - detect: one sample pushed into a window and judged, per method, at window 60 and 1000;
+//! - detect: one sample judged, folded into the method's state and pushed into the window,
+//!   per method, at window 60 and 1000;
 //! - parse: a scrape body as a scrape takes it (UTF-8 check, then the series index's one
 //!   pass: every line parsed when all series are new, values only in the steady state), in
-//!   MB/s, beside prometheus-parse 0.2.5 on the same text;
+//!   MB/s, beside the other Rust parsers found (prometheus-parse 0.2.5,
+//!   prom_text_format_parser 0.1) on the same text;
 //! - store: one scrape's batch (10k samples) appended to the journal and synced.
 
 use anomaly_sidecar::detect::{self, Method, Op, Window};
@@ -13,7 +15,7 @@ use anomaly_sidecar::store::{series_id, SeriesIdentity, Store};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::sync::Arc;
 
-fn methods() -> [(&'static str, Method); 4] {
+fn methods(window: usize) -> [(&'static str, Method); 7] {
     [
         ("zscore", Method::ZScore { z_threshold: 3.0 }),
         ("iqr", Method::Iqr { iqr_factor: 1.5 }),
@@ -31,6 +33,23 @@ fn methods() -> [(&'static str, Method); 4] {
                 deviation_pct: 20.0,
             },
         ),
+        ("mad", Method::Mad { mad_threshold: 3.5 }),
+        (
+            "ewma",
+            Method::Ewma {
+                alpha: 0.1,
+                z_threshold: 3.0,
+            },
+        ),
+        (
+            "seasonal",
+            Method::Seasonal {
+                season_ms: 86_400_000,
+                buckets: 288,
+                z_threshold: 3.0,
+                memory: window as u32,
+            },
+        ),
     ]
 }
 
@@ -38,8 +57,11 @@ fn detect(c: &mut Criterion) {
     let mut g = c.benchmark_group("detect");
     g.throughput(Throughput::Elements(1));
     for window in [60usize, 1000] {
-        for (name, method) in methods() {
+        for (name, method) in methods(window) {
             let mut w = Window::new(window, method.needs_sorted());
+            let mut state = method.new_state();
+            // 15 s scrapes: a seasonal series moves to its next 5-minute bucket every 20.
+            let mut ts_ms = 0i64;
             let mut x = 0u64;
             let mut next = move || {
                 x = x
@@ -47,14 +69,20 @@ fn detect(c: &mut Criterion) {
                     .wrapping_add(1442695040888963407);
                 50.0 + (x >> 40) as f64 / (1u64 << 24) as f64
             };
-            for _ in 0..window {
-                w.push(next());
+            // A day of history first, so every seasonal bucket is past min_samples.
+            for _ in 0..window.max(5760) {
+                let v = next();
+                detect::update(&method, &mut state, ts_ms, v);
+                w.push(v);
+                ts_ms += 15_000;
             }
             g.bench_function(BenchmarkId::new(name, window), |b| {
                 b.iter(|| {
                     let v = next();
-                    let verdict = detect::evaluate(&method, &w, v, 10);
+                    let verdict = detect::evaluate_with(&method, &w, &state, ts_ms, v, 10);
+                    detect::update(&method, &mut state, ts_ms, v);
                     w.push(v);
+                    ts_ms += 15_000;
                     black_box(verdict)
                 })
             });
@@ -109,9 +137,15 @@ fn parse(c: &mut Criterion) {
             .new_samples(&SeriesIndex::default())
             .map(|n| n.text.to_string())
             .collect();
+        // A scan first records the body's TYPE lines: an index learnt under other types is
+        // cleared by the next scan (the series' transforms may differ), which would leave
+        // every later iteration scanning against an empty index.
+        let _ = warm.scan(&text).unwrap();
         for (i, series) in learnt.iter().enumerate() {
             warm.learn(series, i as u64, None, Arc::from([0usize]));
         }
+        let known = warm.scan(&text).unwrap().known.len();
+        assert_eq!(known, learnt.len(), "every series resolved from its text");
         g.bench_function(BenchmarkId::new("ours_steady", name), |b| {
             b.iter(|| {
                 let body = ScrapeBody::from_bytes(text.clone().into_bytes()).unwrap();
@@ -124,6 +158,14 @@ fn parse(c: &mut Criterion) {
                 let lines = text.lines().map(|l| Ok(l.to_string()));
                 let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
                 black_box(scrape.samples.len())
+            })
+        });
+        // winnow-based; it keeps values as text, so each is converted as a scrape would.
+        g.bench_function(BenchmarkId::new("prom_text_format_parser", name), |b| {
+            b.iter(|| {
+                let scrape = prom_text_format_parser::Scrape::parse(&text).unwrap();
+                let values = scrape.metrics.iter().flat_map(|m| &m.samples);
+                black_box(values.map(|s| s.value.value.as_f64()).sum::<f64>())
             })
         });
     }
