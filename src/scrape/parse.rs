@@ -405,8 +405,12 @@ fn parse_line<'a>(
     }
     let mut rest = &line[i..];
     // An OpenMetrics exemplar (`# {trace_id="…"} 1.0`) may follow; it is not ours to judge.
-    if let Some(hash) = rest.find(" # ") {
-        rest = &rest[..hash];
+    // (A byte search: `str::find` of a pattern sets up a searcher per line.)
+    let after = rest.as_bytes();
+    let exemplar = memchr::memchr_iter(b'#', after)
+        .find(|&at| at > 0 && after[at - 1] == b' ' && after.get(at + 1) == Some(&b' '));
+    if let Some(hash) = exemplar {
+        rest = &rest[..hash - 1];
     }
     if !rest.starts_with([' ', '\t']) {
         return Err(format!(

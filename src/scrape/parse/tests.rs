@@ -95,6 +95,14 @@ fn openmetrics_eof_and_exemplars() {
     let text = "# TYPE a counter\na_total 1 # {trace_id=\"abc\"} 1.0\n# EOF\n";
     let s = one(text);
     assert!(s.counter_like);
+    assert_eq!(s.value, 1.0);
+    // With a timestamp, and an exemplar whose own timestamp follows it.
+    let s = one("a 2.5 1700000000000 # {trace_id=\"x # y\"} 1.0 1700000000.1\n");
+    assert_eq!((s.value, s.timestamp_ms), (2.5, Some(1_700_000_000_000)));
+    // A '#' that does not start an exemplar is not one.
+    for bad in ["a 1 #x\n", "a 1# {} 1\n", "a 1 ##\n"] {
+        assert!(parse(bad).is_err(), "{bad:?}");
+    }
 }
 
 #[test]
