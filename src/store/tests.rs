@@ -395,7 +395,7 @@ fn reopen_after(s: Store, dir: &Path) -> Store {
     reopen(dir)
 }
 
-/// The journal grows until the snapshot, the journal and one new segment would reach 1.6×
+/// The journal grows until the snapshot, the journal and one new segment would reach 1.5×
 /// the raw windows, within half and all of them: windows that compress well are compacted
 /// about half as often as noise.
 #[test]
