@@ -137,8 +137,19 @@ pub fn free_port() -> u16 {
 
 /// A plain HTTP/1.0 request; returns status and body.
 pub fn http(method: &str, addr: &str, path: &str) -> Option<(u16, String)> {
+    http_waiting(method, addr, path, Duration::from_secs(10))
+}
+
+/// `http` that waits up to `patience` for each read (a reader queued behind others gets its
+/// first byte only when its turn comes).
+pub fn http_waiting(
+    method: &str,
+    addr: &str,
+    path: &str,
+    patience: Duration,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.set_read_timeout(Some(patience)).ok()?;
     write!(
         s,
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
