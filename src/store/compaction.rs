@@ -37,29 +37,27 @@ impl Store {
         self.compactions += 1;
         let written = segments.iter().enumerate().try_for_each(|(k, slots)| {
             let entries = &mut self.entries;
-            files
-                .write_segment(k, through, slots.len() as u64, |out| {
-                    let mut writer = snapshot::EntryWriter::default();
-                    let mut out = files::Entries::new(out);
-                    for (i, &slot) in slots.iter().enumerate() {
-                        Self::prefetch_for_compaction(entries, slots, i);
-                        let Some(Some(e)) = entries.get_mut(slot as usize) else {
-                            continue;
-                        };
-                        // Noisy values rarely compress; retry each such series every 8th time.
-                        let try_xor = !e.values_raw || (compaction + e.id) % 8 == 0;
-                        let mut xor = false;
-                        out.push(e.id, |entry| {
-                            let (identity, samples) = (&e.identity, e.samples.iter());
-                            xor = writer.encode(entry, identity, e.capacity, samples, try_xor);
-                        })?;
-                        if try_xor {
-                            e.values_raw = !xor;
-                        }
+            files.write_segment(k, through, slots.len() as u64, |out| {
+                let mut writer = snapshot::EntryWriter::default();
+                let mut out = files::Entries::new(out);
+                for (i, &slot) in slots.iter().enumerate() {
+                    Self::prefetch_for_compaction(entries, slots, i);
+                    let Some(Some(e)) = entries.get_mut(slot as usize) else {
+                        continue;
+                    };
+                    // Noisy values rarely compress; retry each such series every 8th time.
+                    let try_xor = !e.values_raw || (compaction + e.id) % 8 == 0;
+                    let mut xor = false;
+                    out.push(e.id, |entry| {
+                        let (identity, samples) = (&e.identity, e.samples.iter());
+                        xor = writer.encode(entry, identity, e.capacity, samples, try_xor);
+                    })?;
+                    if try_xor {
+                        e.values_raw = !xor;
                     }
-                    out.finish()
-                })
-                .map(drop)
+                }
+                out.finish()
+            })
         });
         // From the files, whichever segments were replaced: a compaction that failed half-way
         // (a full disk) leaves old and new ones, and the journal's room depends on their sum.

@@ -58,8 +58,6 @@ pub struct Loaded {
     pub journal: Records,
     /// Something was unreadable and set aside or cut off; say so in the log.
     pub repaired: Vec<String>,
-    /// Bytes of the snapshot files read.
-    pub snapshot_bytes: u64,
 }
 
 /// Open handles on the history files of one data dir.
@@ -82,10 +80,7 @@ impl HistoryFiles {
             }
             let snap = dir.join(&name);
             match read_snapshot(&snap) {
-                Ok(s) => {
-                    loaded.snapshot_bytes += std::fs::metadata(&snap).map_or(0, |m| m.len());
-                    loaded.snapshots.extend(s);
-                }
+                Ok(s) => loaded.snapshots.extend(s),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     let aside = dir.join(format!("{name}.corrupt"));
                     std::fs::rename(&snap, &aside)?;
@@ -150,7 +145,7 @@ impl HistoryFiles {
     }
 
     /// Replaces snapshot segment `k` with `count` entries that `entries` writes (with
-    /// `entry`), including the journal through `through`, and returns its bytes. Atomic: a
+    /// `entry`), including the journal through `through`. Atomic: a
     /// crash leaves the old segment or the new one, and the journal whole until
     /// `finish_compaction`.
     pub fn write_segment(
@@ -159,7 +154,7 @@ impl HistoryFiles {
         through: u64,
         count: u64,
         entries: impl FnOnce(&mut dyn Write) -> io::Result<()>,
-    ) -> io::Result<u64> {
+    ) -> io::Result<()> {
         let name = segment_name(k);
         let tmp = self.dir.join(format!("{name}.tmp"));
         let written = write_snapshot_file(&tmp, through, count, entries);
@@ -167,10 +162,10 @@ impl HistoryFiles {
             // A full disk, say: the half-written file would hold on to the space.
             let _ = std::fs::remove_file(&tmp);
         }
-        let bytes = written?;
+        written?;
         std::fs::rename(&tmp, self.dir.join(name))?;
         File::open(&self.dir)?.sync_all()?;
-        Ok(bytes)
+        Ok(())
     }
 
     /// After every segment was written through the same seq: the old single snapshot and

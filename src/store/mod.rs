@@ -265,6 +265,7 @@ impl Store {
             tracing::warn!("Store upgraded to the journal layout; history before it is dropped");
         }
         let (files, loaded) = HistoryFiles::open(&dir.join("history"))?;
+        let snapshot_bytes = files.snapshot_size();
         let mut store = Self {
             writer: StoreWriter {
                 db,
@@ -285,7 +286,7 @@ impl Store {
             held_samples: 0,
             backfilled: false,
             compactions: 0,
-            snapshot_bytes: loaded.snapshot_bytes,
+            snapshot_bytes,
         };
         store.load(loaded)?;
         Ok(store)
