@@ -2,6 +2,7 @@
 //! HTTP server, and that owns shutdown (SIGTERM/SIGINT → stop scraping, finish the write,
 //! flush sled).
 
+use crate::alert::book::AlertBook;
 use crate::alert::AlertEvent;
 use crate::config::flags::RunArgs;
 use crate::config::{rules, RuleSet};
@@ -57,6 +58,12 @@ pub struct App {
     ready: Arc<AtomicBool>,
 }
 
+/// A target's alerts stay active this many scrape intervals after its last successful scrape
+/// (re-sent meanwhile) before they resolve with `reason=target_down`: one or two failed
+/// scrapes are a blip, not an outage, and the grace stays under Alertmanager's hold (four
+/// intervals or resend delays), so Alertmanager never resolves them first.
+const TARGET_DOWN_INTERVALS: u32 = 3;
+
 /// Loads config, opens the store and binds the port (all before any task runs), then spawns.
 pub async fn start(args: &RunArgs) -> Result<App, StartError> {
     let specs = match &args.targets_file {
@@ -67,6 +74,13 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
     if targets.is_empty() {
         return Err(StartError::NoTargets);
     }
+    let client = scrape::client().map_err(|e| StartError::Setup(e.to_string()))?;
+    // TLS files of targets are read here, before the store is opened or the port bound, so
+    // a missing CA is what the error says (not a busy port).
+    let target_clients = targets
+        .iter()
+        .map(|t| scrape::client_for(t, &client))
+        .collect::<Result<Vec<_>, _>>()?;
     let rules = Arc::new(rules::load_file(&args.rules).map_err(StartError::Rules)?);
     let web =
         Arc::new(WebGuard::load(args.web_config_file.as_deref()).map_err(StartError::WebConfig)?);
@@ -92,11 +106,11 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
     let listen_addr = listener
         .local_addr()
         .map_err(|e| StartError::Setup(e.to_string()))?;
-    let client = scrape::client().map_err(|e| StartError::Setup(e.to_string()))?;
     let external_url = args.web_external_url.clone().unwrap_or_else(|| {
         let scheme = if web.tls() { "https" } else { "http" };
         format!("{scheme}://{}:{}", hostname(), listen_addr.port())
     });
+    let notify_client = crate::notify::client().map_err(|e| StartError::Setup(e.to_string()))?;
     let notifier = if args.webhooks.is_empty() && args.alertmanagers.is_empty() {
         None
     } else {
@@ -119,13 +133,22 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         Some(Arc::new(Notifier::open(
             &store.db(),
             &settings,
-            &client,
+            &notify_client,
             exporter.metrics.clone(),
         )?))
     };
+    let (events, _) = broadcast::channel(1024);
+    let book = {
+        let outlet = notifier
+            .clone()
+            .map(|n| n as Arc<dyn crate::alert::book::Outlet>);
+        let (db, notifier, events) = (store.db(), outlet, events.clone());
+        tokio::task::spawn_blocking(move || AlertBook::open(&db, notifier, events))
+            .await
+            .map_err(|e| StartError::Setup(e.to_string()))??
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (events, _) = broadcast::channel(1024);
     let (results_tx, results_rx) = mpsc::channel(targets.len().max(1) * 2);
     let (rules_tx, rules_rx) = watch::channel(rules.clone());
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(8);
@@ -137,9 +160,8 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         max_bytes: args.max_scrape_bytes,
     };
     let mut tasks = Vec::new();
-    for (i, target) in targets.iter().cloned().enumerate() {
+    for (i, (target, target_client)) in targets.iter().cloned().zip(target_clients).enumerate() {
         tracing::info!(target = %target.name, url = %target.display_url(), "Scraping target");
-        let target_client = scrape::client_for(&target, &client)?;
         tasks.push(tokio::spawn(scrape::run_target(
             i,
             target,
@@ -170,16 +192,16 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
             max_series: args.max_series,
             retention: args.retention,
             warmup,
+            target_down_grace: TARGET_DOWN_INTERVALS * args.scrape_interval,
         },
         rules,
         store,
         exporter.clone(),
-        events.clone(),
-        notifier.clone(),
+        book,
     );
     let pipeline = tokio::spawn(pipeline.run(results_rx, rules_rx, shutdown_rx.clone()));
     if let Some(n) = &notifier {
-        tasks.extend(n.spawn(client.clone(), shutdown_rx.clone()));
+        tasks.extend(n.spawn(notify_client, shutdown_rx.clone()));
     }
     let reloader = Reloader {
         path: args.rules.clone(),
@@ -274,7 +296,7 @@ fn set_reload_metrics(exporter: &Exporter, ok: bool) {
     m.rules_last_reload_successful.set(i64::from(ok));
     if ok {
         m.rules_last_reload_success_timestamp_seconds
-            .set(scrape::now_ms() as f64 / 1000.0);
+            .set(crate::util::now_ms() as f64 / 1000.0);
     }
 }
 

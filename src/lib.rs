@@ -9,6 +9,8 @@ pub mod config;
 pub mod demo;
 pub mod detect;
 pub mod export;
+pub mod failpoint;
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod notify;
 pub mod pipeline;
@@ -17,3 +19,4 @@ pub mod promapi;
 pub mod scrape;
 pub mod server;
 pub mod store;
+pub mod util;

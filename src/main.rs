@@ -1,14 +1,13 @@
 //! anomaly-sidecar: parse flags, set up logging, dispatch, map errors to exit codes.
 
 use anomaly_sidecar::{app, backtest, config, demo, server};
-use clap::Parser;
 use config::flags::{Cli, Command};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     one_malloc_arena();
-    let cli = Cli::parse();
+    let cli = Cli::parse_all();
     let default_level = if matches!(cli.command, Command::Demo(_)) {
         "warn"
     } else {

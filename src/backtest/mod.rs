@@ -99,7 +99,7 @@ pub fn replay(rules: &RuleSet, series: &Recorded) -> Replay {
             ring.push(capacity, row.ts_ms, row.value);
             for (rule, state) in selected.iter().zip(states.iter_mut()) {
                 let state = state.get_or_insert_with(|| {
-                    new_state(rule, &identity, std::iter::empty(), None, &[])
+                    new_state(rule, &identity, std::iter::empty(), Default::default(), &[])
                 });
                 if let Some(step) = state.step(rule, false, &ring) {
                     score = score.max(squash(step.verdict.score));

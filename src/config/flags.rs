@@ -6,6 +6,48 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+impl Cli {
+    /// Parses the command line and the environment. A list flag given in the environment
+    /// (`ANOMALY_SIDECAR_TARGET`, `…_WEBHOOK`, `…_ALERTMANAGER`) is comma-separated there, as
+    /// one variable holds it; on the command line each value is taken whole (a URL may hold a
+    /// comma).
+    pub fn parse_all() -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command().get_matches();
+        let mut cli = match Self::from_arg_matches(&matches) {
+            Ok(cli) => cli,
+            Err(e) => e.exit(),
+        };
+        if let (Command::Run(args), Some(("run", m))) = (&mut cli.command, matches.subcommand()) {
+            args.split_env_lists(m);
+        }
+        cli
+    }
+}
+
+impl RunArgs {
+    /// Splits on commas the list flags that came from the environment.
+    pub fn split_env_lists(&mut self, m: &clap::ArgMatches) {
+        let from_env =
+            |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::EnvVariable);
+        for (id, list) in [
+            ("targets", &mut self.targets),
+            ("webhooks", &mut self.webhooks),
+            ("alertmanagers", &mut self.alertmanagers),
+        ] {
+            if from_env(id) {
+                *list = list
+                    .iter()
+                    .flat_map(|v| v.split(','))
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string)
+                    .collect();
+            }
+        }
+    }
+}
+
 /// Scrapes Prometheus exporters, detects anomalies per series and exports them as gauges.
 #[derive(Debug, Parser)]
 #[command(name = "anomaly-sidecar", version, about)]
@@ -76,7 +118,6 @@ pub struct RunArgs {
     #[arg(
         long = "target",
         env = "ANOMALY_SIDECAR_TARGET",
-        value_delimiter = ',',
         required_unless_present = "targets_file"
     )]
     pub targets: Vec<String>,
@@ -136,11 +177,7 @@ pub struct RunArgs {
     pub rules_check_interval: Duration,
     /// Webhook receiver URL: each firing and resolution is POSTed as an Alertmanager webhook
     /// payload (repeatable; comma-separated in the environment).
-    #[arg(
-        long = "webhook",
-        env = "ANOMALY_SIDECAR_WEBHOOK",
-        value_delimiter = ','
-    )]
+    #[arg(long = "webhook", env = "ANOMALY_SIDECAR_WEBHOOK")]
     pub webhooks: Vec<String>,
     /// Body of --webhook requests: Alertmanager's webhook payload, a Slack-style incoming
     /// webhook message (text + blocks, for chat rooms), or one plain event object.
@@ -153,11 +190,7 @@ pub struct RunArgs {
     pub webhook_format: WebhookFormat,
     /// Alertmanager base URL, e.g. http://alertmanager:9093: alerts are pushed to its API v2 the
     /// way Prometheus does (repeatable; comma-separated in the environment).
-    #[arg(
-        long = "alertmanager",
-        env = "ANOMALY_SIDECAR_ALERTMANAGER",
-        value_delimiter = ','
-    )]
+    #[arg(long = "alertmanager", env = "ANOMALY_SIDECAR_ALERTMANAGER")]
     pub alertmanagers: Vec<String>,
     /// How often firing alerts are re-sent to Alertmanager.
     #[arg(long, env = "ANOMALY_SIDECAR_RESEND_DELAY", default_value = "1m", value_parser = duration)]

@@ -108,8 +108,10 @@ pub struct Rule {
     pub severity: Severity,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, Template>,
-    /// Name plus a hash of the definition: persisted alert state belongs to this exact rule.
-    pub state_key: String,
+    /// Name plus a hash of what the detector learns with (method, transform, window,
+    /// min_samples): stored seasonal profiles belong to it, so an annotation edit keeps them
+    /// and a detector change starts them afresh. Alerts belong to the name alone.
+    pub profile_key: String,
     /// `for`, `keep_firing_for` and `min_anomalous` as the alert state machine takes them,
     /// computed once at load (every evaluation asks).
     pub policy: crate::alert::Policy,
@@ -120,6 +122,14 @@ impl Rule {
     /// whose fingerprint survives a reload is kept.
     pub fn fingerprint(&self) -> String {
         format!("{self:?}")
+    }
+
+    /// A string that changes whenever what the detector learns from changes.
+    pub fn detector_fingerprint(&self) -> String {
+        format!(
+            "{:?}|{:?}|{}|{}",
+            self.method, self.transform, self.window, self.min_samples
+        )
     }
 
     /// How the rule's verdicts become an alert.
@@ -153,9 +163,6 @@ impl Rule {
 pub struct RuleSet {
     pub rules: Vec<Arc<Rule>>,
 }
-
-/// Labels the sidecar sets itself on every anomaly series.
-pub const RESERVED_LABELS: [&str; 5] = ["rule", "severity", "method", "target", "metric"];
 
 /// Reads and validates a rules file.
 pub fn load_file(path: &Path) -> Result<RuleSet, RuleErrors> {

@@ -73,30 +73,13 @@ impl Template {
         for p in &self.parts {
             match p {
                 Part::Text(t) => out.push_str(t),
-                Part::Value => out.push_str(&format_value(value)),
+                Part::Value => out.push_str(&crate::util::format_value(value)),
                 Part::Label(name) => {
                     out.push_str(labels.get(name).map(String::as_str).unwrap_or(""))
                 }
             }
         }
         out
-    }
-}
-
-/// Short human form of a value: up to 4 significant decimals, no trailing zeros.
-pub fn format_value(v: f64) -> String {
-    if !v.is_finite() {
-        return v.to_string();
-    }
-    let s = if v.abs() >= 1e-3 || v == 0.0 {
-        format!("{v:.4}")
-    } else {
-        format!("{v:.4e}")
-    };
-    if s.contains('.') && !s.contains('e') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
     }
 }
 

@@ -314,7 +314,9 @@ fn iqr(v: &mut Verdict, history: &Window, x: f64, min_samples: usize, k: f64) {
 }
 
 fn threshold_cmp(v: &mut Verdict, x: f64, t: f64, op: Op) {
-    let scale = if t.abs() > 0.0 { t.abs() } else { 1.0 };
+    // Relative to the threshold, but never to less than 1: a threshold of 0.5 must not make
+    // every unit past it count double.
+    let scale = t.abs().max(1.0);
     let (anomalous, past) = match op {
         Op::Gt => (x > t, x - t),
         Op::Gte => (x >= t, x - t),

@@ -106,6 +106,17 @@ fn threshold_ops() {
     .unwrap();
     assert!((v.score - 1.1).abs() < 1e-12);
     assert_eq!(v.upper_bound, Some(90.0));
+    // Below 1 the threshold is not the scale: 0.5 past a threshold of 0.5 scores 1.5, not 2.
+    let score = |threshold: f64, x: f64| {
+        let m = Method::Threshold {
+            threshold,
+            op: Op::Gt,
+        };
+        evaluate(&m, &h, x, 10).unwrap().score
+    };
+    assert!((score(0.5, 1.0) - 1.5).abs() < 1e-12);
+    assert!((score(0.0, 2.0) - 3.0).abs() < 1e-12);
+    assert!((score(-4.0, 0.0) - 2.0).abs() < 1e-12);
 }
 
 #[test]

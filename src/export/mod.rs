@@ -15,12 +15,12 @@ pub use self_metrics::SelfMetrics;
 use crate::alert::AlertEvent;
 use crate::detect::Verdict;
 use crate::store::{SeriesId, SeriesIdentity};
+use crate::util::{finite, rfc3339};
 use hyper::body::Bytes;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, UNIX_EPOCH};
 
 /// The exported state of one (rule, series): the value of each gauge family, compact (at 100k
 /// series the table and a reader's snapshot of it are each ~10 MB). Its labels are rendered
@@ -28,8 +28,8 @@ use std::time::{Duration, UNIX_EPOCH};
 /// label set per row cost ~20 MB at 100k series).
 #[derive(Debug, Clone)]
 pub struct AnomalyRow {
-    /// The rule's labels, rendered: `rule="…",severity="…",method="…"`.
-    head: Arc<str>,
+    /// The rule's part of the labels, shared by all its rows.
+    head: Arc<RuleHead>,
     series: Arc<SeriesIdentity>,
     /// Indexed like `FAMILIES`.
     values: [f64; 9],
@@ -72,6 +72,16 @@ impl RowValues {
     }
 }
 
+/// The labels every gauge of a rule starts with, rendered once per rule (the series' part is
+/// rendered when /metrics is read, from its identity), and the rule's own labels, which a
+/// series label must not shadow.
+#[derive(Debug)]
+pub struct RuleHead {
+    /// `rule="…",severity="…",method="…"` and the rule's labels.
+    pub text: Box<str>,
+    pub labels: BTreeMap<String, String>,
+}
+
 /// A change of one row.
 #[derive(Debug, Clone)]
 pub enum RowUpdate {
@@ -82,7 +92,7 @@ pub enum RowUpdate {
 }
 
 impl AnomalyRow {
-    pub fn new((head, series): (Arc<str>, Arc<SeriesIdentity>), values: RowValues) -> Self {
+    pub fn new((head, series): (Arc<RuleHead>, Arc<SeriesIdentity>), values: RowValues) -> Self {
         Self {
             head,
             series,
@@ -416,11 +426,6 @@ pub struct ExportChanges {
     pub alerts_over: Vec<RowKey>,
 }
 
-/// JSON has no NaN or infinity.
-fn finite(v: f64) -> Option<f64> {
-    v.is_finite().then_some(v)
-}
-
 /// Renders a label set for the exposition format, escaping values.
 pub fn render_labels(pairs: &[(&str, &str)]) -> String {
     let mut out = String::new();
@@ -450,21 +455,25 @@ fn push_label(out: &mut String, prefix: &str, name: &str, value: &str) {
 }
 
 /// Appends a row's label set (without braces): the rule's part, target, metric, then the
-/// series' own labels, renamed `exported_<name>` where they collide with ours.
+/// series' own labels, named as in every other output (`alert::labels`).
 fn push_row_labels(out: &mut String, row: &AnomalyRow) {
-    out.push_str(&row.head);
+    use crate::alert::labels;
+    out.push_str(&row.head.text);
     out.push(',');
     push_label(out, "", "target", &row.series.target);
     out.push(',');
     push_label(out, "", "metric", row.series.name());
-    for (k, v) in row.series.labels() {
+    let rule_labels = &row.head.labels;
+    if !labels::any_taken(row.series.labels(), rule_labels) {
+        for (k, v) in row.series.labels() {
+            out.push(',');
+            push_label(out, "", k, v);
+        }
+        return;
+    }
+    for (k, v) in labels::series_labels(row.series.labels(), rule_labels) {
         out.push(',');
-        let prefix = if crate::config::rules::RESERVED_LABELS.contains(&k) {
-            "exported_"
-        } else {
-            ""
-        };
-        push_label(out, prefix, k, v);
+        push_label(out, "", &k, v);
     }
 }
 
@@ -489,12 +498,6 @@ pub fn format_float_into(out: &mut String, v: f64) {
     }
 }
 
-/// Milliseconds since the epoch as RFC 3339 (UTC, seconds).
-pub fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,6 +508,5 @@ mod tests {
         assert_eq!(format_float(1.0), "1.0");
         assert_eq!(format_float(1e-300), "1e-300");
         assert_eq!(format_float(f64::NEG_INFINITY), "-Inf");
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     }
 }

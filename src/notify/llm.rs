@@ -170,7 +170,7 @@ pub fn parse_analysis(text: &str) -> Result<BTreeMap<String, String>, String> {
 /// What the model is told: the rule, the series, the value against its baseline, and the
 /// exact JSON shape to answer in.
 pub fn prompt(ev: &AlertEvent) -> String {
-    use crate::config::template::format_value as f;
+    use crate::util::format_value as f;
     let v = &ev.verdict;
     let opt = |x: Option<f64>| x.map_or("n/a".to_string(), f);
     let labels: Vec<String> = ev

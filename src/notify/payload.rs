@@ -2,7 +2,7 @@
 //! understands Alertmanager's webhook works unchanged.
 
 use crate::alert::AlertEvent;
-use crate::export::rfc3339;
+use crate::util::rfc3339;
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
@@ -61,49 +61,71 @@ pub fn webhook_body(ev: &AlertEvent, receiver: &str, external_url: &str) -> Valu
     })
 }
 
-/// The body Alertmanager's API v2 takes (`POST /api/v2/alerts`): a list of alerts. A firing
-/// alert ends `hold` after `at_ms` unless re-sent, as Prometheus does, so a sidecar that dies
-/// lets its alerts resolve instead of firing forever.
+/// The body Alertmanager's API v2 takes (`POST /api/v2/alerts`) for one event.
 pub fn alertmanager_body(ev: &AlertEvent, external_url: &str, hold: std::time::Duration) -> Value {
+    Value::Array(vec![alertmanager_alert(ev, external_url, hold)])
+}
+
+/// The same body for a batch of firing alerts (a re-send).
+pub fn alertmanager_batch(
+    alerts: &[AlertEvent],
+    external_url: &str,
+    hold: std::time::Duration,
+) -> Value {
+    Value::Array(
+        alerts
+            .iter()
+            .map(|ev| alertmanager_alert(ev, external_url, hold))
+            .collect(),
+    )
+}
+
+/// One alert as API v2 takes it. A firing alert ends `hold` after `at_ms` unless re-sent, as
+/// Prometheus does, so a sidecar that dies lets its alerts resolve instead of firing forever.
+fn alertmanager_alert(ev: &AlertEvent, external_url: &str, hold: std::time::Duration) -> Value {
     let ends_at = if ev.firing {
         ev.at_ms + hold.as_millis() as i64
     } else {
         ev.at_ms
     };
-    json!([{
+    json!({
         "labels": ev.labels(),
         "annotations": ev.annotations(),
         "startsAt": rfc3339(ev.fired_at_ms),
         "endsAt": rfc3339(ends_at),
         "generatorURL": format!("{external_url}/metrics"),
-    }])
+    })
 }
 
 /// A chat message in the Slack incoming-webhook shape (`text` for notifications and clients
 /// without blocks, `blocks` for the room), which Mattermost and Rocket.Chat also accept.
 pub fn slack_body(ev: &AlertEvent, external_url: &str) -> Value {
-    use crate::config::template::format_value as f;
+    use crate::util::format_value as f;
     let status = if ev.firing { "FIRING" } else { "RESOLVED" };
     let icon = if ev.firing {
         ":rotating_light:"
     } else {
         ":white_check_mark:"
     };
-    let summary = ev
+    // Slack reads `<…>` as a link or mention and `&` as an entity: text from labels and
+    // templates is escaped, our own link is not.
+    let e = slack_escape;
+    let summary = e(&ev
         .annotations
         .get("summary")
         .cloned()
-        .unwrap_or_else(|| format!("{} on {}", ev.metric, ev.target));
-    let text = format!("{icon} [{status}] {} ({}): {summary}", ev.rule, ev.severity);
+        .unwrap_or_else(|| format!("{} on {}", ev.metric, ev.target)));
+    let (rule, severity) = (e(&ev.rule), e(&ev.severity));
+    let text = format!("{icon} [{status}] {rule} ({severity}): {summary}");
     let series: Vec<String> = ev
         .series_labels
         .iter()
-        .map(|(k, v)| format!("{k}=\"{v}\""))
+        .map(|(k, v)| format!("{k}=\"{}\"", e(v)))
         .collect();
     let v = &ev.verdict;
     let mut fields = vec![
-        format!("*Severity*\n{}", ev.severity),
-        format!("*Target*\n{}", ev.target),
+        format!("*Severity*\n{severity}"),
+        format!("*Target*\n{}", e(&ev.target)),
         format!("*Value*\n{}", f(ev.value)),
         format!("*Method*\n{}", ev.method),
     ];
@@ -127,7 +149,7 @@ pub fn slack_body(ev: &AlertEvent, external_url: &str) -> Value {
     json!({
         "text": text,
         "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": format!("{icon} *[{status}] {}*\n{summary}", ev.rule)}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("{icon} *[{status}] {rule}*\n{summary}")}},
             {"type": "section", "fields": fields},
             {"type": "context", "elements": [{"type": "mrkdwn", "text": format!(
                 "`{}{{{}}}` · since {} · <{external_url}/api/v1/alerts|alerts>",
@@ -135,6 +157,13 @@ pub fn slack_body(ev: &AlertEvent, external_url: &str) -> Value {
             )}]},
         ],
     })
+}
+
+/// Escapes the three characters Slack's message text gives a meaning to.
+pub fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// One event as a plain object, for receivers that want neither Alertmanager nor chat shapes.
@@ -164,4 +193,42 @@ pub fn event_json(ev: &AlertEvent, id: &str) -> Value {
             "direction": v.direction.map(|d| d.as_str()),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_text_from_labels_and_templates_is_escaped() {
+        assert_eq!(slack_escape("a<b>&c"), "a&lt;b&gt;&amp;c");
+        let ev = AlertEvent {
+            firing: true,
+            at_ms: 0,
+            fired_at_ms: 0,
+            rule: "r".into(),
+            severity: "warning".into(),
+            method: "threshold".into(),
+            target: "h:1".into(),
+            metric: "g".into(),
+            series_labels: vec![("path".into(), "<!channel>".into())],
+            rule_labels: Default::default(),
+            annotations: [("summary".to_string(), "p99 > 1s & rising <@U1>".to_string())].into(),
+            value: 1.0,
+            verdict: Default::default(),
+        };
+        let body = slack_body(&ev, "http://x").to_string();
+        assert!(
+            !body.contains("<!channel>") && !body.contains("<@U1>"),
+            "{body}"
+        );
+        assert!(
+            body.contains("p99 &gt; 1s &amp; rising &lt;@U1&gt;"),
+            "{body}"
+        );
+        assert!(
+            body.contains("<http://x/api/v1/alerts|alerts>"),
+            "our link stays a link"
+        );
+    }
 }

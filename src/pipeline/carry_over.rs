@@ -1,24 +1,32 @@
-//! What survives a change: firing alerts across a restart, and windows and alert state of
-//! unchanged rules across a reload (removed or changed rules resolve and drop their gauges).
+//! What survives a change: active alerts across a restart, and windows and alert state
+//! across a reload. An alert belongs to its rule's name and its series, so editing a rule's
+//! annotations, labels, severity or detector keeps its alerts; a rule removed or renamed
+//! resolves them (`reason=rule_removed`), as does a rule that no longer selects the series
+//! (`reason=rule_changed`).
 
-use super::rule_series::stored_profile;
-use super::rule_series::{event, new_state, RuleSeries};
+use super::rule_series::{event, export_head, new_state, stored_profile};
 use super::Pipeline;
-use crate::alert::Transition;
+use crate::alert::book::{Phase, Reason};
 use crate::config::RuleSet;
 use crate::detect::Verdict;
 use crate::store::SeriesId;
 use std::sync::Arc;
 
 impl Pipeline {
-    /// Alerts that were firing when the sidecar stopped come back as firing, and their series
-    /// count as seen: if the first scrape lacks one, its resolution is still sent.
-    pub(super) fn restore_firing(&mut self) {
-        let firing: Vec<(SeriesId, String, i64)> = self.store.firing_alerts().collect();
-        for (id, key, since) in firing {
-            let Some(ri) = self.rules.rules.iter().position(|r| r.state_key == key) else {
-                tracing::warn!(rule = %key, "A rule that was firing before the restart changed or is gone; its alert is dropped");
-                self.store.set_firing(id, &key, None);
+    /// Alerts that were pending or firing when the sidecar stopped come back as they were,
+    /// and their series count as seen: if the first scrape lacks one, it still ends
+    /// properly. Alerts of rules that are gone resolve, with the event they fired with.
+    pub(super) fn restore_alerts(&mut self) {
+        let now = crate::util::now_ms();
+        let restored: Vec<(SeriesId, String, bool)> = self
+            .book
+            .iter()
+            .map(|(id, rule, a)| (id, rule.to_string(), a.event.is_some()))
+            .collect();
+        for (id, name, has_event) in restored {
+            let Some(ri) = self.rules.rules.iter().position(|r| r.name == name) else {
+                tracing::warn!(rule = %name, "A rule with active alerts before the restart is gone; they resolve");
+                self.book.end(id, &name, now, None, Reason::RuleRemoved);
                 continue;
             };
             let Some((slot, entry)) = self
@@ -26,17 +34,38 @@ impl Pipeline {
                 .slot(id)
                 .and_then(|s| Some((s, self.store.at(s)?)))
             else {
-                self.store.set_firing(id, &key, None);
+                self.book.end(id, &name, now, None, Reason::SeriesGone);
                 continue;
             };
-            let rule = &self.rules.rules[ri];
-            let profile = stored_profile(rule, || self.store.profile(id, &rule.state_key));
+            let rule = self.rules.rules[ri].clone();
+            let identity = entry.identity.clone();
+            if !rule.selects(&identity.target, identity.name(), &identity.labels_owned()) {
+                self.book.end(id, &name, now, None, Reason::RuleChanged);
+                continue;
+            }
+            let alert = self.book.state(id, &name);
+            if !has_event && alert.is_firing() {
+                // A record of the earlier layout: the event it fired with is rebuilt.
+                let last = entry.samples().back().map_or(f64::NAN, |s| s.1);
+                let since = alert.firing_since().unwrap_or(now);
+                let ev = event(
+                    &rule,
+                    &identity,
+                    true,
+                    since,
+                    since,
+                    last,
+                    Verdict::default(),
+                );
+                self.book.adopt(id, ev);
+            }
+            let profile = stored_profile(&rule, || self.store.profile(id, &rule.profile_key));
             let samples = entry.samples().iter();
-            let state = new_state(rule, &entry.identity, samples, Some(since), &profile);
+            let state = new_state(&rule, &identity, samples, alert, &profile);
             if let Some(t) = self
                 .targets
                 .iter()
-                .position(|t| *t.name == *entry.identity.target)
+                .position(|t| *t.name == *identity.target)
             {
                 if !self.seen[t].contains(&(slot, id)) {
                     self.seen[t].push((slot, id));
@@ -47,64 +76,92 @@ impl Pipeline {
                 rules.insert(ri, state);
             }
         }
+        let (pending, firing) = self
+            .book
+            .iter()
+            .fold((0, 0), |(p, f), (_, _, a)| match a.phase {
+                Phase::Pending => (p + 1, f),
+                Phase::Firing => (p, f + 1),
+            });
+        if pending + firing > 0 {
+            tracing::info!(pending, firing, "Alerts restored");
+        }
     }
 
-    /// Swaps in new rules. Rules whose definition did not change keep their windows and alert
-    /// state; removed or changed rules resolve their firing alerts and drop their gauges.
+    /// Swaps in new rules. A rule keeps its alerts under the same name; its windows too
+    /// unless its detector changed (then they are rebuilt from the stored samples). Removed
+    /// rules resolve their alerts and drop their gauges.
     pub fn set_rules(&mut self, new: Arc<RuleSet>) {
         let old_rules = std::mem::replace(&mut self.rules, new.clone());
-        // Old rule index → new index, for the rules whose definition did not change.
-        let kept: Vec<Option<usize>> = old_rules
+        // Old rule index → new index under the same name, and whether its windows carry over.
+        let moved: Vec<Option<(usize, bool)>> = old_rules
             .rules
             .iter()
             .map(|old| {
-                new.rules
-                    .iter()
-                    .position(|r| r.name == old.name && r.fingerprint() == old.fingerprint())
+                let to = new.rules.iter().position(|r| r.name == old.name)?;
+                Some((to, new.rules[to].profile_key == old.profile_key))
             })
             .collect();
-        let now = crate::scrape::now_ms();
-        let mut events = Vec::new();
-        for series in self.states.iter_mut() {
-            let id = series.id;
-            let mut ended: Vec<(usize, RuleSeries)> = Vec::new();
-            for (ri, state) in series.rules.take() {
-                match kept.get(ri).copied().flatten() {
-                    Some(to) => {
-                        series.rules.insert(to, state);
-                    }
-                    None => ended.push((ri, state)),
-                }
-            }
-            for (ri, mut state) in ended {
-                let since = state.alert.firing_since().unwrap_or(now);
-                if state.alert.end() != Some(Transition::Resolved) {
-                    continue;
-                }
-                let rule = &old_rules.rules[ri];
-                self.store.set_firing(id, &rule.state_key, None);
-                if let Some(entry) = self.store.get(id) {
-                    let value = entry.samples().back().map_or(f64::NAN, |s| s.1);
-                    let verdict = Verdict::default();
-                    events.push(event(
-                        rule,
-                        &entry.identity,
-                        false,
-                        now,
-                        since,
-                        value,
-                        verdict,
-                    ));
-                }
-            }
-        }
-        let unchanged = kept.iter().filter(|k| k.is_some()).count();
-        for (rule, _) in old_rules
+        // Rules whose gauges keep their labels keep their rows; the others' go and come back
+        // whole at the next evaluation.
+        let same_rows: Vec<bool> = old_rules
             .rules
             .iter()
-            .zip(&kept)
-            .filter(|(_, k)| k.is_none())
-        {
+            .zip(&moved)
+            .map(|(old, m)| {
+                m.is_some_and(|(to, _)| export_head(old).text == export_head(&new.rules[to]).text)
+            })
+            .collect();
+        let now = crate::util::now_ms();
+        for series in self.states.iter_mut() {
+            let id = series.id;
+            let identity = self.store.get(id).map(|e| e.identity.clone());
+            for (ri, mut state) in series.rules.take() {
+                let old = &old_rules.rules[ri];
+                let (reason, carried) = match moved.get(ri).copied().flatten() {
+                    None => (Some(Reason::RuleRemoved), None),
+                    Some((to, windows)) => {
+                        let still = identity.as_ref().is_some_and(|i| {
+                            new.rules[to].selects(&i.target, i.name(), &i.labels_owned())
+                        });
+                        if still {
+                            (None, windows.then_some(to))
+                        } else {
+                            (Some(Reason::RuleChanged), None)
+                        }
+                    }
+                };
+                if let Some(reason) = reason {
+                    if let Some(tr) = state.alert.end() {
+                        super::count(&self.exporter, &old.name, tr);
+                        let value = self
+                            .store
+                            .get(id)
+                            .and_then(|e| super::rule_series::last_value(old, e));
+                        self.book.end(id, &old.name, now, value, reason);
+                    }
+                    continue;
+                }
+                if !same_rows[ri] {
+                    state.exported = false;
+                }
+                if let Some(to) = carried {
+                    series.rules.insert(to, state);
+                }
+                // Otherwise the state is rebuilt at the series' next sample, with the alert
+                // as the book holds it.
+            }
+        }
+        let gone: Vec<(SeriesId, String)> = self
+            .book
+            .iter()
+            .filter(|(_, rule, _)| !new.rules.iter().any(|r| r.name == *rule))
+            .map(|(id, rule, _)| (id, rule.to_string()))
+            .collect();
+        for (id, rule) in gone {
+            self.book.end(id, &rule, now, None, Reason::RuleRemoved);
+        }
+        for (rule, _) in old_rules.rules.iter().zip(&same_rows).filter(|(_, s)| !**s) {
             let name = &rule.name;
             self.exporter.remove_rule(name);
             if !new.rules.iter().any(|r| r.name == *name) {
@@ -122,6 +179,11 @@ impl Pipeline {
                 }
             }
         }
+        let unchanged = old_rules
+            .rules
+            .iter()
+            .filter(|o| new.rules.iter().any(|r| r.fingerprint() == o.fingerprint()))
+            .count();
         (self.names, self.heads, self.ids) = super::rule_series::rule_names(&new, &self.exporter);
         self.matches.clear();
         self.match_lists.clear();
@@ -129,9 +191,8 @@ impl Pipeline {
         for index in &mut self.index {
             index.clear();
         }
+        self.store
+            .forget_profiles_except(new.rules.iter().map(|r| r.profile_key.clone()).collect());
         tracing::info!(rules = new.rules.len(), unchanged, "Rules applied");
-        for ev in events {
-            self.announce(ev);
-        }
     }
 }

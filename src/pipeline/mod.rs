@@ -1,7 +1,9 @@
 //! The evaluation pipeline: takes each scrape result, keeps the store's windows, runs every
 //! matching rule's detector on every new sample, steps the alert state machines, and hands the
-//! exporter its rows and the world its alert events. The one owner of store and rule state.
+//! exporter its rows and the alert book what happened to each alert (the book alone persists
+//! alerts and talks to the receivers). The one owner of store and rule state.
 
+mod absence;
 mod carry_over;
 mod persist;
 mod rule_series;
@@ -9,13 +11,12 @@ pub mod scan;
 mod slots;
 mod warm;
 
+use crate::alert::book::AlertBook;
 use crate::alert::{AlertEvent, AlertState, Transition};
 use crate::config::{Rule, RuleSet};
-use crate::detect::Verdict;
 use crate::export::{
     AlertView, AnomalyRow, ExportChanges, Exporter, RowKey, RowUpdate, RowValues, RuleId,
 };
-use crate::notify::Notifier;
 use crate::scrape::{Sample, ScrapeResult, Target};
 use crate::store::{series_id, IdMap, SeriesEntry, SeriesId, SeriesIdentity, Slot, Store};
 use rule_series::{event, rule_names, stored_profile};
@@ -25,7 +26,7 @@ use slots::SlotStates;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 /// How many samples ahead of the one evaluated its series' memory is fetched.
 const PREFETCH_AHEAD: usize = 8;
@@ -39,6 +40,8 @@ pub struct PipelineSettings {
     pub retention: Duration,
     /// Where to read the history of series the store lacks (`--warmup-from`).
     pub warmup: Option<Arc<crate::scrape::warmup::Warmup>>,
+    /// How long a target's scrapes may fail before its alerts resolve (`reason=target_down`).
+    pub target_down_grace: Duration,
 }
 
 /// Owns the store and all rule state; driven by `run`.
@@ -53,7 +56,7 @@ pub struct Pipeline {
     /// Rule names, parallel to `rules.rules`, shared by every row key (no allocation per sample).
     names: Vec<Arc<str>>,
     /// Rules' rendered export labels, parallel to `rules.rules`.
-    heads: Vec<Arc<str>>,
+    heads: Vec<Arc<crate::export::RuleHead>>,
     /// Rules' numbers in the exporter's row keys, parallel to `rules.rules`.
     ids: Vec<RuleId>,
     /// Indices of the rules that select a series, cached until the rules change.
@@ -70,12 +73,12 @@ pub struct Pipeline {
     index: Vec<SeriesIndex>,
     /// Per target: last scrape outcome, so up/down is logged once per change.
     up: Vec<Option<bool>>,
+    /// Per target: when its last scrape succeeded (the start, before the first).
+    last_ok_ms: Vec<i64>,
     exporter: Arc<Exporter>,
-    events: broadcast::Sender<AlertEvent>,
-    /// Receivers' outboxes, when any receiver is configured.
-    notifier: Option<Arc<Notifier>>,
+    /// Every active alert's state, events and re-sends.
+    book: AlertBook,
     last_expiry_ms: i64,
-    last_resend_ms: i64,
     /// While the store is failing: when to try reopening it next, and the backoff.
     store_retry: Option<(std::time::Instant, std::time::Duration)>,
     /// Warm start, with `--warmup-from`; its background answers.
@@ -90,8 +93,7 @@ impl Pipeline {
         rules: Arc<RuleSet>,
         store: Store,
         exporter: Arc<Exporter>,
-        events: broadcast::Sender<AlertEvent>,
-        notifier: Option<Arc<Notifier>>,
+        book: AlertBook,
     ) -> Self {
         let n = targets.len();
         let (names, heads, ids) = rule_names(&rules, &exporter);
@@ -125,16 +127,23 @@ impl Pipeline {
             last_scrape: vec![0; n],
             index: (0..n).map(|_| SeriesIndex::default()).collect(),
             up: vec![None; n],
+            last_ok_ms: vec![crate::util::now_ms(); n],
             exporter,
-            events,
-            notifier,
+            book,
             last_expiry_ms: 0,
-            last_resend_ms: 0,
             store_retry: None,
             warm,
             warm_replies,
         };
-        p.restore_firing();
+        p.restore_alerts();
+        // Profiles of rules that changed or went while the sidecar was stopped.
+        let keep = p
+            .rules
+            .rules
+            .iter()
+            .map(|r| r.profile_key.clone())
+            .collect();
+        p.store.forget_profiles_except(keep);
         p
     }
 
@@ -166,16 +175,14 @@ impl Pipeline {
                         let (target, at_ms) = (r.target, r.at_ms);
                         self.process(r);
                         self.warm_late(target, at_ms);
-                        let took = crate::scrape::now_ms().saturating_sub(started_ms);
+                        let took = crate::util::now_ms().saturating_sub(started_ms);
                         self.exporter
                             .metrics
                             .scrape_to_export_seconds
                             .observe(took as f64 / 1000.0);
-                        // Events reach the outboxes' disk in this flush, before any attempt.
+                        // Alert states and their events reach the disk together, before any
+                        // delivery attempt.
                         self.persist().await;
-                        if let Some(n) = &self.notifier {
-                            n.wake();
-                        }
                     }
                     None => break,
                 },
@@ -196,7 +203,7 @@ impl Pipeline {
             .with_label_values(&[&target.name])
             .set(result.duration.as_secs_f64());
         let body = match result.outcome {
-            Err(e) => return self.scrape_failed(t, &e),
+            Err(e) => return self.scrape_failed(t, &e, result.at_ms),
             Ok(s) => s,
         };
         let mut index = std::mem::take(&mut self.index[t]);
@@ -204,7 +211,8 @@ impl Pipeline {
         let mut scanned = match scanned {
             Err(e) => {
                 self.index[t] = index;
-                return self.scrape_failed(t, &crate::scrape::ScrapeError::Parse(e));
+                let e = crate::scrape::ScrapeError::Parse(e);
+                return self.scrape_failed(t, &e, result.at_ms);
             }
             Ok(scan) => scan,
         };
@@ -213,6 +221,7 @@ impl Pipeline {
             tracing::info!(target = %target.name, "Scrape recovered");
         }
         self.up[t] = Some(true);
+        self.last_ok_ms[t] = result.at_ms;
         m.scrape_samples
             .with_label_values(&[&target.name])
             .set(scanned.len() as i64);
@@ -284,6 +293,13 @@ impl Pipeline {
                 index.retain(|id| matches.contains_key(&id));
             }
         }
+        self.end_absent(previous, now, &mut batch);
+        self.apply(&target.name, batch);
+    }
+
+    /// Series of the target's previous scrape that this one lacks end, and (now and then)
+    /// series past the retention expire.
+    fn end_absent(&mut self, previous: Vec<(Slot, SeriesId)>, now: i64, batch: &mut Batch) {
         let scrape = self.scrapes;
         // Usually every series of the last scrape is back: then none is gone.
         let gone: Vec<(Slot, SeriesId)> = if batch.reseen == previous.len() {
@@ -295,15 +311,21 @@ impl Pipeline {
                 .collect()
         };
         for (slot, id) in gone {
-            self.end_series(slot, id, now, &mut batch);
+            self.end_series(slot, id, now, batch);
         }
         // Expire at most once a minute, but often enough that a series outlives the retention
         // by a tenth of it at most (by half, vanished series held ~1.5 retentions of churn on
         // disk).
         let every = (self.settings.retention.as_millis() as i64 / 10).clamp(100, 60_000);
         if now - self.last_expiry_ms >= every {
-            self.expire(now, &mut batch);
+            self.expire(now, batch);
         }
+    }
+
+    /// Hands a scrape's results on: counters, profiles to the store, rows to the exporter,
+    /// alert changes to the book.
+    fn apply(&mut self, target: &str, mut batch: Batch) {
+        let m = self.exporter.metrics.clone();
         for (ri, &n) in batch.evaluations.iter().enumerate() {
             if n > 0 {
                 m.rule_evaluations_total
@@ -313,7 +335,7 @@ impl Pipeline {
         }
         if batch.dropped > 0 {
             m.dropped_series_total
-                .with_label_values(&[&target.name])
+                .with_label_values(&[target])
                 .inc_by(batch.dropped);
         }
         for tgt in &self.targets {
@@ -324,18 +346,19 @@ impl Pipeline {
         for (id, key, bucket, bytes) in batch.profiles.drain(..) {
             self.store.set_profile_bucket(id, &key, bucket, &bytes);
         }
-        for (id, key, since) in batch.firing.drain(..) {
-            self.store.set_firing(id, &key, since);
-        }
         for (rule, tr) in batch.transitions.drain(..) {
             m.transitions_total
                 .with_label_values(&[&rule, tr.as_str()])
                 .inc();
         }
         self.exporter.apply(&mut batch.export);
-        self.resend_firing(now);
-        for ev in batch.events {
-            self.announce(ev);
+        for (id, change) in batch.alerts {
+            match change {
+                Change::Pending(rule, since) => self.book.pending(id, &rule, since),
+                Change::Cancelled(rule) => self.book.cancelled(id, &rule),
+                Change::Fired(ev) => self.book.fired(id, ev),
+                Change::Resolved(ev) => self.book.resolved(id, ev),
+            }
         }
     }
 
@@ -344,51 +367,6 @@ impl Pipeline {
     fn export_slice(&self, batch: &mut Batch) {
         if batch.export.upserts.len() >= EXPORT_SLICE {
             self.exporter.apply(&mut batch.export);
-        }
-    }
-
-    /// A failed scrape: the target is down (logged once per change) and nothing is applied.
-    fn scrape_failed(&mut self, t: usize, e: &crate::scrape::ScrapeError) {
-        let target = &self.targets[t];
-        self.exporter
-            .metrics
-            .up
-            .with_label_values(&[&target.name])
-            .set(0);
-        if self.up[t] != Some(false) {
-            tracing::warn!(target = %target.name, url = %target.display_url(), error = %e, "Scrape failed");
-        }
-        self.up[t] = Some(false);
-    }
-
-    /// Every `--resend-delay`, firing alerts go to Alertmanager again (as Prometheus does), so
-    /// their endsAt stays ahead and an Alertmanager restart relearns them.
-    fn resend_firing(&mut self, now: i64) {
-        let Some(notifier) = &self.notifier else {
-            return;
-        };
-        let Some(every) = notifier.resend_delay() else {
-            return;
-        };
-        if now - self.last_resend_ms < every.as_millis() as i64 {
-            return;
-        }
-        self.last_resend_ms = now;
-        for series in self.states.iter() {
-            for (ri, state) in series.rules.iter() {
-                let rule = &self.rules.rules[ri];
-                let Some(since_ms) = state.alert.firing_since() else {
-                    continue;
-                };
-                let Some(entry) = self.store.get(series.id) else {
-                    continue;
-                };
-                // An alert restored after a restart has no firing verdict: send the last value.
-                let last = entry.samples().back().map_or(f64::NAN, |s| s.1);
-                let (value, verdict) = state.fired().cloned().unwrap_or((last, Verdict::default()));
-                let ev = event(rule, &entry.identity, true, now, since_ms, value, verdict);
-                notifier.resend(&ev);
-            }
         }
     }
 
@@ -500,11 +478,12 @@ impl Pipeline {
             let state = match series.rules.get_mut(ri) {
                 Some(state) => state,
                 None => {
-                    // Warm from the history before this sample (a restart, or a new rule).
-                    let firing = appended.firing_since(&rule.state_key);
+                    // Warm from the history before this sample (a restart, or a new rule),
+                    // and from the alert's state if the book holds one.
+                    let alert = self.book.state(id, &rule.name);
                     let before = ring.iter().take(ring.len().saturating_sub(1));
-                    let profile = stored_profile(rule, || appended.profile(&rule.state_key));
-                    let state = new_state(rule, identity, before, firing, &profile);
+                    let profile = stored_profile(rule, || appended.profile(&rule.profile_key));
+                    let state = new_state(rule, identity, before, alert, &profile);
                     series.rules.insert(ri, state)
                 }
             };
@@ -512,65 +491,15 @@ impl Pipeline {
             evaluate_rule(rule, ri, state, &self.heads[ri], key, appended.entry, b);
         }
     }
+}
 
-    /// A series left its target: its alerts resolve and its gauges go.
-    fn end_series(&mut self, slot: Slot, id: SeriesId, now: i64, b: &mut Batch) {
-        let Some(series) = self.states.get_mut(slot, id) else {
-            return;
-        };
-        for (ri, state) in series.rules.iter_mut() {
-            let rule = &self.rules.rules[ri];
-            let since = state.alert.firing_since().unwrap_or(now);
-            let tr = state.alert.end();
-            if let Some(tr) = tr {
-                self.exporter
-                    .metrics
-                    .transitions_total
-                    .with_label_values(&[&rule.name, tr.as_str()])
-                    .inc();
-            }
-            if tr == Some(Transition::Resolved) {
-                b.firing.push((id, rule.state_key.clone(), None));
-                if let Some(entry) = self.store.get(id) {
-                    let identity = entry.identity.clone();
-                    let value = entry.samples().back().map_or(f64::NAN, |s| s.1);
-                    let verdict = Verdict::default();
-                    b.events
-                        .push(event(rule, &identity, false, now, since, value, verdict));
-                }
-            }
-            b.export.removals.push((self.ids[ri], id));
-            state.exported = false;
-        }
-    }
-
-    fn expire(&mut self, now: i64, b: &mut Batch) {
-        self.last_expiry_ms = now;
-        self.exporter
-            .metrics
-            .store_size_bytes
-            .set(self.store.size_on_disk() as i64);
-        let cutoff = now - self.settings.retention.as_millis() as i64;
-        let gone = self.store.expire(cutoff);
-        for &(id, slot) in &gone {
-            self.end_series(slot, id, now, b);
-            self.states.clear(slot);
-            self.matches.remove(&id);
-        }
-        let gone: crate::store::IdSet = gone.into_iter().map(|(id, _)| id).collect();
-        for index in &mut self.index {
-            index.forget(&gone);
-        }
-    }
-
-    fn announce(&self, ev: AlertEvent) {
-        tracing::info!("{}", ev.line());
-        if let Some(n) = &self.notifier {
-            n.enqueue(&ev);
-        }
-        // No receiver is fine: events go to logs regardless.
-        let _ = self.events.send(ev);
-    }
+/// Counts a transition of a rule's alert (`anomaly_sidecar_transitions_total`).
+fn count(exporter: &Exporter, rule: &str, tr: Transition) {
+    exporter
+        .metrics
+        .transitions_total
+        .with_label_values(&[rule, tr.as_str()])
+        .inc();
 }
 
 /// Where a sample's series was resolved.
@@ -587,7 +516,7 @@ fn evaluate_rule(
     rule: &Rule,
     ri: usize,
     state: &mut RuleSeries,
-    head: &Arc<str>,
+    head: &Arc<crate::export::RuleHead>,
     key: RowKey,
     series: &SeriesEntry,
     b: &mut Batch,
@@ -602,7 +531,7 @@ fn evaluate_rule(
         .and_then(|i| Some((i, state.profile_bucket(i)?)))
     {
         b.profiles
-            .push((key.1, rule.state_key.clone(), bytes.0, bytes.1));
+            .push((key.1, rule.profile_key.clone(), bytes.0, bytes.1));
     }
     let Some((now, _)) = ring.back() else {
         return;
@@ -642,32 +571,35 @@ fn evaluate_rule(
     b.export.upserts.push((key, update));
     if let Some(tr) = transition {
         b.transitions.push((rule.name.clone(), tr));
-        match tr {
+        let change = match tr {
+            Transition::Pending => Change::Pending(rule.name.clone(), now),
+            Transition::Cancelled => Change::Cancelled(rule.name.clone()),
             Transition::Firing => {
-                state.set_fired(Some((x, verdict.clone())));
-                b.firing.push((id, rule.state_key.clone(), Some(since)));
+                Change::Fired(event(rule, identity, true, now, since, x, verdict))
             }
             Transition::Resolved => {
-                state.set_fired(None);
-                b.firing.push((id, rule.state_key.clone(), None));
+                Change::Resolved(event(rule, identity, false, now, since, x, verdict))
             }
-            _ => {}
-        }
-        if matches!(tr, Transition::Firing | Transition::Resolved) {
-            let firing = tr == Transition::Firing;
-            b.events
-                .push(event(rule, identity, firing, now, since, x, verdict));
-        }
+        };
+        b.alerts.push((id, change));
     }
+}
+
+/// What happened to an alert in an evaluation, for the book.
+enum Change {
+    /// (rule, since when the condition holds)
+    Pending(String, i64),
+    Cancelled(String),
+    Fired(AlertEvent),
+    Resolved(AlertEvent),
 }
 
 #[derive(Default)]
 struct Batch {
     export: ExportChanges,
-    events: Vec<AlertEvent>,
     transitions: Vec<(String, Transition)>,
-    /// Alerts that started or stopped firing, for the store.
-    firing: Vec<(SeriesId, String, Option<i64>)>,
+    /// Alerts that changed, for the book.
+    alerts: Vec<(SeriesId, Change)>,
     /// Seasonal buckets the series left: (series, rule key, bucket, statistics).
     profiles: Vec<(
         SeriesId,

@@ -4,7 +4,7 @@
 use crate::alert::{AlertEvent, AlertState, Transition};
 use crate::config::{Rule, Transform};
 use crate::detect::{self, Verdict, Window};
-use crate::export::render_labels;
+use crate::export::{render_labels, RuleHead};
 use crate::store::{SampleRing, SeriesIdentity};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,8 +26,6 @@ struct Extra {
     detector: detect::State,
     /// The last verdicts, newest in bit 0 (`min_anomalous` rules).
     recent: u64,
-    /// Value and verdict that fired the alert, for re-sending it while it fires.
-    fired: Option<(f64, Verdict)>,
 }
 
 // One per rule and series: at 100k series every 8 bytes is 0.8 MB of the 250 MB budget.
@@ -55,25 +53,6 @@ impl RuleSeries {
         match self.extra.as_deref().map(|e| &e.detector) {
             Some(detect::State::Seasonal(p)) => p.encode(i),
             _ => None,
-        }
-    }
-
-    /// The value and verdict that fired the alert, while it fires.
-    pub(super) fn fired(&self) -> Option<&(f64, Verdict)> {
-        self.extra.as_deref().and_then(|e| e.fired.as_ref())
-    }
-
-    /// Records (or clears) what fired the alert.
-    pub(super) fn set_fired(&mut self, fired: Option<(f64, Verdict)>) {
-        match (fired, &mut self.extra) {
-            (Some(f), extra) => extra.get_or_insert_with(Box::default).fired = Some(f),
-            (None, Some(e)) => {
-                e.fired = None;
-                if e.detector == detect::State::None && e.recent == 0 {
-                    self.extra = None;
-                }
-            }
-            (None, None) => {}
         }
     }
 
@@ -154,7 +133,7 @@ pub(crate) fn new_state(
     rule: &Rule,
     identity: &SeriesIdentity,
     samples: impl Iterator<Item = (i64, f64)>,
-    firing_since: Option<i64>,
+    alert: AlertState,
     profile: &[(u32, Vec<u8>)],
 ) -> RuleSeries {
     let sorted = rule.method.needs_sorted();
@@ -188,9 +167,7 @@ pub(crate) fn new_state(
     }
     RuleSeries {
         window,
-        alert: firing_since.map_or(AlertState::Inactive, |since_ms| AlertState::Firing {
-            since_ms,
-        }),
+        alert,
         extra: (detector != detect::State::None).then(|| {
             Box::new(Extra {
                 detector,
@@ -227,6 +204,15 @@ fn shares_store_window(rule: &Rule, counter_like: bool) -> bool {
     raw && !matches!(rule.method, crate::detect::Method::Trend { .. })
 }
 
+/// The last value a rule judged on a series (after its transform: a counter's rate, not the
+/// counter), for a resolution sent when the series or rule goes away.
+pub(crate) fn last_value(rule: &Rule, entry: &crate::store::SeriesEntry) -> Option<f64> {
+    let ring = entry.samples();
+    let cur = ring.back()?;
+    let prev = ring.len().checked_sub(2).and_then(|i| ring.get(i));
+    transform(rule.transform, entry.counter_like, prev, cur)
+}
+
 /// The value a rule evaluates for sample `cur`, given the series' previous sample.
 pub fn transform(
     t: Transform,
@@ -239,43 +225,44 @@ pub fn transform(
         Transform::Auto => Transform::Raw,
         t => t,
     };
-    let increase = |pv: f64| {
-        if counter_like && cur.1 < pv {
-            cur.1 // counter reset: it restarted from zero
+    // A decrease is a counter reset (it restarted from zero): always for `rate`, which only
+    // means something for counters (as Prometheus' rate()), and for a counter's `delta`; a
+    // gauge's `delta` is signed (as Prometheus' delta()).
+    let increase = |pv: f64, resets: bool| {
+        if resets && cur.1 < pv {
+            cur.1
         } else {
             cur.1 - pv
         }
     };
     match t {
         Transform::Raw | Transform::Auto => Some(cur.1),
-        Transform::Delta => prev.map(|(_, pv)| increase(pv)),
+        Transform::Delta => prev.map(|(_, pv)| increase(pv, counter_like)),
         Transform::Rate => {
             let (pt, pv) = prev?;
             let dt = (cur.0 - pt) as f64 / 1000.0;
-            (dt > 0.0).then(|| increase(pv) / dt)
+            (dt > 0.0).then(|| increase(pv, true) / dt)
         }
     }
 }
 
-/// Label pairs of every anomaly gauge and event: ours first, then the series' own, renamed to
-/// `exported_<name>` when they collide with ours (as Prometheus does for target labels).
-fn label_pairs(rule: &Rule, identity: &SeriesIdentity) -> Vec<(String, String)> {
-    let mut pairs = vec![
-        ("rule".to_string(), rule.name.clone()),
-        ("severity".to_string(), rule.severity.as_str().to_string()),
-        ("method".to_string(), rule.method.name().to_string()),
-        ("target".to_string(), identity.target.to_string()),
-        ("metric".to_string(), identity.name().to_string()),
-    ];
-    for (k, v) in identity.labels() {
-        let k = if crate::config::rules::RESERVED_LABELS.contains(&k) {
-            format!("exported_{k}")
-        } else {
-            k.to_string()
-        };
-        pairs.push((k, v.to_string()));
-    }
-    pairs
+/// The labels an event's annotation templates see: the alert's, plus `rule`, `method` and
+/// `instance` (templates written for Prometheus say `$labels.instance`; the target is ours).
+fn template_labels(rule: &Rule, identity: &SeriesIdentity) -> BTreeMap<String, String> {
+    let mut labels = crate::alert::labels::alert_labels(
+        &rule.name,
+        rule.severity.as_str(),
+        &rule.labels,
+        &identity.target,
+        identity.name(),
+        identity.labels(),
+    );
+    labels.insert("rule".to_string(), rule.name.clone());
+    labels.insert("method".to_string(), rule.method.name().to_string());
+    labels
+        .entry("instance".to_string())
+        .or_insert_with(|| identity.target.to_string());
+    labels
 }
 
 /// Per rule of `set`: its name, its gauges' rendered head (shared by every row of the rule, no
@@ -284,7 +271,11 @@ fn label_pairs(rule: &Rule, identity: &SeriesIdentity) -> Vec<(String, String)> 
 pub(super) fn rule_names(
     set: &crate::config::RuleSet,
     exporter: &crate::export::Exporter,
-) -> (Vec<Arc<str>>, Vec<Arc<str>>, Vec<crate::export::RuleId>) {
+) -> (
+    Vec<Arc<str>>,
+    Vec<Arc<RuleHead>>,
+    Vec<crate::export::RuleId>,
+) {
     let mut out = (Vec::new(), Vec::new(), Vec::new());
     for r in &set.rules {
         out.0.push(Arc::from(r.name.as_str()));
@@ -294,15 +285,18 @@ pub(super) fn rule_names(
     out
 }
 
-/// The labels every gauge of a rule starts with, rendered once per rule (the series' part is
-/// rendered when /metrics is read, from its identity).
-pub(super) fn export_head(rule: &Rule) -> Arc<str> {
-    let pairs = [
+/// The labels every gauge of a rule starts with, rendered once per rule.
+pub(super) fn export_head(rule: &Rule) -> Arc<RuleHead> {
+    let mut pairs = vec![
         ("rule", rule.name.as_str()),
         ("severity", rule.severity.as_str()),
         ("method", rule.method.name()),
     ];
-    render_labels(&pairs).into()
+    pairs.extend(rule.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    Arc::new(RuleHead {
+        text: render_labels(&pairs).into(),
+        labels: rule.labels.clone(),
+    })
 }
 
 pub(super) fn event(
@@ -314,11 +308,7 @@ pub(super) fn event(
     value: f64,
     verdict: Verdict,
 ) -> AlertEvent {
-    let mut labels: BTreeMap<String, String> = label_pairs(rule, identity).into_iter().collect();
-    // Templates written for Prometheus say $labels.instance; the target is our instance.
-    labels
-        .entry("instance".to_string())
-        .or_insert_with(|| identity.target.to_string());
+    let labels = template_labels(rule, identity);
     let annotations = rule
         .annotations
         .iter()
@@ -361,6 +351,11 @@ mod tests {
         assert_eq!(
             transform(Transform::Delta, false, Some((0, 5.0)), (1000, 3.0)),
             Some(-2.0)
+        );
+        // An explicit rate of a series without a counter TYPE: a decrease is still a reset.
+        assert_eq!(
+            transform(Transform::Rate, false, Some((0, 50.0)), (2000, 4.0)),
+            Some(2.0)
         );
         assert_eq!(
             transform(Transform::Rate, false, Some((1000, 5.0)), (1000, 6.0)),

@@ -46,10 +46,6 @@ impl RuleStates {
         self.first.is_none()
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = (usize, &RuleSeries)> + '_ {
-        self.first.iter().chain(&self.more).map(|(r, s)| (*r, s))
-    }
-
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = (usize, &mut RuleSeries)> + '_ {
         self.first
             .iter_mut()
@@ -111,10 +107,6 @@ impl SlotStates {
         if let Some(s) = self.list.get_mut(slot.index()) {
             *s = SlotState::default();
         }
-    }
-
-    pub(super) fn iter(&self) -> impl Iterator<Item = &SlotState> + '_ {
-        self.list.iter().filter(|s| !s.rules.is_empty())
     }
 
     pub(super) fn iter_mut(&mut self) -> impl Iterator<Item = &mut SlotState> + '_ {

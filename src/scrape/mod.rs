@@ -9,7 +9,7 @@ pub use parse::Sample;
 use crate::config::targets::{ClientTls, ScrapeAuth, TargetSpec};
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
@@ -202,13 +202,6 @@ pub fn client_for(
     b.build().map_err(|e| fail("TLS", &e))
 }
 
-/// Now in milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Scrapes `target` every interval until shutdown. A scrape that outlasts the interval delays
 /// the next one instead of overlapping it.
 pub async fn run_target(
@@ -237,7 +230,7 @@ pub async fn run_target(
             },
             _ = shutdown.changed() => return,
         };
-        let at_ms = now_ms();
+        let at_ms = crate::util::now_ms();
         let started = Instant::now();
         let outcome = tokio::select! {
             r = scrape_once(&client, &target, &settings) => r,

@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+/// One write to a tree: key, and the value (None: remove). Stages that write to the same
+/// transaction hand these to its owner.
+pub type TreeOp = (Vec<u8>, Option<Vec<u8>>);
+
 /// A shared handle to the current sled database.
 #[derive(Clone)]
 pub struct Database {

@@ -61,7 +61,7 @@ impl SeriesIdentity {
     }
 
     /// The labels, sorted by name.
-    pub fn labels(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+    pub fn labels(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + Clone + '_ {
         (0..self.ends.len().saturating_sub(1) / 2)
             .map(|i| (self.part(1 + 2 * i), self.part(2 + 2 * i)))
     }

@@ -10,8 +10,8 @@
 //!   series, each with the last journal seq it includes. A compaction, once the journal
 //!   reaches half the windows' raw size (8 bytes a value), replaces them one by one (each
 //!   atomically), then empties the journal;
-//! - sled: firing alerts (tree `alerts`), seasonal profiles (tree `profiles`) and the
-//!   receivers' outboxes. It held identities and
+//! - sled: seasonal profiles (tree `profiles`); the alert book's states and the receivers'
+//!   outboxes share the database (`alert::book`, `notify::outbox`). It held identities and
 //!   samples once; at 100k series its in-memory tree cost ~450 MB.
 //!
 //! Each scrape's writes are flushed before the next scrape is processed, so a kill -9 loses
@@ -34,7 +34,7 @@ mod xor;
 pub use identity::SeriesIdentity;
 pub use ring::SampleRing;
 
-pub use database::Database;
+pub use database::{Database, TreeOp};
 
 use files::HistoryFiles;
 use std::collections::HashMap;
@@ -104,20 +104,10 @@ pub fn series_id(target: &str, name: &str, labels: &[(String, String)]) -> Serie
 }
 
 /// What `Store::append` hands back: the series, whose samples now end with the new one, and
-/// the firing alerts, for rule states built at this sample (one lookup for the caller).
+/// the database, for rule states built at this sample (their stored profiles).
 pub struct Appended<'a> {
     pub entry: &'a SeriesEntry,
-    firing: &'a HashMap<(SeriesId, String), i64>,
     db: &'a Database,
-}
-
-impl Appended<'_> {
-    /// Since when the alert of `rule_key` on this series has been firing, if it was.
-    pub fn firing_since(&self, rule_key: &str) -> Option<i64> {
-        self.firing
-            .get(&(self.entry.id, rule_key.to_string()))
-            .copied()
-    }
 }
 
 /// A series and its recent samples (timestamp ms, value), oldest first.
@@ -159,17 +149,10 @@ impl SeriesEntry {
     }
 }
 
-const ALERTS: &str = "alerts";
 /// Trees of earlier layouts (a record per sample; identities in sled); dropped at open.
 const OLD_TREES: [&str; 3] = ["samples", "series", "capacity"];
 /// The journal is compacted no sooner than this, however small the windows.
 const MIN_COMPACTION_BYTES: u64 = 1 << 20;
-
-fn alert_key(id: SeriesId, rule_key: &str) -> Vec<u8> {
-    let mut key = id.to_be_bytes().to_vec();
-    key.extend_from_slice(rule_key.as_bytes());
-    key
-}
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -187,10 +170,11 @@ pub enum StoreError {
 /// Writes of one scrape, applied together.
 #[derive(Default)]
 pub struct WriteBatch {
-    alerts: sled::Batch,
     /// Seasonal buckets written, and series whose profiles go.
     profiles: sled::Batch,
     profiles_gone: Vec<SeriesId>,
+    /// After a rule change: the rule keys whose profiles stay (the others go).
+    profiles_keep: Option<std::collections::HashSet<String>>,
     /// Journal records and their seq.
     journal: Vec<(u64, Vec<u8>)>,
     empty: bool,
@@ -212,11 +196,13 @@ impl StoreWriter {
         }
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         files.append(&batch.journal)?;
-        self.db.tree(ALERTS)?.apply_batch(batch.alerts)?;
         self.db
             .tree(profiles::PROFILES)?
             .apply_batch(batch.profiles)?;
         profiles::remove_series(&self.db, &batch.profiles_gone)?;
+        if let Some(keep) = &batch.profiles_keep {
+            profiles::retain_rules(&self.db, keep)?;
+        }
         self.db.flush()?;
         Ok(())
     }
@@ -229,9 +215,6 @@ pub struct Store {
     entries: Vec<Option<SeriesEntry>>,
     slots: IdMap<Slot>,
     free: Vec<Slot>,
-    /// Firing alerts: (series, rule key) → since when, so a restart neither forgets a firing
-    /// alert (its resolution would never be sent) nor fires it a second time.
-    firing: HashMap<(SeriesId, String), i64>,
     per_target: HashMap<Arc<str>, usize>,
     pending: WriteBatch,
     /// Changes since the last batch, as journal records.
@@ -274,7 +257,6 @@ impl Store {
             entries: Vec::new(),
             slots: IdMap::default(),
             free: Vec::new(),
-            firing: HashMap::new(),
             per_target: HashMap::new(),
             pending: WriteBatch {
                 empty: true,
@@ -404,7 +386,6 @@ impl Store {
     ) -> Option<Appended<'_>> {
         let Self {
             entries,
-            firing,
             journal,
             pending,
             held_samples,
@@ -428,7 +409,6 @@ impl Store {
         pending.empty = false;
         Some(Appended {
             entry,
-            firing,
             db: &writer.db,
         })
     }
@@ -440,34 +420,6 @@ impl Store {
             self.pending.journal.push((self.next_seq, record));
             self.next_seq += 1;
         }
-    }
-
-    /// Since when the alert of `rule_key` on series `id` has been firing, if it was.
-    pub fn firing_since(&self, id: SeriesId, rule_key: &str) -> Option<i64> {
-        self.firing.get(&(id, rule_key.to_string())).copied()
-    }
-
-    /// Every persisted firing alert: series, rule key, since when.
-    pub fn firing_alerts(&self) -> impl Iterator<Item = (SeriesId, String, i64)> + '_ {
-        self.firing
-            .iter()
-            .map(|((id, rule), since)| (*id, rule.clone(), *since))
-    }
-
-    /// Records that an alert started firing (`Some(since)`) or stopped (`None`).
-    pub fn set_firing(&mut self, id: SeriesId, rule_key: &str, since: Option<i64>) {
-        let key = alert_key(id, rule_key);
-        match since {
-            Some(t) => {
-                self.firing.insert((id, rule_key.to_string()), t);
-                self.pending.alerts.insert(key, &t.to_be_bytes()[..]);
-            }
-            None => {
-                self.firing.remove(&(id, rule_key.to_string()));
-                self.pending.alerts.remove(key);
-            }
-        }
-        self.pending.empty = false;
     }
 
     /// Marks a series as seen without a usable sample (e.g. NaN), for retention.
@@ -504,15 +456,6 @@ impl Store {
         }
         self.journal.removed(id);
         self.pending.profiles_gone.push(id);
-        let alerts: Vec<String> = self
-            .firing
-            .keys()
-            .filter(|(sid, _)| *sid == id)
-            .map(|(_, rule)| rule.clone())
-            .collect();
-        for rule in alerts {
-            self.set_firing(id, &rule, None);
-        }
         self.pending.empty = false;
     }
 

@@ -51,7 +51,45 @@ pub(super) fn remove_series(db: &Database, ids: &[SeriesId]) -> Result<(), sled:
     tree.apply_batch(batch)
 }
 
+/// Removes every profile whose rule key is not in `keep` (blocking; after a reload or at
+/// open, so a removed or changed rule's profiles do not stay on disk forever).
+pub(super) fn retain_rules(
+    db: &Database,
+    keep: &std::collections::HashSet<String>,
+) -> Result<(), sled::Error> {
+    let tree = db.tree(PROFILES)?;
+    let mut batch = sled::Batch::default();
+    let mut doomed = 0usize;
+    for item in tree.iter() {
+        let (k, _) = item?;
+        // Series id (8), rule key, 0, bucket (4).
+        let rule = k
+            .len()
+            .checked_sub(5)
+            .and_then(|end| k.get(8..end))
+            .and_then(|r| std::str::from_utf8(r).ok());
+        if rule.is_none_or(|r| !keep.contains(r)) {
+            batch.remove(k);
+            doomed += 1;
+        }
+    }
+    if doomed > 0 {
+        tracing::info!(
+            records = doomed,
+            "Removing seasonal profiles of rules that changed or are gone"
+        );
+        tree.apply_batch(batch)?;
+    }
+    Ok(())
+}
+
 impl Store {
+    /// With the next batch, removes the profiles of every rule key but `keep`.
+    pub fn forget_profiles_except(&mut self, keep: std::collections::HashSet<String>) {
+        self.pending.profiles_keep = Some(keep);
+        self.pending.empty = false;
+    }
+
     /// The stored profile of series `id` under `rule_key` (a blocking sled read).
     pub fn profile(&self, id: SeriesId, rule_key: &str) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
         read(&self.writer.db, id, rule_key)

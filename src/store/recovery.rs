@@ -3,27 +3,14 @@
 
 use super::journal::{self, Change};
 use super::snapshot::EntryReader;
-use super::{
-    alert_key, files, SampleRing, SeriesEntry, SeriesId, SeriesIdentity, Store, StoreError, ALERTS,
-};
-use std::collections::{HashMap, HashSet};
+use super::{files, SampleRing, SeriesEntry, SeriesId, SeriesIdentity, Store, StoreError};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 impl Store {
     pub(super) fn load(&mut self, history: files::Loaded) -> Result<(), StoreError> {
         for what in &history.repaired {
             tracing::warn!("History store repaired at open: {what}");
-        }
-        for item in self.writer.db.tree(ALERTS)?.iter() {
-            let (k, v) = item?;
-            let parsed = (|| {
-                let id = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
-                let rule = std::str::from_utf8(k.get(8..)?).ok()?.to_string();
-                let since = i64::from_be_bytes(v.as_ref().try_into().ok()?);
-                Some(((id, rule), since))
-            })();
-            let (key, since) = parsed.ok_or_else(|| StoreError::Corrupt("alert record".into()))?;
-            self.firing.insert(key, since);
         }
         let mut targets: HashMap<String, Arc<str>> = HashMap::new();
         // Per series, the last journal seq its snapshot file includes: files can differ
@@ -127,31 +114,13 @@ impl Store {
     }
 
     /// After the database was reopened (blocking): writes every window and identity in a
-    /// snapshot (which empties the journal) and every firing alert again. Pending changes are
-    /// superseded by it.
+    /// snapshot (which empties the journal). Pending changes are superseded by it.
     pub fn resync(&mut self) -> Result<(), StoreError> {
         self.journal.clear();
         self.pending = super::WriteBatch {
             empty: true,
             ..super::WriteBatch::default()
         };
-        let alerts = self.writer.db.tree(ALERTS)?;
-        let live: HashSet<Vec<u8>> = self
-            .firing
-            .keys()
-            .map(|(id, rule)| alert_key(*id, rule))
-            .collect();
-        for item in alerts.iter() {
-            let (k, _) = item?;
-            if !live.contains(k.as_ref()) {
-                self.pending.alerts.remove(k);
-            }
-        }
-        for ((id, rule), since) in &self.firing {
-            self.pending
-                .alerts
-                .insert(alert_key(*id, rule), &since.to_be_bytes()[..]);
-        }
         self.pending.empty = false;
         let (writer, batch) = self.take_batch();
         writer.write(batch)?;

@@ -7,75 +7,85 @@ use crate::detection::T;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-struct Am(Child);
+/// A real Alertmanager on a free port; killed on drop.
+pub struct Am {
+    child: Child,
+    pub addr: String,
+}
+
 impl Drop for Am {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Am {
+    /// Starts Debian's prometheus-alertmanager (None: not installed, outside CI) and waits
+    /// until it is ready.
+    pub fn start(dir: &std::path::Path) -> Option<Self> {
+        let bin = tool("prometheus-alertmanager")?;
+        let config = write(
+            dir,
+            "am.yml",
+            "route:\n  receiver: blackhole\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: blackhole\n",
+        );
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.join("am").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let am = Self { child, addr };
+        wait_for("alertmanager ready", T, || {
+            http("GET", &am.addr, "/-/ready").filter(|(s, _)| *s == 200)
+        });
+        Some(am)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+
+    /// Alerts named `alertname` that Alertmanager has not resolved (it lists no others).
+    pub fn active(&self, alertname: &str) -> Option<Vec<serde_json::Value>> {
+        let (status, body) = http("GET", &self.addr, "/api/v2/alerts")?;
+        if status != 200 {
+            return None;
+        }
+        let all: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
+        Some(
+            all.into_iter()
+                .filter(|a| a["labels"]["alertname"] == alertname)
+                .collect(),
+        )
     }
 }
 
 const RULES: &str = "rules:\n  - name: too_high\n    match: g\n    method: threshold\n    threshold: 100\n    severity: critical\n    annotations: {summary: 'g is {{ $value }}'}\n";
 
-fn our_alerts(addr: &str) -> Option<Vec<serde_json::Value>> {
-    let (status, body) = http("GET", addr, "/api/v2/alerts")?;
-    if status != 200 {
-        return None;
-    }
-    let all: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
-    Some(
-        all.into_iter()
-            .filter(|a| a["labels"]["alertname"] == "too_high")
-            .collect(),
-    )
-}
-
 #[test]
 fn real_alertmanager_sees_firing_and_resolved() {
-    let Some(bin) = tool("prometheus-alertmanager") else {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(am) = Am::start(dir.path()) else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let config = write(
-        dir.path(),
-        "am.yml",
-        "route:\n  receiver: blackhole\n  group_wait: 1s\n  group_interval: 1s\nreceivers:\n  - name: blackhole\n",
-    );
-    let port = free_port();
-    let am_addr = format!("127.0.0.1:{port}");
-    let _am = Am(Command::new(bin)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.path={}",
-            dir.path().join("am").display()
-        ))
-        .arg(format!("--web.listen-address={am_addr}"))
-        .arg("--cluster.listen-address=")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    wait_for("alertmanager ready", T, || {
-        http("GET", &am_addr, "/-/ready").filter(|(s, _)| *s == 200)
-    });
-
     let rules = write(dir.path(), "rules.yaml", RULES);
     let exporter = Exporter::start(Reply::Body("g 5\n".into()));
     let s = Sidecar::start(
         dir.path(),
         &rules,
         &[exporter.url()],
-        &[
-            "--alertmanager",
-            &format!("http://{am_addr}/"),
-            "--resend-delay",
-            "1s",
-        ],
+        &["--alertmanager", &am.url(), "--resend-delay", "1s"],
     );
     std::thread::sleep(Duration::from_millis(500));
     exporter.set_body("g 500\n");
     let alerts = wait_for("alert in alertmanager", T, || {
-        our_alerts(&am_addr).filter(|a| !a.is_empty())
+        am.active("too_high").filter(|a| !a.is_empty())
     });
     let a = &alerts[0];
     assert_eq!(a["status"]["state"], "active");
@@ -91,13 +101,13 @@ fn real_alertmanager_sees_firing_and_resolved() {
     );
     assert!(pushes >= 2, "pushes {pushes}");
     assert_eq!(
-        our_alerts(&am_addr).map(|a| a.len()),
+        am.active("too_high").map(|a| a.len()),
         Some(1),
         "one alert, not one per push"
     );
 
     exporter.set_body("g 5\n");
     wait_for("alert resolved in alertmanager", T, || {
-        our_alerts(&am_addr).filter(|a| a.is_empty())
+        am.active("too_high").filter(|a| a.is_empty())
     });
 }

@@ -355,7 +355,7 @@ fn replays_a_range_read_from_prometheus() {
     let events = std::fs::read_to_string(out_dir.join("bt_value_h_1_bt.events.csv")).unwrap();
     let fired: Vec<&str> = events.lines().skip(1).collect();
     assert_eq!(fired.len(), 1, "{events}");
-    let spike_at = anomaly_sidecar::export::rfc3339(((end.parse::<i64>().unwrap()) - 49) * 1000);
+    let spike_at = anomaly_sidecar::util::rfc3339(((end.parse::<i64>().unwrap()) - 49) * 1000);
     assert_eq!(fired[0], spike_at);
     assert!(stdout.contains("bt_value_h_1_bt"), "{stdout}");
 

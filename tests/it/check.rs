@@ -1,6 +1,7 @@
 //! `anomaly-sidecar check` and start-up refusals.
 
 use crate::common::*;
+use crate::detection::T;
 
 #[test]
 fn shipped_rules_are_ok() {
@@ -150,6 +151,29 @@ fn flags_come_from_the_environment() {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn a_comma_on_the_command_line_is_part_of_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", "rules: []\n");
+    let a = Exporter::start(Reply::Body("x 1\n".into()));
+    // One target whose URL holds a comma (a query parameter), not two.
+    let url = format!("{}?collect[]=a,b", a.url());
+    let s = Sidecar::start(dir.path(), &rules, &[url], &[]);
+    wait_for("the target up", T, || {
+        metric_value(
+            &s.metrics(),
+            &format!("anomaly_sidecar_up{{target=\"{}\"}}", a.name()),
+        )
+        .filter(|v| v == "1")
+    });
+    let ups = s
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("anomaly_sidecar_up{"))
+        .count();
+    assert_eq!(ups, 1, "{}", s.metrics());
 }
 
 #[test]

@@ -205,6 +205,17 @@ impl Sidecar {
 
     /// Starts `run` without waiting for it.
     pub fn spawn(dir: &Path, rules: &Path, targets: &[String], extra: &[&str]) -> Self {
+        Self::spawn_env(dir, rules, targets, extra, &[])
+    }
+
+    /// `spawn` with extra environment variables (e.g. a failpoint).
+    pub fn spawn_env(
+        dir: &Path,
+        rules: &Path,
+        targets: &[String],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let data_dir = dir.join("data");
@@ -224,6 +235,7 @@ impl Sidecar {
             cmd.arg("--target").arg(t);
         }
         cmd.args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());

@@ -11,6 +11,8 @@ use std::time::Duration;
 /// One request the receiver got.
 #[derive(Clone, Debug)]
 pub struct Got {
+    /// The request's path.
+    pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: serde_json::Value,
     pub raw: Vec<u8>,
@@ -99,6 +101,7 @@ fn handle(
         return;
     };
     requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
     let headers = head
         .lines()
         .skip(1)
@@ -127,11 +130,22 @@ fn handle(
     };
     if (200..300).contains(&status) {
         let body = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
-        got.lock().unwrap().push(Got { headers, body, raw });
+        got.lock().unwrap().push(Got {
+            path,
+            headers,
+            body,
+            raw,
+        });
     }
+    // A redirect points to /moved on the same receiver.
+    let location = if (300..400).contains(&status) {
+        "Location: /moved\r\n"
+    } else {
+        ""
+    };
     let _ = write!(
         stream,
-        "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "HTTP/1.1 {status} X\r\n{location}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
 }
 
@@ -505,4 +519,38 @@ fn a_series_gone_during_a_restart_still_resolves() {
     );
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(hook.distinct().len(), 2);
+}
+
+#[test]
+fn redirects_307_is_followed_with_the_body_302_is_retried_not_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let exporter = Exporter::start(Reply::Body("g 5\n".into()));
+    // The firing: 302 twice (kept and retried), then 200. The resolution: 307 to /moved,
+    // which answers 200.
+    let hook = Webhook::start_on(0, vec![302, 302, 200, 307, 200]);
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[exporter.url()],
+        &["--webhook", &hook.url()],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    exporter.set_body("g 500\n");
+    let got = hook.wait_count(1);
+    assert_eq!(got[0].body["status"], "firing");
+    assert_eq!(counter(&s, "redirect"), 2);
+    assert_eq!(counter(&s, "rejected"), 0);
+    let log = s.log();
+    assert_eq!(
+        log.matches("HTTP 302 redirect, not followed").count(),
+        1,
+        "logged once: {log}"
+    );
+    exporter.set_body("g 5\n");
+    let got = hook.wait_count(2);
+    assert_eq!(got[1].path, "/moved", "307 followed");
+    assert_eq!(got[1].body["status"], "resolved", "with the body");
+    assert_eq!(counter(&s, "success"), 2);
+    assert_eq!(hook.requests.load(std::sync::atomic::Ordering::SeqCst), 5);
 }

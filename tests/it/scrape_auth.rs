@@ -133,6 +133,10 @@ fn a_bad_targets_file_stops_startup_with_file_and_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let rules = write(dir, "rules.yaml", RULES);
+    // The port is busy and the data dir does not exist: the file's error must be what stops
+    // startup, before the store is opened or the port bound.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = busy.local_addr().unwrap().to_string();
     let refused = |targets: &str| {
         let file = write(dir, "targets.yml", targets);
         let out = run(&[
@@ -141,11 +145,18 @@ fn a_bad_targets_file_stops_startup_with_file_and_line() {
             rules.to_str().unwrap(),
             "--targets-file",
             file.to_str().unwrap(),
+            "--listen",
+            &listen,
             "--data-dir",
             dir.join("data").to_str().unwrap(),
         ]);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            !stderr.contains("listen"),
+            "the port is not what failed: {stderr}"
+        );
+        assert!(!dir.join("data").exists(), "the store was not opened");
         stderr
     };
     let stderr = refused(

@@ -1,7 +1,7 @@
 //! Turns the raw rules into validated `Rule`s, collecting every problem with its place.
 
 use super::raw::{RawFile, RawMinAnomalous, RawRule};
-use super::{Rule, RuleError, Severity, Transform, RESERVED_LABELS};
+use super::{Rule, RuleError, Severity, Transform};
 use crate::config::glob::Glob;
 use crate::config::selector::Selector;
 use crate::config::template::Template;
@@ -71,8 +71,8 @@ impl Validator<'_> {
             }
             let before = self.errors.len();
             let mut rule = self.rule(r, &defaults);
-            let hash = crate::store::series_id("rule", &rule.fingerprint(), &[]);
-            rule.state_key = format!("{}@{hash:016x}", rule.name);
+            let hash = crate::store::series_id("rule", &rule.detector_fingerprint(), &[]);
+            rule.profile_key = format!("{}@{hash:016x}", rule.name);
             if self.errors.len() == before {
                 out.push(Arc::new(rule));
             }
@@ -160,7 +160,7 @@ impl Validator<'_> {
             severity,
             labels,
             annotations,
-            state_key: String::new(),
+            profile_key: String::new(),
             policy: Rule::policy_of(for_duration, keep_firing_for, min_anomalous),
         }
     }
@@ -188,7 +188,7 @@ impl Validator<'_> {
         for (k, v) in raw {
             if !valid_name(&k) || k.starts_with("__") {
                 self.err(&v.referenced, n, format!("bad label name {k:?}"));
-            } else if RESERVED_LABELS.contains(&k.as_str()) || k == "alertname" {
+            } else if crate::alert::labels::SIDECAR_LABELS.contains(&k.as_str()) {
                 let msg = format!("label {k:?} is set by the sidecar and cannot be overridden");
                 self.err(&v.referenced, n, msg);
             }
