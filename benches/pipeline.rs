@@ -126,13 +126,15 @@ fn parse(c: &mut Criterion) {
             b.iter(|| {
                 let body = ScrapeBody::from_bytes(text.clone().into_bytes()).unwrap();
                 let mut index = SeriesIndex::default();
-                let scan = index.scan(&body.text).unwrap();
+                let scan = index.scan(&body.text, &Default::default()).unwrap();
                 black_box(scan.new_samples(&index).count())
             })
         });
         // Every later scrape: series resolved from their text, values parsed.
         let mut warm = SeriesIndex::default();
-        let scan = SeriesIndex::default().scan(&text).unwrap();
+        let scan = SeriesIndex::default()
+            .scan(&text, &Default::default())
+            .unwrap();
         let learnt: Vec<String> = scan
             .new_samples(&SeriesIndex::default())
             .map(|n| n.text.to_string())
@@ -140,16 +142,16 @@ fn parse(c: &mut Criterion) {
         // A scan first records the body's TYPE lines: an index learnt under other types is
         // cleared by the next scan (the series' transforms may differ), which would leave
         // every later iteration scanning against an empty index.
-        let _ = warm.scan(&text).unwrap();
+        let _ = warm.scan(&text, &Default::default()).unwrap();
         for (i, series) in learnt.iter().enumerate() {
             warm.learn(series, i as u64, None, Arc::from([0usize]));
         }
-        let known = warm.scan(&text).unwrap().known.len();
+        let known = warm.scan(&text, &Default::default()).unwrap().known.len();
         assert_eq!(known, learnt.len(), "every series resolved from its text");
         g.bench_function(BenchmarkId::new("ours_steady", name), |b| {
             b.iter(|| {
                 let body = ScrapeBody::from_bytes(text.clone().into_bytes()).unwrap();
-                let scan = warm.scan(&body.text).unwrap();
+                let scan = warm.scan(&body.text, &Default::default()).unwrap();
                 black_box(scan.known.len())
             })
         });

@@ -59,9 +59,8 @@ pub struct App {
 }
 
 /// A target's alerts stay active this many scrape intervals after its last successful scrape
-/// (re-sent meanwhile) before they resolve with `reason=target_down`: one or two failed
-/// scrapes are a blip, not an outage, and the grace stays under Alertmanager's hold (four
-/// intervals or resend delays), so Alertmanager never resolves them first.
+/// before they resolve with `reason=target_down`: one or two failed scrapes are a blip, not
+/// an outage. They are re-sent meanwhile, so Alertmanager never resolves them first.
 const TARGET_DOWN_INTERVALS: u32 = 3;
 
 /// Loads config, opens the store and binds the port (all before any task runs), then spawns.
@@ -70,7 +69,7 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         Some(path) => crate::config::targets::load_file(path).map_err(StartError::TargetsFile)?,
         None => Vec::new(),
     };
-    let targets = scrape::parse_targets(&args.targets, &specs)?;
+    let targets = scrape::parse_targets(&args.targets, &specs, args.limits())?;
     if targets.is_empty() {
         return Err(StartError::NoTargets);
     }
@@ -82,8 +81,23 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         .map(|t| scrape::client_for(t, &client))
         .collect::<Result<Vec<_>, _>>()?;
     let rules = Arc::new(rules::load_file(&args.rules).map_err(StartError::Rules)?);
+    crate::notify::check_urls(&args.webhooks, &args.alertmanagers)?;
     let web =
         Arc::new(WebGuard::load(args.web_config_file.as_deref()).map_err(StartError::WebConfig)?);
+    let warmup = match &args.warmup_from {
+        Some(url) => {
+            let w = crate::scrape::warmup::Warmup::new(
+                url,
+                &args.warmup_selector,
+                args.scrape_interval,
+                args.warmup_timeout,
+            )
+            .map_err(StartError::Warmup)?;
+            tracing::info!(url = %crate::util::redact_url(url), "Warm start from Prometheus");
+            Some(Arc::new(w))
+        }
+        None => None,
+    };
     let exporter = Arc::new(Exporter::new().map_err(|e| StartError::Setup(e.to_string()))?);
     set_reload_metrics(&exporter, true);
     let dir = args.data_dir.clone();
@@ -172,20 +186,6 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         )));
     }
     drop(results_tx);
-    let warmup = match &args.warmup_from {
-        Some(url) => {
-            let w = crate::scrape::warmup::Warmup::new(
-                url,
-                &args.warmup_selector,
-                args.scrape_interval,
-                args.warmup_timeout,
-            )
-            .map_err(StartError::Warmup)?;
-            tracing::info!(url = %url, "Warm start from Prometheus");
-            Some(Arc::new(w))
-        }
-        None => None,
-    };
     let pipeline = Pipeline::new(
         targets,
         PipelineSettings {
@@ -215,6 +215,7 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         ready: ready.clone(),
         reload: args.web_enable_lifecycle.then_some(reload_tx),
         metrics_permits: Arc::new(tokio::sync::Semaphore::new(server::METRICS_IN_FLIGHT)),
+        write_timeout: args.web_write_timeout,
     });
     let tls = web.tls();
     tasks.push(tokio::spawn(server::serve(

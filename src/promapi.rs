@@ -66,7 +66,7 @@ struct Item {
 /// The query endpoint of a Prometheus base URL (`http://prometheus:9090`, with or without a
 /// path prefix such as `/prometheus`).
 pub fn endpoint(base: &str) -> Result<reqwest::Url, PromApiError> {
-    let bad = |e: String| PromApiError::Url(base.to_string(), e);
+    let bad = |e: String| PromApiError::Url(crate::util::redact_url(base), e);
     let mut url = reqwest::Url::parse(base).map_err(|e| bad(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(bad("use http:// or https://".into()));
@@ -111,16 +111,17 @@ async fn one_request(
     step_ms: i64,
 ) -> Result<Vec<RangeSeries>, PromApiError> {
     let secs = |ms: i64| format!("{}.{:03}", ms.div_euclid(1000), ms.rem_euclid(1000));
-    let url = endpoint.to_string();
+    // Errors name the URL without its credentials (a token in the query, a password).
+    let url = crate::util::redact_url(endpoint.as_str());
     let form = [
         ("query", query.to_string()),
         ("start", secs(start_ms)),
         ("end", secs(end_ms)),
         ("step", secs(step_ms)),
     ];
-    let http = |source| PromApiError::Http {
+    let http = |source: reqwest::Error| PromApiError::Http {
         url: url.clone(),
-        source,
+        source: source.without_url(),
     };
     // POST with a form, as Grafana does: a long selector does not hit URL length limits.
     let response = client

@@ -26,6 +26,16 @@ impl Cli {
 }
 
 impl RunArgs {
+    /// The scrape limits the flags set (a target's own in --targets-file override them).
+    pub fn limits(&self) -> crate::scrape::Limits {
+        crate::scrape::Limits {
+            sample_limit: self.sample_limit,
+            label_limit: self.label_limit,
+            label_name_length_limit: self.label_name_length_limit,
+            label_value_length_limit: self.label_value_length_limit,
+        }
+    }
+
     /// Splits on commas the list flags that came from the environment.
     pub fn split_env_lists(&mut self, m: &clap::ArgMatches) {
         let from_env =
@@ -159,6 +169,36 @@ pub struct RunArgs {
     /// Series kept per target; beyond it a target's new series are dropped and counted.
     #[arg(long, env = "ANOMALY_SIDECAR_MAX_SERIES", default_value_t = 100_000)]
     pub max_series: usize,
+    /// Most samples one scrape may hold (0: no limit); more fail the scrape whole. Per target
+    /// in --targets-file as `sample_limit`, as in Prometheus' scrape config.
+    #[arg(
+        long = "sample-limit",
+        env = "ANOMALY_SIDECAR_SAMPLE_LIMIT",
+        default_value_t = 0
+    )]
+    pub sample_limit: usize,
+    /// Most labels a series may have (0: no limit); one with more fails its scrape.
+    #[arg(
+        long = "label-limit",
+        env = "ANOMALY_SIDECAR_LABEL_LIMIT",
+        default_value_t = 64
+    )]
+    pub label_limit: usize,
+    /// Longest label name, in bytes (0: no limit).
+    #[arg(
+        long = "label-name-length-limit",
+        env = "ANOMALY_SIDECAR_LABEL_NAME_LENGTH_LIMIT",
+        default_value_t = 256
+    )]
+    pub label_name_length_limit: usize,
+    /// Longest label value, in bytes (0: no limit): long enough for the URLs and queries some
+    /// exporters put in labels.
+    #[arg(
+        long = "label-value-length-limit",
+        env = "ANOMALY_SIDECAR_LABEL_VALUE_LENGTH_LIMIT",
+        default_value_t = 16384
+    )]
+    pub label_value_length_limit: usize,
     /// Largest scrape body accepted, in bytes; a larger one fails the scrape.
     #[arg(long, env = "ANOMALY_SIDECAR_MAX_SCRAPE_BYTES", default_value_t = 64 << 20)]
     pub max_scrape_bytes: u64,
@@ -172,6 +212,10 @@ pub struct RunArgs {
     /// response headers and a rate limit for every endpoint. Re-read when it changes.
     #[arg(long = "web.config.file", env = "ANOMALY_SIDECAR_WEB_CONFIG_FILE")]
     pub web_config_file: Option<PathBuf>,
+    /// Longest a client may take to read a response: a /metrics reader that stalls past it is
+    /// disconnected, freeing its place for others (16 /metrics responses are sent at a time).
+    #[arg(long = "web.write-timeout", env = "ANOMALY_SIDECAR_WEB_WRITE_TIMEOUT", default_value = "1m", value_parser = duration)]
+    pub web_write_timeout: Duration,
     /// How often the rules file is checked for changes (covers ConfigMap symlink swaps).
     #[arg(long, env = "ANOMALY_SIDECAR_RULES_CHECK_INTERVAL", default_value = "5s", value_parser = duration)]
     pub rules_check_interval: Duration,
@@ -265,4 +309,26 @@ fn duration(s: &str) -> Result<Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_limit_flags_default_to_limits_default_and_commas_stay_on_the_command_line() {
+        let cli = Cli::try_parse_from([
+            "anomaly-sidecar",
+            "run",
+            "--target",
+            "http://a:1/metrics?x=1,2",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("run");
+        };
+        assert_eq!(args.limits(), crate::scrape::Limits::default());
+        assert_eq!(args.targets, ["http://a:1/metrics?x=1,2"]);
+    }
 }

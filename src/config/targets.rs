@@ -22,6 +22,19 @@ pub struct TargetSpec {
     pub url: String,
     pub auth: Option<ScrapeAuth>,
     pub tls: Option<ClientTls>,
+    /// Per-target overrides of the scrape limits (`sample_limit`, `label_limit`,
+    /// `label_name_length_limit`, `label_value_length_limit`, as in Prometheus' scrape
+    /// config); None: the flag's.
+    pub limits: LimitOverrides,
+}
+
+/// Scrape limits a target sets itself (0: no limit, as in Prometheus).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitOverrides {
+    pub sample_limit: Option<usize>,
+    pub label_limit: Option<usize>,
+    pub label_name_length_limit: Option<usize>,
+    pub label_value_length_limit: Option<usize>,
 }
 
 /// Credentials sent with every scrape; the files are read per scrape.
@@ -57,6 +70,10 @@ struct RawTarget {
     bearer_token_file: Option<String>,
     basic_auth: Option<RawBasicAuth>,
     tls_config: Option<RawTls>,
+    sample_limit: Option<usize>,
+    label_limit: Option<usize>,
+    label_name_length_limit: Option<usize>,
+    label_value_length_limit: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -168,7 +185,18 @@ fn spec(raw: RawTarget, dir: &Path) -> Result<TargetSpec, String> {
     if tls.is_some() && !url.starts_with("https://") {
         return Err(format!("target {url}: tls_config needs an https:// URL"));
     }
-    Ok(TargetSpec { url, auth, tls })
+    let limits = LimitOverrides {
+        sample_limit: raw.sample_limit,
+        label_limit: raw.label_limit,
+        label_name_length_limit: raw.label_name_length_limit,
+        label_value_length_limit: raw.label_value_length_limit,
+    };
+    Ok(TargetSpec {
+        url,
+        auth,
+        tls,
+        limits,
+    })
 }
 
 #[cfg(test)]
@@ -204,6 +232,10 @@ mod tests {
             })
         );
         assert_eq!(t[2].auth, None);
+        let t = load("targets:\n  - url: http://a:1/metrics\n    sample_limit: 500\n    label_value_length_limit: 0\n").unwrap();
+        assert_eq!(t[0].limits.sample_limit, Some(500));
+        assert_eq!(t[0].limits.label_value_length_limit, Some(0));
+        assert_eq!(t[0].limits.label_limit, None);
     }
 
     #[test]

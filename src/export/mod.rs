@@ -89,6 +89,9 @@ pub enum RowUpdate {
     New(AnomalyRow),
     /// New values of a row the exporter holds.
     Values(RowValues),
+    /// The row's alert ended without an evaluation (its target is down): `anomaly_active`
+    /// and `anomaly_pending` go to 0, the last values stay.
+    Ended,
 }
 
 impl AnomalyRow {
@@ -104,6 +107,12 @@ impl AnomalyRow {
     fn set(&mut self, v: RowValues) {
         self.values = v.values;
         self.present = v.present;
+    }
+
+    /// Neither firing nor pending any more; the rest as it was.
+    fn end(&mut self) {
+        self.values[0] = 0.0;
+        self.values[1] = 0.0;
     }
 
     /// The value of family `i`, if the row has one.
@@ -186,6 +195,7 @@ impl Rows {
         } else {
             match self.index.entry(key) {
                 Entry::Occupied(e) => *e.get(),
+                Entry::Vacant(_) if matches!(update, RowUpdate::Ended) => return,
                 Entry::Vacant(e) => {
                     let RowUpdate::New(row) = update else {
                         // The pipeline sends labels until a row exists: never here.
@@ -203,6 +213,7 @@ impl Rows {
         match update {
             RowUpdate::New(row) => self.list[at] = row,
             RowUpdate::Values(v) => self.list[at].set(v),
+            RowUpdate::Ended => self.list[at].end(),
         }
         self.next = at + 1;
     }

@@ -111,6 +111,34 @@ pub struct Notifier {
     metrics: SelfMetrics,
 }
 
+/// Checks every receiver URL (before anything is opened or bound: a bad one is a startup
+/// error that names it, without its path).
+pub fn check_urls(webhooks: &[String], alertmanagers: &[String]) -> Result<(), NotifyError> {
+    for raw in webhooks {
+        receiver_url(Kind::Webhook, raw)?;
+    }
+    for raw in alertmanagers {
+        receiver_url(Kind::Alertmanager, raw)?;
+    }
+    Ok(())
+}
+
+/// A receiver's metric-name prefix and the URL its requests go to.
+fn receiver_url(kind: Kind, raw: &str) -> Result<(&'static str, reqwest::Url), NotifyError> {
+    let (prefix, target) = match kind {
+        Kind::Webhook => ("webhook", raw.to_string()),
+        Kind::Alertmanager => (
+            "alertmanager",
+            format!("{}/api/v2/alerts", raw.trim_end_matches('/')),
+        ),
+    };
+    let url = reqwest::Url::parse(&target)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| NotifyError::Url(redact(raw)))?;
+    Ok((prefix, url))
+}
+
 impl Notifier {
     /// Opens each receiver's outbox in `db`. Outboxes are named after the URL, so a restart
     /// with the same receivers resumes their queues.
@@ -145,17 +173,7 @@ impl Notifier {
             .enumerate()
             .map(|(i, u)| (Kind::Alertmanager, i, u.clone()));
         for (kind, i, raw) in webhooks.chain(managers) {
-            let (prefix, target) = match kind {
-                Kind::Webhook => ("webhook", raw.clone()),
-                Kind::Alertmanager => (
-                    "alertmanager",
-                    format!("{}/api/v2/alerts", raw.trim_end_matches('/')),
-                ),
-            };
-            let url = reqwest::Url::parse(&target)
-                .ok()
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| NotifyError::Url(redact(&raw)))?;
+            let (prefix, url) = receiver_url(kind, &raw)?;
             let name = format!("{prefix}-{i}");
             let hash = crate::store::series_id(prefix, &raw, &[]);
             let legacy = format!("outbox-{hash:016x}");

@@ -5,6 +5,7 @@
 use super::{rule_series, Batch, Pipeline};
 use crate::alert::book::Reason;
 use crate::alert::Transition;
+use crate::export::RowUpdate;
 use crate::store::{SeriesId, Slot};
 
 impl Pipeline {
@@ -31,7 +32,7 @@ impl Pipeline {
 
     /// Ends the alerts of a target whose scrapes have failed for `down_for`: pending ones at
     /// once, firing ones once `down_for` also covers their rule's `keep_firing_for`. Their
-    /// gauges go with them (stale, as Prometheus' would be) until a scrape succeeds again.
+    /// gauges stay with their last values, `anomaly_active` and `anomaly_pending` at 0.
     fn target_down(&mut self, t: usize, now: i64, down_for: i64, grace: i64) {
         let mut changes = crate::export::ExportChanges::default();
         let mut ended = 0;
@@ -45,17 +46,20 @@ impl Pipeline {
                 if state.alert.is_firing() && down_for < hold {
                     continue;
                 }
-                if let Some(tr) = state.alert.end() {
-                    super::count(&self.exporter, &rule.name, tr);
-                    if tr == Transition::Resolved {
-                        ended += 1;
-                    }
-                    self.book.end(id, &rule.name, now, None, Reason::TargetDown);
+                let Some(tr) = state.alert.end() else {
+                    continue;
+                };
+                super::count(&self.exporter, &rule.name, tr);
+                if tr == Transition::Resolved {
+                    ended += 1;
                 }
+                self.book.end(id, &rule.name, now, None, Reason::TargetDown);
+                // The gauges stay (a failing target keeps its last values, as `up` says
+                // why) but say the alert is over, as Alertmanager and /api/v1/alerts do.
                 if state.exported {
-                    changes.removals.push((self.ids[ri], id));
-                    state.exported = false;
+                    changes.upserts.push(((self.ids[ri], id), RowUpdate::Ended));
                 }
+                changes.alerts_over.push((self.ids[ri], id));
             }
         }
         self.exporter.apply(&mut changes);

@@ -81,9 +81,11 @@ pub struct Pipeline {
     last_expiry_ms: i64,
     /// While the store is failing: when to try reopening it next, and the backoff.
     store_retry: Option<(std::time::Instant, std::time::Duration)>,
-    /// Warm start, with `--warmup-from`; its background answers.
+    /// Warm start, with `--warmup-from`; its background answers (late series', and parked
+    /// first scrapes').
     warm: Option<warm::WarmStart>,
     warm_replies: Option<mpsc::UnboundedReceiver<warm::Reply>>,
+    warm_firsts: Option<mpsc::UnboundedReceiver<warm::FirstReply>>,
 }
 
 impl Pipeline {
@@ -97,12 +99,12 @@ impl Pipeline {
     ) -> Self {
         let n = targets.len();
         let (names, heads, ids) = rule_names(&rules, &exporter);
-        let (warm, warm_replies) = match settings.warmup.clone() {
+        let (warm, warm_replies, warm_firsts) = match settings.warmup.clone() {
             Some(w) => {
-                let (warm, rx) = warm::WarmStart::new(w, n);
-                (Some(warm), Some(rx))
+                let (warm, rx, firsts) = warm::WarmStart::new(w, n);
+                (Some(warm), Some(rx), Some(firsts))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         for t in &targets {
             exporter
@@ -134,6 +136,7 @@ impl Pipeline {
             store_retry: None,
             warm,
             warm_replies,
+            warm_firsts,
         };
         p.restore_alerts();
         // Profiles of rules that changed or went while the sidecar was stopped.
@@ -154,9 +157,11 @@ impl Pipeline {
         mut rules: watch::Receiver<Arc<RuleSet>>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        // Without warm start, a channel that never yields.
+        // Without warm start, channels that never yield.
         let (_never, idle) = mpsc::unbounded_channel();
+        let (_never_first, idle_first) = mpsc::unbounded_channel();
         let mut warm_replies = self.warm_replies.take().unwrap_or(idle);
+        let mut warm_firsts = self.warm_firsts.take().unwrap_or(idle_first);
         loop {
             tokio::select! {
                 biased;
@@ -168,21 +173,15 @@ impl Pipeline {
                 Some((target, asked, fetched)) = warm_replies.recv() => {
                     self.take_history(&target, asked, fetched, false);
                 }
+                Some(reply) = warm_firsts.recv() => {
+                    let r = self.first_history(reply);
+                    self.handle(r).await;
+                }
                 r = results.recv() => match r {
                     Some(r) => {
-                        let started_ms = r.at_ms;
-                        self.warm_first_scrape(&r).await;
-                        let (target, at_ms) = (r.target, r.at_ms);
-                        self.process(r);
-                        self.warm_late(target, at_ms);
-                        let took = crate::util::now_ms().saturating_sub(started_ms);
-                        self.exporter
-                            .metrics
-                            .scrape_to_export_seconds
-                            .observe(took as f64 / 1000.0);
-                        // Alert states and their events reach the disk together, before any
-                        // delivery attempt.
-                        self.persist().await;
+                        if let Some(r) = self.warm_first_scrape(r) {
+                            self.handle(r).await;
+                        }
                     }
                     None => break,
                 },
@@ -190,6 +189,22 @@ impl Pipeline {
         }
         self.persist().await;
         tracing::info!("Pipeline stopped; store flushed");
+    }
+
+    /// One scrape result, evaluated and written.
+    async fn handle(&mut self, r: ScrapeResult) {
+        let started_ms = r.at_ms;
+        let (target, at_ms) = (r.target, r.at_ms);
+        self.process(r);
+        self.warm_late(target, at_ms);
+        let took = crate::util::now_ms().saturating_sub(started_ms);
+        self.exporter
+            .metrics
+            .scrape_to_export_seconds
+            .observe(took as f64 / 1000.0);
+        // Alert states and their events reach the disk together, before any delivery
+        // attempt.
+        self.persist().await;
     }
 
     /// Evaluates one scrape.
@@ -207,11 +222,10 @@ impl Pipeline {
             Ok(s) => s,
         };
         let mut index = std::mem::take(&mut self.index[t]);
-        let scanned = index.scan(&body.text);
+        let scanned = index.scan(&body.text, &target.limits);
         let mut scanned = match scanned {
             Err(e) => {
                 self.index[t] = index;
-                let e = crate::scrape::ScrapeError::Parse(e);
                 return self.scrape_failed(t, &e, result.at_ms);
             }
             Ok(scan) => scan,

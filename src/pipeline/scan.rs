@@ -4,7 +4,7 @@
 //! steady-state scrape allocates nothing per sample.
 
 use crate::scrape::parse::{self, ParseError};
-use crate::scrape::Sample;
+use crate::scrape::{Limits, Sample, ScrapeError};
 use crate::store::{IdMap, IdSet, SeriesId, Slot};
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -226,21 +226,31 @@ impl SeriesIndex {
         }
     }
 
-    /// Checks every sample line of `body` and resolves the known ones. A TYPE change makes
-    /// every line new.
-    pub fn scan<'a>(&mut self, body: &'a str) -> Result<Scan<'a>, ParseError> {
-        let (scan, types, ranks) = self.scan_once(body, true)?;
-        if types == self.types || self.entries.is_empty() {
+    /// Checks every sample line of `body` (its syntax, and the target's `limits`) and
+    /// resolves the known ones. A TYPE change makes every line new. Series the index knows
+    /// were checked against the same limits when they were new.
+    pub fn scan<'a>(&mut self, body: &'a str, limits: &Limits) -> Result<Scan<'a>, ScrapeError> {
+        let (scan, types, ranks) = self.scan_once(body, true, limits)?;
+        let scan = if types == self.types || self.entries.is_empty() {
             self.types = types;
             if let Some(ranks) = ranks {
                 self.relayout(&ranks);
             }
-            return Ok(scan);
+            scan
+        } else {
+            // The body declares other types than the entries were learnt under.
+            self.clear();
+            self.types = types;
+            self.scan_once(body, false, limits)?.0
+        };
+        let n = scan.len();
+        if limits.sample_limit > 0 && n > limits.sample_limit {
+            return Err(ScrapeError::Limit(format!(
+                "{n} samples, more than sample_limit {}",
+                limits.sample_limit
+            )));
         }
-        // The body declares other types than the entries were learnt under.
-        self.clear();
-        self.types = types;
-        Ok(self.scan_once(body, false)?.0)
+        Ok(scan)
     }
 
     /// Puts the entries in the order this scrape's lines resolved them (`ranks`: entry
@@ -265,7 +275,8 @@ impl SeriesIndex {
         &self,
         body: &'a str,
         use_index: bool,
-    ) -> Result<(Scan<'a>, u64, Option<Vec<u32>>), ParseError> {
+        limits: &Limits,
+    ) -> Result<(Scan<'a>, u64, Option<Vec<u32>>), ScrapeError> {
         let mut walk = parse::samples(body);
         let mut scan = Scan {
             body,
@@ -278,7 +289,7 @@ impl SeriesIndex {
         // Positions are kept only once the order has drifted (most scans never).
         let mut order: Option<Vec<u32>> = None;
         while let Some(next) = walk.next_line() {
-            let (i, line) = next?;
+            let (i, line) = next.map_err(ScrapeError::Parse)?;
             if use_index {
                 if let Some((at, k, value)) = cursor.resolve(line) {
                     scan.known.push(KnownSample {
@@ -298,7 +309,10 @@ impl SeriesIndex {
                 }
             }
             parse::check_sample_line(line, &mut labels)
-                .map_err(|message| ParseError { line: i, message })?;
+                .map_err(|message| ScrapeError::Parse(ParseError { line: i, message }))?;
+            limits
+                .check_labels(labels.iter().map(|(k, v)| (*k, v.as_ref())))
+                .map_err(|why| ScrapeError::Limit(format!("line {i}: {why}")))?;
             scan.new_lines += 1;
         }
         let drifted = cursor.misses > 16 + self.entries.len() / 32;

@@ -1,7 +1,8 @@
 //! Warm start in the pipeline (`scrape::warmup` reads the history): at a target's first
-//! scrape, the series its rules select and the store cannot fill are asked of Prometheus,
-//! waiting up to `--warmup-timeout`, before the scrape is judged, so its first scrape is
-//! judged against a full window. Series that appear later are asked in the background; their
+//! scrape, the series its rules select and the store cannot fill are asked of Prometheus in
+//! the background, and that scrape is parked (up to `--warmup-timeout`) until the answer is
+//! in, so it is judged against a full window, while other targets' scrapes, rule reloads and
+//! shutdown go on. Series that appear later are asked in the background; their
 //! rule states are rebuilt from the history when it arrives (from their next scrape on).
 //! An unreachable Prometheus is a warning: the series start from scratch.
 
@@ -24,17 +25,28 @@ pub(super) struct WarmStart {
     /// The current scrape is its target's first, whose history was asked already.
     first_scrape: bool,
     replies: mpsc::UnboundedSender<Reply>,
+    firsts: mpsc::UnboundedSender<FirstReply>,
 }
 
 /// History fetched in the background: the target, how many series were asked, the answer.
 pub(super) type Reply = (String, usize, Fetched);
 
+/// A parked first scrape with the history fetched for it: the scrape, how many series were
+/// asked, the answer.
+pub(super) type FirstReply = (ScrapeResult, usize, Fetched);
+
 impl WarmStart {
+    #[allow(clippy::type_complexity)]
     pub(super) fn new(
         warmup: Arc<Warmup>,
         targets: usize,
-    ) -> (Self, mpsc::UnboundedReceiver<Reply>) {
+    ) -> (
+        Self,
+        mpsc::UnboundedReceiver<Reply>,
+        mpsc::UnboundedReceiver<FirstReply>,
+    ) {
         let (replies, rx) = mpsc::unbounded_channel();
+        let (firsts, first_rx) = mpsc::unbounded_channel();
         let w = Self {
             warmup,
             warmed: vec![false; targets],
@@ -42,34 +54,55 @@ impl WarmStart {
             late: Vec::new(),
             first_scrape: false,
             replies,
+            firsts,
         };
-        (w, rx)
+        (w, rx, first_rx)
     }
 }
 
 impl Pipeline {
-    /// Before `result` is processed: at its target's first scrape, fetch the history its
-    /// series lack (waiting for it, bounded).
-    pub(super) async fn warm_first_scrape(&mut self, result: &ScrapeResult) {
+    /// Before `result` is processed: at its target's first scrape, ask for the history its
+    /// series lack in the background and park the scrape with the request (None: it comes
+    /// back through `first_history`); any other scrape is processed now (Some).
+    pub(super) fn warm_first_scrape(&mut self, result: ScrapeResult) -> Option<ScrapeResult> {
         let t = result.target;
         let Some(warm) = &mut self.warm else {
-            return;
+            return Some(result);
         };
         if warm.warmed.get(t).copied().unwrap_or(true) {
-            return;
+            return Some(result);
         }
         let Ok(body) = &result.outcome else {
-            return;
+            return Some(result);
         };
         warm.warmed[t] = true;
-        warm.first_scrape = true;
-        let warmup = warm.warmup.clone();
         let wanted = self.wanted_in(t, body);
+        let Some(warm) = &mut self.warm else {
+            return Some(result);
+        };
         if wanted.is_empty() {
-            return;
+            // Nothing to ask: judged now, as a first scrape.
+            warm.first_scrape = true;
+            return Some(result);
         }
-        let fetched = warmup.fetch(&wanted, result.at_ms).await;
-        self.take_history(&self.targets[t].name.clone(), wanted.len(), fetched, true);
+        let (warmup, firsts) = (warm.warmup.clone(), warm.firsts.clone());
+        // The scrape holds its target's one body in flight: the target waits, nothing else.
+        tokio::spawn(async move {
+            let fetched = warmup.fetch(&wanted, result.at_ms).await;
+            let _ = firsts.send((result, wanted.len(), fetched));
+        });
+        None
+    }
+
+    /// A parked first scrape's history arrived: taken in, and the scrape is due now.
+    pub(super) fn first_history(&mut self, reply: FirstReply) -> ScrapeResult {
+        let (result, asked, fetched) = reply;
+        let target = self.targets[result.target].name.clone();
+        self.take_history(&target, asked, fetched, true);
+        if let Some(w) = &mut self.warm {
+            w.first_scrape = true;
+        }
+        result
     }
 
     /// The series of `body` that a rule selects and whose stored window is short.

@@ -21,6 +21,86 @@ pub struct Target {
     pub name: String,
     pub auth: Option<ScrapeAuth>,
     pub tls: Option<ClientTls>,
+    /// What one scrape may hold; a scrape past any of them fails whole.
+    pub limits: Limits,
+}
+
+/// Scrape limits, as Prometheus' scrape config has them (0: none). A hostile or broken
+/// target cannot make a scrape cost more than `sample_limit` samples of at most
+/// `label_limit` labels of bounded length, so memory stays within limits × `--max-series`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub sample_limit: usize,
+    pub label_limit: usize,
+    pub label_name_length_limit: usize,
+    pub label_value_length_limit: usize,
+}
+
+impl Default for Limits {
+    /// The flags' defaults.
+    fn default() -> Self {
+        Self {
+            sample_limit: 0,
+            label_limit: 64,
+            label_name_length_limit: 256,
+            label_value_length_limit: 16384,
+        }
+    }
+}
+
+impl Limits {
+    /// No limit at all.
+    pub const NONE: Self = Self {
+        sample_limit: 0,
+        label_limit: 0,
+        label_name_length_limit: 0,
+        label_value_length_limit: 0,
+    };
+
+    /// These limits with a target's own overrides.
+    pub fn with(self, o: &crate::config::targets::LimitOverrides) -> Self {
+        Self {
+            sample_limit: o.sample_limit.unwrap_or(self.sample_limit),
+            label_limit: o.label_limit.unwrap_or(self.label_limit),
+            label_name_length_limit: o
+                .label_name_length_limit
+                .unwrap_or(self.label_name_length_limit),
+            label_value_length_limit: o
+                .label_value_length_limit
+                .unwrap_or(self.label_value_length_limit),
+        }
+    }
+
+    /// Why a series' labels break the limits, if they do.
+    pub fn check_labels<'a>(
+        &self,
+        labels: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(), String> {
+        let n = labels.len();
+        if self.label_limit > 0 && n > self.label_limit {
+            return Err(format!(
+                "{n} labels, more than label_limit {}",
+                self.label_limit
+            ));
+        }
+        for (k, v) in labels {
+            if self.label_name_length_limit > 0 && k.len() > self.label_name_length_limit {
+                return Err(format!(
+                    "label name of {} bytes, longer than label_name_length_limit {}",
+                    k.len(),
+                    self.label_name_length_limit
+                ));
+            }
+            if self.label_value_length_limit > 0 && v.len() > self.label_value_length_limit {
+                return Err(format!(
+                    "label {k:?} value of {} bytes, longer than label_value_length_limit {}",
+                    v.len(),
+                    self.label_value_length_limit
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why a target's URL was refused at startup.
@@ -60,21 +140,22 @@ impl Target {
             name,
             auth: None,
             tls: None,
+            limits: Limits::default(),
         })
     }
 
     /// The URL with any password in it masked, for logs.
     pub fn display_url(&self) -> String {
-        let mut url = self.url.clone();
-        if url.password().is_some() {
-            let _ = url.set_password(Some("xxxxx"));
-        }
-        url.to_string()
+        crate::util::redact_url(self.url.as_str())
     }
 }
 
 /// Parses every target (flags, then the targets file), refusing duplicates.
-pub fn parse_targets(texts: &[String], specs: &[TargetSpec]) -> Result<Vec<Target>, TargetError> {
+pub fn parse_targets(
+    texts: &[String],
+    specs: &[TargetSpec],
+    limits: Limits,
+) -> Result<Vec<Target>, TargetError> {
     let mut out: Vec<Target> = Vec::new();
     let plain = texts.iter().map(|t| TargetSpec {
         url: t.clone(),
@@ -84,6 +165,7 @@ pub fn parse_targets(texts: &[String], specs: &[TargetSpec]) -> Result<Vec<Targe
         let mut target = Target::parse(&spec.url)?;
         target.auth = spec.auth;
         target.tls = spec.tls;
+        target.limits = limits.with(&spec.limits);
         if out.iter().any(|o| o.name == target.name) {
             return Err(TargetError::Duplicate(target.name));
         }
@@ -109,6 +191,8 @@ pub enum ScrapeError {
     Credentials(String, String),
     #[error("malformed exposition text: {0}")]
     Parse(#[from] parse::ParseError),
+    #[error("scrape limit exceeded: {0}")]
+    Limit(String),
 }
 
 /// A fetched exposition body, checked to be UTF-8. The pipeline parses it in one pass
@@ -218,10 +302,15 @@ pub async fn run_target(
     // evaluated. A pipeline slower than the interval delays scrapes instead of piling up
     // bodies (11 MB at 100k series, 100 MB at worst); evaluation takes ~0.1 s at 100k.
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BODIES_IN_FLIGHT));
+    let mut client = client;
+    let mut tls_files = TlsFiles::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        if let Some(rebuilt) = tls_files.changed(&target, &client).await {
+            client = rebuilt;
         }
         let permit = tokio::select! {
             p = in_flight.clone().acquire_owned() => match p {
@@ -249,6 +338,66 @@ pub async fn run_target(
     }
 }
 
+/// A target's CA, certificate and key as last built into its client: when cert-manager (or
+/// anyone) rewrites them, the next scrape uses a client built from the new files, without a
+/// restart. Files are read on a blocking thread.
+#[derive(Default)]
+struct TlsFiles {
+    /// What the client was built from (None: not read yet).
+    built: Option<Vec<u8>>,
+    /// Files that failed to build, so a broken rotation is logged once.
+    failed: Option<Vec<u8>>,
+}
+
+impl TlsFiles {
+    /// A client built from the target's TLS files if they changed since the last one.
+    async fn changed(
+        &mut self,
+        target: &Target,
+        client: &reqwest::Client,
+    ) -> Option<reqwest::Client> {
+        let tls = target.tls.clone()?;
+        let read = tokio::task::spawn_blocking(move || {
+            let mut fp = Vec::new();
+            for p in [&tls.ca_file, &tls.cert_file, &tls.key_file]
+                .into_iter()
+                .flatten()
+            {
+                let bytes = std::fs::read(p).unwrap_or_default();
+                fp.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                fp.extend_from_slice(&bytes);
+            }
+            fp
+        });
+        let fp = read.await.ok()?;
+        let Some(built) = &self.built else {
+            // The files the startup client was built from.
+            self.built = Some(fp);
+            return None;
+        };
+        if *built == fp || self.failed.as_ref() == Some(&fp) {
+            return None;
+        }
+        let (t, c) = (target.clone(), client.clone());
+        match tokio::task::spawn_blocking(move || client_for(&t, &c))
+            .await
+            .ok()?
+        {
+            Ok(rebuilt) => {
+                tracing::info!(target = %target.name, "TLS files of the target changed; its client was rebuilt");
+                self.built = Some(fp);
+                self.failed = None;
+                Some(rebuilt)
+            }
+            Err(e) => {
+                tracing::warn!(target = %target.name, error = %e, "TLS files of the target changed but cannot be used; the last good ones stay");
+                self.failed = Some(fp);
+                None
+            }
+        }
+    }
+}
+
 /// Fetches and parses one body.
 pub async fn scrape_once(
     client: &reqwest::Client,
@@ -272,7 +421,12 @@ async fn fetch(
         "text/plain;version=0.0.4;q=0.9,*/*;q=0.1",
     );
     if let Some(auth) = &target.auth {
-        request = request.header(reqwest::header::AUTHORIZATION, authorization(auth)?);
+        // The files are read per scrape (a rotated token is used at once), off the runtime.
+        let auth = auth.clone();
+        let header = tokio::task::spawn_blocking(move || authorization(&auth))
+            .await
+            .map_err(|e| ScrapeError::Credentials("credentials".into(), e.to_string()))??;
+        request = request.header(reqwest::header::AUTHORIZATION, header);
     }
     let mut resp = request
         .send()
@@ -393,7 +547,8 @@ mod tests {
         assert!(Target::parse("ftp://x/metrics").is_err());
         assert!(parse_targets(
             &["http://a:1/metrics".into(), "http://a:1/metrics".into()],
-            &[]
+            &[],
+            Limits::default()
         )
         .is_err());
     }

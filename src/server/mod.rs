@@ -10,7 +10,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -27,6 +27,10 @@ pub struct ServerState {
     pub reload: Option<mpsc::Sender<ReloadRequest>>,
     /// /metrics responses in flight at once.
     pub metrics_permits: Arc<tokio::sync::Semaphore>,
+    /// Longest a response may take to be read (`--web.write-timeout`): a reader that stalls
+    /// past it is cut off and its /metrics permit freed, so stalled clients cannot lock
+    /// Prometheus out.
+    pub write_timeout: Duration,
 }
 
 /// /metrics responses sent concurrently; more readers queue.
@@ -58,7 +62,7 @@ pub async fn serve(
         };
         let (state, guard) = (state.clone(), guard.clone());
         tokio::spawn(async move {
-            let applied = guard.current();
+            let applied = guard.current().await;
             match applied.acceptor() {
                 None => connection(TokioIo::new(stream), state, guard).await,
                 Some(acceptor) => {
@@ -79,26 +83,81 @@ pub async fn serve(
     }
 }
 
+/// When the response being sent on a connection started (ms after `base`, +1), or 0.
+struct Sending {
+    base: std::time::Instant,
+    since: AtomicU64,
+}
+
+impl Sending {
+    fn start(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.since.store(ms + 1, Ordering::Relaxed);
+    }
+
+    fn stop(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the current response has been sending, if one is.
+    fn for_how_long(&self) -> Option<Duration> {
+        let since = self.since.load(Ordering::Relaxed).checked_sub(1)?;
+        let now = self.base.elapsed().as_millis() as u64;
+        Some(Duration::from_millis(now.saturating_sub(since)))
+    }
+}
+
 async fn connection<S>(io: TokioIo<S>, state: Arc<ServerState>, guard: Arc<WebGuard>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |req| {
-        let (state, guard) = (state.clone(), guard.clone());
-        async move { Ok::<_, Infallible>(handle(&state, &guard, req).await) }
+    let sending = Arc::new(Sending {
+        base: std::time::Instant::now(),
+        since: AtomicU64::new(0),
     });
+    let write_timeout = state.write_timeout;
+    let service = {
+        let sending = sending.clone();
+        hyper::service::service_fn(move |req| {
+            let (state, guard, sending) = (state.clone(), guard.clone(), sending.clone());
+            async move {
+                let mut r = handle(&state, &guard, req).await;
+                sending.start();
+                r.body_mut().sending = Some(sending);
+                Ok::<_, Infallible>(r)
+            }
+        })
+    };
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HANDSHAKE_TIMEOUT)
         .serve_connection(io, service);
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "Connection ended with an error");
+    // A reader that stops reading leaves hyper waiting to write: the watchdog drops the whole
+    // connection (and with it the body and its permit) once a response outlasts the timeout.
+    let watchdog = async {
+        let tick = (write_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            if sending.for_how_long().is_some_and(|d| d > write_timeout) {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            tracing::debug!(error = %e, "Connection ended with an error");
+        },
+        () = watchdog => tracing::warn!(timeout = ?write_timeout, "A client did not read its response in time; connection closed (--web.write-timeout)"),
     }
 }
 
 /// The web config's checks, then the route, then its headers.
-async fn handle(state: &ServerState, guard: &WebGuard, req: Request<Incoming>) -> Response<Chunks> {
-    let applied = guard.current();
+async fn handle(
+    state: &ServerState,
+    guard: &Arc<WebGuard>,
+    req: Request<Incoming>,
+) -> Response<Chunks> {
+    let applied = guard.current().await;
     let admitted = guard
         .admit(&applied, req.headers().get(hyper::header::AUTHORIZATION))
         .await;
@@ -139,6 +198,16 @@ pub struct Chunks {
     ready: std::collections::VecDeque<Bytes>,
     rendering: Option<crate::export::Rendering>,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The connection's clock of the response being sent, stopped when this body ends.
+    sending: Option<Arc<Sending>>,
+}
+
+impl Drop for Chunks {
+    fn drop(&mut self) {
+        if let Some(s) = &self.sending {
+            s.stop();
+        }
+    }
 }
 
 impl hyper::body::Body for Chunks {
@@ -156,6 +225,9 @@ impl hyper::body::Body for Chunks {
         if self.is_end_stream() {
             self.rendering = None;
             self.permit = None;
+            if let Some(s) = self.sending.take() {
+                s.stop();
+            }
         }
         std::task::Poll::Ready(next.map(|b| Ok(hyper::body::Frame::data(b))))
     }
@@ -186,6 +258,7 @@ fn chunks(status: StatusCode, parts: Vec<Bytes>) -> Response<Chunks> {
         ready: parts.into(),
         rendering: None,
         permit: None,
+        sending: None,
     };
     let mut r = Response::new(body);
     *r.status_mut() = status;

@@ -83,9 +83,21 @@ impl WebGuard {
     }
 
     /// The config in force, re-read from disk when the file or a certificate changed (as
-    /// exporter-toolkit does per request). A broken new version is logged and the last good
-    /// one stays.
-    pub fn current(&self) -> Arc<Applied> {
+    /// exporter-toolkit does per request), the reading done on a blocking thread, never on the
+    /// async runtime's. A broken new version is logged and the last good one stays.
+    pub async fn current(self: &Arc<Self>) -> Arc<Applied> {
+        if self.path.is_none() {
+            return self.snapshot();
+        }
+        let me = self.clone();
+        match tokio::task::spawn_blocking(move || me.refresh()).await {
+            Ok(a) => a,
+            Err(_) => self.snapshot(),
+        }
+    }
+
+    /// `current`, blocking.
+    fn refresh(&self) -> Arc<Applied> {
         let now = self.snapshot();
         let Some(path) = &self.path else { return now };
         let (fingerprint, config) = inputs(path);
@@ -224,9 +236,16 @@ impl Applied {
         let Ok(cert) = webpki::EndEntityCert::try_from(cert) else {
             return false;
         };
+        // Exactly, as exporter-toolkit compares them: a wildcard certificate (`*.example.com`)
+        // does not stand in for `a.example.com`. DNS names compare without case; an IP
+        // address SAN is exact by nature.
+        let dns: Vec<&str> = cert.valid_dns_names().collect();
         tls.client_allowed_sans.iter().any(|san| {
-            ServerName::try_from(san.as_str())
-                .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok())
+            if san.parse::<std::net::IpAddr>().is_ok() {
+                return ServerName::try_from(san.as_str())
+                    .is_ok_and(|name| cert.verify_is_valid_for_subject_name(&name).is_ok());
+            }
+            dns.iter().any(|d| d.eq_ignore_ascii_case(san))
         })
     }
 

@@ -194,6 +194,26 @@ fn default_and_standalone_example_render_and_validate() {
             .any(|a| a == &serde_json::Value::String(arg.clone())),
         "{arg}"
     );
+    // Webhook URLs (a chat webhook's path is its token) come from a Secret, never in args.
+    let args = serde_json::to_string(&c["args"]).unwrap();
+    assert!(
+        !args.contains("hooks/anomalies") && !args.contains("--webhook="),
+        "{args}"
+    );
+    let env = c["env"].as_array().expect("env");
+    let hook = env
+        .iter()
+        .find(|e| e["name"] == "ANOMALY_SIDECAR_WEBHOOK")
+        .expect("webhooks from the environment");
+    let secret_name = hook["valueFrom"]["secretKeyRef"]["name"].as_str().unwrap();
+    let secret = docs
+        .iter()
+        .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == secret_name)
+        .expect("the chart's webhook Secret");
+    assert_eq!(
+        secret["stringData"]["webhooks"],
+        "http://chat-relay.tools.svc.cluster.local:8080/hooks/anomalies"
+    );
     assert!(kind(&docs, "ServiceMonitor").is_some());
     // The PrometheusRule holds the repo's rules file, which promtool accepts.
     let rule = kind(&docs, "PrometheusRule").expect("PrometheusRule");

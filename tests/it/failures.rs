@@ -214,3 +214,88 @@ fn retention_removes_series_not_seen() {
     e.set_body("a 1\n");
     wait_for("b expired", T, || series().filter(|v| v == "1"));
 }
+
+/// `sample_limit` and the label limits, as in Prometheus' scrape config: a scrape that breaks
+/// one fails whole (`up` 0, the reason logged) and nothing of it is applied; a target's own
+/// limit in --targets-file overrides the flag.
+#[test]
+fn scrape_limits_fail_a_scrape_whole_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "rules:\n  - name: high\n    match: g\n    method: threshold\n    threshold: 100\n",
+    );
+    let five = gauge_body(
+        "g",
+        &[
+            ("{i=\"0\"}", 1.0),
+            ("{i=\"1\"}", 1.0),
+            ("{i=\"2\"}", 1.0),
+            ("{i=\"3\"}", 1.0),
+            ("{i=\"4\"}", 1.0),
+        ],
+    );
+    let many = Exporter::start(Reply::Body(five.clone()));
+    let allowed = Exporter::start(Reply::Body(five));
+    let long = Exporter::start(Reply::Body(format!(
+        "g{{path=\"{}\"}} 1\n",
+        "x".repeat(5000)
+    )));
+    let targets = write(
+        dir.path(),
+        "targets.yml",
+        &format!(
+            "targets:\n  - url: {}\n    sample_limit: 10\n",
+            allowed.url()
+        ),
+    );
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[many.url(), long.url()],
+        &[
+            "--sample-limit",
+            "3",
+            "--label-value-length-limit",
+            "4096",
+            "--targets-file",
+            targets.to_str().unwrap(),
+        ],
+    );
+    wait_for("the allowed target up", T, || {
+        up(&s, &allowed.name()).filter(|v| v == "1")
+    });
+    wait_for("the limited targets down", T, || {
+        (up(&s, &many.name()).as_deref() == Some("0")
+            && up(&s, &long.name()).as_deref() == Some("0"))
+        .then_some(())
+    });
+    let log = s.log();
+    assert!(
+        log.contains("scrape limit exceeded: 5 samples, more than sample_limit 3"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "label \"path\" value of 5000 bytes, longer than label_value_length_limit 4096"
+        ),
+        "{log}"
+    );
+    let m = s.metrics();
+    let rows = |t: &str| {
+        m.lines()
+            .filter(|l| l.starts_with("anomaly_active{") && l.contains(&format!("target=\"{t}\"")))
+            .count()
+    };
+    assert_eq!(
+        rows(&many.name()),
+        0,
+        "nothing of a failed scrape is applied"
+    );
+    assert_eq!(rows(&long.name()), 0);
+    assert_eq!(rows(&allowed.name()), 5);
+    // Back under the limit: scraped again.
+    many.set_body(gauge_body("g", &[("{i=\"0\"}", 1.0)]));
+    wait_for("back up", T, || up(&s, &many.name()).filter(|v| v == "1"));
+}

@@ -575,3 +575,59 @@ fn slowloris_clients_are_cut_off() {
     assert!(cut.iter().all(|d| *d < Duration::from_secs(15)));
     assert!(answered_in < Duration::from_secs(2));
 }
+
+/// 16 clients that ask for /metrics and never read it hold every /metrics slot; with
+/// `--web.write-timeout` they are cut off and a reader that waits behind them is answered.
+#[test]
+fn stalled_metrics_readers_are_cut_off_and_free_their_slots() {
+    let mut body = String::from("# TYPE load gauge\n");
+    for i in 0..20_000u32 {
+        body.push_str(&format!("load{{i=\"{i}\"}} {}\n", i % 5));
+    }
+    let exporter = Exporter::start(Reply::Body(body));
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "rules:\n  - name: z\n    match: load\n    method: zscore\n",
+    );
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[exporter.url()],
+        &["--scrape-interval", "1s", "--web.write-timeout", "3s"],
+    );
+    wait_for("20k rows exported", Duration::from_secs(60), || {
+        let rows = s
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("anomaly_active{"))
+            .count();
+        (rows == 20_000).then_some(())
+    });
+    // ~30 MB a body: far more than the socket buffers of a client that reads nothing.
+    let stalled: Vec<std::net::TcpStream> = (0..16)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+            write!(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (status, text) =
+        http_waiting("GET", &s.addr, "/metrics", Duration::from_secs(60)).expect("an answer");
+    let waited = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(text.contains("anomaly_sidecar_build_info"), "a whole body");
+    assert!(
+        waited < Duration::from_secs(30),
+        "answered after {waited:?} behind stalled readers"
+    );
+    assert!(
+        s.log().contains("did not read its response in time"),
+        "{}",
+        s.log()
+    );
+    drop(stalled);
+}

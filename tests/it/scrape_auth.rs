@@ -27,6 +27,9 @@ fn node_exporter_behind_tls_client_certificate_and_basic_auth() {
     ca(dir, "ca");
     server_cert(dir, "ca");
     leaf(dir, "ca", "client", "DNS:sidecar.example", "clientAuth");
+    // The CA the sidecar trusts for the target, apart from the one node_exporter checks
+    // client certificates with, so the two can rotate apart.
+    std::fs::copy(dir.join("ca.pem"), dir.join("target-ca.pem")).unwrap();
     let node_web = write(
         dir,
         "node-web.yml",
@@ -36,20 +39,23 @@ fn node_exporter_behind_tls_client_certificate_and_basic_auth() {
         ),
     );
     let port = free_port();
-    let _node = Proc(
-        Command::new(node)
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg(format!("--web.config.file={}", node_web.display()))
-            .args(["--collector.disable-defaults", "--collector.loadavg"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let start_node = || {
+        Proc(
+            Command::new(&node)
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .arg(format!("--web.config.file={}", node_web.display()))
+                .args(["--collector.disable-defaults", "--collector.loadavg"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let node_proc = start_node();
     write(dir, "password", "node-pass-42\n");
     let targets = |password_file: &str| {
         format!(
-            "targets:\n  - url: https://127.0.0.1:{port}/metrics\n    basic_auth:\n      username: scraper\n      password_file: {password_file}\n    tls_config:\n      ca_file: ca.pem\n      cert_file: client.pem\n      key_file: client.key\n"
+            "targets:\n  - url: https://127.0.0.1:{port}/metrics\n    basic_auth:\n      username: scraper\n      password_file: {password_file}\n    tls_config:\n      ca_file: target-ca.pem\n      cert_file: client.pem\n      key_file: client.key\n"
         )
     };
     let file = write(dir, "targets.yml", &targets("password"));
@@ -71,7 +77,7 @@ fn node_exporter_behind_tls_client_certificate_and_basic_auth() {
     let wrong_dir = dir.join("wrong-sidecar");
     std::fs::create_dir(&wrong_dir).unwrap();
     let wrong_file = write(&wrong_dir, "targets.yml", &targets("../wrong"));
-    std::fs::copy(dir.join("ca.pem"), wrong_dir.join("ca.pem")).unwrap();
+    std::fs::copy(dir.join("ca.pem"), wrong_dir.join("target-ca.pem")).unwrap();
     std::fs::copy(dir.join("client.pem"), wrong_dir.join("client.pem")).unwrap();
     std::fs::copy(dir.join("client.key"), wrong_dir.join("client.key")).unwrap();
     let wrong_flag = wrong_file.display().to_string();
@@ -87,6 +93,30 @@ fn node_exporter_behind_tls_client_certificate_and_basic_auth() {
             "{text}"
         );
     }
+
+    // cert-manager rotates the target's certificate to a new CA and the CA file the sidecar
+    // trusts with it; the target restarts (so no old connection stays open). The sidecar's
+    // next connections use the new CA, with no restart.
+    let up = format!("anomaly_sidecar_up{{target=\"{target}\"}}");
+    ca(dir, "ca2");
+    server_cert(dir, "ca2");
+    std::fs::copy(dir.join("ca2.pem"), dir.join("target-ca.pem")).unwrap();
+    drop(node_proc);
+    let _node = start_node();
+    wait_for("scraped again through the new CA", T, || {
+        let rebuilt = s.log().contains("TLS files of the target changed");
+        let scraped = metric_value(&s.metrics(), &up).is_some_and(|v| v == "1");
+        (rebuilt && scraped).then_some(())
+    });
+    // Still up a few scrapes later: new connections verify against the new CA.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(metric_value(&s.metrics(), &up).as_deref(), Some("1"));
+    assert!(
+        s.log()
+            .contains("TLS files of the target changed; its client was rebuilt"),
+        "{}",
+        s.log()
+    );
 }
 
 #[test]

@@ -101,7 +101,11 @@ fn an_unreachable_prometheus_is_a_warning_and_the_sidecar_runs() {
     let dir = tempfile::tempdir().unwrap();
     let rules = write(dir.path(), "rules.yaml", RULES);
     let exporter = Exporter::start(Reply::Body("warm_value{a=\"1\"} 100\n".into()));
-    let url = format!("http://127.0.0.1:{}", free_port());
+    // Credentials in the URL never reach a log line or an error.
+    let url = format!(
+        "http://wuser9:pa55word@127.0.0.1:{}/?access_token=t0ken1&step=1",
+        free_port()
+    );
     let s = Sidecar::start(
         dir.path(),
         &rules,
@@ -116,6 +120,10 @@ fn an_unreachable_prometheus_is_a_warning_and_the_sidecar_runs() {
         log.contains("Warm start failed, the series start from scratch"),
         "{log}"
     );
+    for secret in ["pa55word", "t0ken1", "wuser9"] {
+        assert!(!log.contains(secret), "{secret} in the log: {log}");
+    }
+    assert!(log.contains("access_token=xxxxx"), "{log}");
     // A malformed URL is a startup error, as any bad flag.
     let out = run(&[
         "run",
@@ -124,10 +132,66 @@ fn an_unreachable_prometheus_is_a_warning_and_the_sidecar_runs() {
         "--target",
         &exporter.url(),
         "--warmup-from",
-        "prometheus:9090",
+        "ftp://reader:pa55word@prometheus:9090/?token=t0ken1",
         "--data-dir",
         dir.path().join("d2").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --warmup-from"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid --warmup-from"), "{stderr}");
+    assert!(
+        !stderr.contains("pa55word") && !stderr.contains("t0ken1"),
+        "{stderr}"
+    );
+}
+
+/// A Prometheus that accepts and never answers: a target's first scrape waits for it (up to
+/// --warmup-timeout), but another target's scrapes are judged meanwhile and SIGTERM stops the
+/// sidecar at once.
+#[test]
+fn a_first_scrape_waiting_for_history_blocks_neither_other_targets_nor_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for c in silent.incoming().flatten() {
+            keep.lock().unwrap().push(c);
+        }
+    });
+    // `warm` is selected by the rule (its first scrape waits); `other` by none.
+    let warm = Exporter::start(Reply::Body("warm_value{a=\"1\"} 100\n".into()));
+    let other = Exporter::start(Reply::Body("other_value 1\n".into()));
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[warm.url(), other.url()],
+        &["--warmup-from", &url, "--warmup-timeout", "60s"],
+    );
+    wait_for("the other target judged", Duration::from_secs(10), || {
+        metric_value(
+            &s.metrics(),
+            &format!(
+                "anomaly_sidecar_scrape_samples{{target=\"{}\"}}",
+                other.name()
+            ),
+        )
+        .filter(|v| v == "1")
+    });
+    assert_eq!(
+        s.number("anomaly_sidecar_rule_evaluations_total{rule=\"z\"}"),
+        0,
+        "the warm target's first scrape still waits for its history"
+    );
+    assert!(!held.lock().unwrap().is_empty(), "history was asked for");
+    let stopping = std::time::Instant::now();
+    let status = s.stop();
+    assert!(status.success(), "{status}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?} behind a waiting warm start",
+        stopping.elapsed()
+    );
 }

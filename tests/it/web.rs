@@ -361,10 +361,11 @@ fn client_certificates_are_required_verified_and_matched_against_allowed_sans() 
     leaf(dir, "ca", "client", "DNS:scraper.example", "clientAuth");
     leaf(dir, "ca", "other", "DNS:other.example", "clientAuth");
     leaf(dir, "rogue", "forged", "DNS:scraper.example", "clientAuth");
+    leaf(dir, "ca", "wild", "DNS:*.scraper.example", "clientAuth");
     let web = write(
         dir,
         "web.yml",
-        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n  client_allowed_sans: [scraper.example]\n",
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n  client_allowed_sans: [scraper.example, node1.scraper.example]\n",
     );
     let (exporter, rules) = setup(dir);
     let web_flag = web.display().to_string();
@@ -399,6 +400,11 @@ fn client_certificates_are_required_verified_and_matched_against_allowed_sans() 
     );
     assert_eq!(with(&addr, "other"), 0, "a SAN outside client_allowed_sans");
     assert_eq!(with(&addr, "forged"), 0, "a certificate from another CA");
+    assert_eq!(
+        with(&addr, "wild"),
+        0,
+        "a wildcard SAN is not node1.scraper.example: matched exactly, as exporter-toolkit does"
+    );
     assert_eq!(with(&addr, "client"), 200);
 }
 

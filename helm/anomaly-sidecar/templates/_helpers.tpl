@@ -58,10 +58,9 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
     {{- if .Values.webEnableLifecycle }}
     - --web.enable-lifecycle
     {{- end }}
-    {{- range .Values.notify.webhooks }}
-    - --webhook={{ . }}
-    {{- end }}
-    {{- if .Values.notify.webhooks }}
+    {{- /* Webhook URLs often carry a token: they come from a Secret, as an environment
+    variable (see env), never as args that `kubectl describe` and `ps` show. */}}
+    {{- if or .Values.notify.webhooks .Values.notify.webhooksSecret.existingSecret }}
     - --webhook-format={{ .Values.notify.webhookFormat }}
     {{- end }}
     {{- range .Values.notify.alertmanagers }}
@@ -88,13 +87,29 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
     {{- range .Values.extraArgs }}
     - {{ . }}
     {{- end }}
-  {{- if .Values.warmup.from }}
+  {{- $webhooks := or .Values.notify.webhooks .Values.notify.webhooksSecret.existingSecret }}
+  {{- if or .Values.warmup.from $webhooks }}
   env:
+    {{- if .Values.warmup.from }}
     # $(POD_NAME) in --warmup-selector: this pod's copy of each series in Prometheus.
     - name: POD_NAME
       valueFrom:
         fieldRef:
           fieldPath: metadata.name
+    {{- end }}
+    {{- if $webhooks }}
+    # Comma-separated webhook URLs, from a Secret (the chart's, or notify.webhooksSecret).
+    - name: ANOMALY_SIDECAR_WEBHOOK
+      valueFrom:
+        secretKeyRef:
+          {{- with .Values.notify.webhooksSecret.existingSecret }}
+          name: {{ . }}
+          key: {{ $.Values.notify.webhooksSecret.key }}
+          {{- else }}
+          name: {{ include "anomaly-sidecar.fullname" . }}-webhooks
+          key: webhooks
+          {{- end }}
+    {{- end }}
   {{- end }}
   ports:
     - name: http-metrics
