@@ -126,11 +126,26 @@ impl Commit {
     /// Writes the alert states and outbox records in one transaction, then flushes
     /// (blocking).
     pub fn write(self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        if self.apply()? {
+            db.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Applies the writes atomically without flushing (blocking): the caller's flush makes
+    /// them durable. True if there was anything to write.
+    pub fn apply(self) -> Result<bool, StoreError> {
         use sled::Transactional;
         if self.alerts.is_empty() && self.outbox.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let alerts = self.db.tree(TREE)?;
+        if self.outbox.is_empty() {
+            // No event: the alerts tree alone, in one batch (cheaper than a transaction).
+            crate::store::apply_ops(&alerts, self.alerts)?;
+            return Ok(true);
+        }
         // Without an outlet nothing is staged there; the alerts tree stands in.
         let outbox = self.db.tree(self.outbox_tree.unwrap_or(TREE))?;
         (&alerts, &outbox)
@@ -151,8 +166,7 @@ impl Commit {
                     StoreError::Corrupt("alert transaction aborted".into())
                 }
             })?;
-        self.db.flush()?;
-        Ok(())
+        Ok(true)
     }
 }
 

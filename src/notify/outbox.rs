@@ -8,7 +8,7 @@
 //! transaction: a new record is *staged* (invisible to delivery) until that transaction is
 //! on disk, then *published*.
 
-use crate::store::Database;
+use crate::store::{apply_ops as apply, Database};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
@@ -209,18 +209,6 @@ impl Outbox {
         st.dirty = false;
         Ok(())
     }
-}
-
-/// Applies tree writes as one batch.
-pub fn apply(tree: &sled::Tree, ops: Vec<Op>) -> sled::Result<()> {
-    let mut batch = sled::Batch::default();
-    for (k, v) in ops {
-        match v {
-            Some(v) => batch.insert(k, v),
-            None => batch.remove(k),
-        }
-    }
-    tree.apply_batch(batch)
 }
 
 /// Moves the records of a receiver's tree of the earlier layout into the shared tree, in one

@@ -28,7 +28,25 @@ impl Pipeline {
             return;
         }
         let (writer, batch) = self.store.take_batch();
-        let result = tokio::task::spawn_blocking(move || writer.write(batch)).await;
+        // The alert states and their outbox records, in one transaction after the journal
+        // sync, made durable by the same flush; their events are delivered only then.
+        let commit = self.book.take_commit();
+        let events = commit.has_events();
+        let result = tokio::task::spawn_blocking(move || {
+            writer.write_then(batch, || {
+                if events {
+                    crate::failpoint::hit("before_alert_commit");
+                }
+                commit.apply()
+            })
+        })
+        .await;
+        let written = matches!(result, Ok(Ok(())));
+        if written && events {
+            crate::failpoint::hit("after_alert_commit");
+        }
+        // Deliverable now (from memory only, if the write failed; rewritten at recovery).
+        self.book.committed(written, events);
         let result = match result {
             Ok(Ok(())) if self.store.compaction_due() => {
                 // Streams every window to the snapshot file from here (no copy of them), a
@@ -39,12 +57,8 @@ impl Pipeline {
             other => other,
         };
         let err = match result {
-            Ok(Ok(())) => self.commit_alerts().await.err(),
-            Ok(Err(e)) => {
-                let events = self.book.take_commit().has_events();
-                self.book.committed(false, events);
-                Some(e.to_string())
-            }
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
             Err(e) => Some(e.to_string()),
         };
         self.book.tick(crate::util::now_ms());
@@ -53,30 +67,6 @@ impl Pipeline {
         };
         self.failed("write", FIRST_RETRY);
         tracing::error!(error = %err, retry_in = ?FIRST_RETRY, "Cannot write to the history store; detection goes on from memory");
-    }
-
-    /// The alert states and outbox records of this scrape, in one transaction; their events
-    /// are delivered once it is on disk (or from memory, if it failed).
-    async fn commit_alerts(&mut self) -> Result<(), String> {
-        let commit = self.book.take_commit();
-        if commit.is_empty() {
-            return Ok(());
-        }
-        let events = commit.has_events();
-        if events {
-            crate::failpoint::hit("before_alert_commit");
-        }
-        let result = tokio::task::spawn_blocking(move || commit.write()).await;
-        let result = match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if events && result.is_ok() {
-            crate::failpoint::hit("after_alert_commit");
-        }
-        self.book.committed(result.is_ok(), events);
-        result
     }
 
     /// Reopens the database and writes memory back (the windows, alerts and outboxes).

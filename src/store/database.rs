@@ -11,6 +11,18 @@ use std::time::Duration;
 /// transaction hand these to its owner.
 pub type TreeOp = (Vec<u8>, Option<Vec<u8>>);
 
+/// Applies tree writes as one batch (atomic for the tree).
+pub fn apply_ops(tree: &sled::Tree, ops: Vec<TreeOp>) -> Result<(), sled::Error> {
+    let mut batch = sled::Batch::default();
+    for (k, v) in ops {
+        match v {
+            Some(v) => batch.insert(k, v),
+            None => batch.remove(k),
+        }
+    }
+    tree.apply_batch(batch)
+}
+
 /// A shared handle to the current sled database.
 #[derive(Clone)]
 pub struct Database {

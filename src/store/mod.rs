@@ -34,7 +34,7 @@ mod xor;
 pub use identity::SeriesIdentity;
 pub use ring::SampleRing;
 
-pub use database::{Database, TreeOp};
+pub use database::{apply_ops, Database, TreeOp};
 
 use files::HistoryFiles;
 use std::collections::HashMap;
@@ -191,19 +191,31 @@ impl StoreWriter {
     /// Applies a batch: the journal records (synced), then sled's changes (flushed). A kill -9
     /// anywhere loses at most this batch.
     pub fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        if batch.empty {
-            return Ok(());
+        self.write_then(batch, || Ok(false))
+    }
+
+    /// `write`, with `then` (other sled writes: the alert book's) applied after the journal
+    /// is synced and made durable by the same flush. `then` says whether it wrote anything.
+    pub fn write_then(
+        &self,
+        batch: WriteBatch,
+        then: impl FnOnce() -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        if !batch.empty {
+            let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+            files.append(&batch.journal)?;
+            self.db
+                .tree(profiles::PROFILES)?
+                .apply_batch(batch.profiles)?;
+            profiles::remove_series(&self.db, &batch.profiles_gone)?;
+            if let Some(keep) = &batch.profiles_keep {
+                profiles::retain_rules(&self.db, keep)?;
+            }
         }
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        files.append(&batch.journal)?;
-        self.db
-            .tree(profiles::PROFILES)?
-            .apply_batch(batch.profiles)?;
-        profiles::remove_series(&self.db, &batch.profiles_gone)?;
-        if let Some(keep) = &batch.profiles_keep {
-            profiles::retain_rules(&self.db, keep)?;
+        let wrote = then()?;
+        if !batch.empty || wrote {
+            self.db.flush()?;
         }
-        self.db.flush()?;
         Ok(())
     }
 }
