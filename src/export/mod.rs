@@ -35,6 +35,9 @@ pub struct AnomalyRow {
     values: [f64; 9],
     /// Bit i set: family i has a value for this row.
     present: u16,
+    /// Some series label needs renaming (`exported_*`): decided once per row, not per family
+    /// at every read.
+    renamed: bool,
 }
 
 /// The gauge values of one row, without its labels: what a scrape changes of a row that the
@@ -96,11 +99,13 @@ pub enum RowUpdate {
 
 impl AnomalyRow {
     pub fn new((head, series): (Arc<RuleHead>, Arc<SeriesIdentity>), values: RowValues) -> Self {
+        let renamed = crate::alert::labels::any_taken(series.labels(), &head.labels);
         Self {
             head,
             series,
             values: values.values,
             present: values.present,
+            renamed,
         }
     }
 
@@ -475,7 +480,7 @@ fn push_row_labels(out: &mut String, row: &AnomalyRow) {
     out.push(',');
     push_label(out, "", "metric", row.series.name());
     let rule_labels = &row.head.labels;
-    if !labels::any_taken(row.series.labels(), rule_labels) {
+    if !row.renamed {
         for (k, v) in row.series.labels() {
             out.push(',');
             push_label(out, "", k, v);

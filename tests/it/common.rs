@@ -126,6 +126,14 @@ fn answer(req: &[u8], reply: &Mutex<Reply>) -> Option<(u16, Vec<u8>)> {
     })
 }
 
+/// Held by the tests that load the machine most (hundreds of /metrics readers, bodies of tens
+/// of MB), so they do not run at the same time as each other: together they starve a 2-core
+/// machine into scrape timeouts that no one of them causes alone.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A free port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -224,6 +224,7 @@ fn cardinality_bomb_is_bounded() {
 /// limit, --max-series holds, and memory stays near one copy of the body.
 #[test]
 fn a_hundred_megabyte_scrape() {
+    let _heavy = heavy();
     let mut body = String::with_capacity(105 << 20);
     body.push_str("# TYPE http_request_duration_seconds gauge\n");
     let mut i = 0u32;
@@ -336,6 +337,7 @@ fn rules_faults() {
 /// writes dominate it; see the faults issue's notes.)
 #[test]
 fn two_hundred_concurrent_metrics_readers() {
+    let _heavy = heavy();
     let mut body = String::from("# TYPE load gauge\n");
     for i in 0..5_000u32 {
         body.push_str(&format!("load{{i=\"{i}\"}} {}\n", i % 5));
@@ -407,7 +409,8 @@ fn two_hundred_concurrent_metrics_readers() {
     assert_eq!(
         slow.concurrency.1.load(std::sync::atomic::Ordering::SeqCst),
         1,
-        "a scrape never overlaps itself"
+        "a scrape never overlaps itself: {}",
+        s.log()
     );
     assert_eq!(
         s.number(&format!("anomaly_sidecar_up{{target=\"{}\"}}", slow.name())),
@@ -580,9 +583,13 @@ fn slowloris_clients_are_cut_off() {
 /// `--web.write-timeout` they are cut off and a reader that waits behind them is answered.
 #[test]
 fn stalled_metrics_readers_are_cut_off_and_free_their_slots() {
+    let _heavy = heavy();
+    // Long label values make each /metrics body far larger than the socket buffers of a
+    // client that reads nothing (~20k rows × 6 families × ~400 bytes).
+    let pad = "p".repeat(300);
     let mut body = String::from("# TYPE load gauge\n");
     for i in 0..20_000u32 {
-        body.push_str(&format!("load{{i=\"{i}\"}} {}\n", i % 5));
+        body.push_str(&format!("load{{i=\"{i}\",pad=\"{pad}\"}} {}\n", i % 5));
     }
     let exporter = Exporter::start(Reply::Body(body));
     let dir = tempfile::tempdir().unwrap();
@@ -605,7 +612,6 @@ fn stalled_metrics_readers_are_cut_off_and_free_their_slots() {
             .count();
         (rows == 20_000).then_some(())
     });
-    // ~30 MB a body: far more than the socket buffers of a client that reads nothing.
     let stalled: Vec<std::net::TcpStream> = (0..16)
         .map(|_| {
             let mut c = std::net::TcpStream::connect(&s.addr).unwrap();

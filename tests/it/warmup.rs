@@ -133,6 +133,8 @@ fn an_unreachable_prometheus_is_a_warning_and_the_sidecar_runs() {
         &exporter.url(),
         "--warmup-from",
         "ftp://reader:pa55word@prometheus:9090/?token=t0ken1",
+        "--listen",
+        "127.0.0.1:0",
         "--data-dir",
         dir.path().join("d2").to_str().unwrap(),
     ]);
