@@ -343,6 +343,21 @@ impl AlertBook {
         self.announce(ev);
     }
 
+    /// Gives `ev` the severity and rule labels its alert fired with, if the book holds it (a
+    /// rule edited while its alert fires keeps that alert's labels until it resolves).
+    pub fn fired_labels(&self, id: SeriesId, ev: &mut AlertEvent) {
+        let fired = self
+            .active
+            .get(&(id, ev.rule.clone()))
+            .and_then(|a| a.event.as_ref());
+        if let Some(fired) = fired {
+            if fired.severity != ev.severity || fired.rule_labels != ev.rule_labels {
+                ev.severity = fired.severity.clone();
+                ev.rule_labels = fired.rule_labels.clone();
+            }
+        }
+    }
+
     /// Supplies the firing event of an alert restored without one (a record of the earlier
     /// layout), so it can be re-sent and resolved like any other.
     pub fn adopt(&mut self, id: SeriesId, ev: AlertEvent) {

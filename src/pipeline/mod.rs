@@ -365,6 +365,10 @@ impl Pipeline {
                 .with_label_values(&[&rule, tr.as_str()])
                 .inc();
         }
+        // A firing alert is shown with the labels it fired with, as Alertmanager has it.
+        for ((_, id), view) in batch.export.alerts.iter_mut().filter(|(_, v)| v.firing) {
+            self.book.fired_labels(*id, &mut view.event);
+        }
         self.exporter.apply(&mut batch.export);
         for (id, change) in batch.alerts {
             match change {

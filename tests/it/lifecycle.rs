@@ -244,6 +244,9 @@ fn series_differing_only_in_a_label_the_sidecar_sets_are_two_alerts() {
 #[test]
 fn an_annotation_edit_and_a_restart_keep_the_incident_and_a_removed_rule_resolves_it() {
     let dir = tempfile::tempdir().unwrap();
+    let Some(am) = Am::start(dir.path()) else {
+        return;
+    };
     let rules = write(
         dir.path(),
         "rules.yaml",
@@ -251,12 +254,26 @@ fn an_annotation_edit_and_a_restart_keep_the_incident_and_a_removed_rule_resolve
     );
     let exporter = Exporter::start(Reply::Body(body(&[("", 5.0)])));
     let hook = Webhook::start_on(0, vec![]);
-    let args = ["--webhook", &hook.url(), "--rules-check-interval", "200ms"];
+    let (hook_url, am_url) = (hook.url(), am.url());
+    let args = [
+        "--webhook",
+        hook_url.as_str(),
+        "--alertmanager",
+        am_url.as_str(),
+        "--resend-delay",
+        "1s",
+        "--rules-check-interval",
+        "200ms",
+    ];
     let s = Sidecar::start(dir.path(), &rules, &[exporter.url()], &args);
     std::thread::sleep(Duration::from_millis(500));
     exporter.set_body(body(&[("", 500.0)]));
     let fired = hook.wait_distinct(1);
     assert_eq!(status(&fired[0]), "firing");
+    let in_am = wait_for("firing in alertmanager", T, || {
+        am.active("too_high").filter(|a| a.len() == 1)
+    });
+    let starts_at = in_am[0]["startsAt"].clone();
 
     // Edited while firing (reload), then a restart with the same data: the same incident.
     write(
@@ -287,6 +304,14 @@ fn an_annotation_edit_and_a_restart_keep_the_incident_and_a_removed_rule_resolve
         0,
         "restored, not fired anew"
     );
+    // Alertmanager and /api/v1/alerts agree: one alert, the one that fired, with its labels.
+    let in_am = am.active("too_high").unwrap();
+    assert_eq!(in_am.len(), 1, "{in_am:#?}");
+    assert_eq!(in_am[0]["startsAt"], starts_at);
+    assert_eq!(in_am[0]["labels"]["severity"], "warning");
+    let api = api_alerts(&s);
+    assert_eq!(api.len(), 1);
+    assert_eq!(api[0]["labels"], in_am[0]["labels"]);
 
     // Renamed: the old rule's alert resolves with a reason, under the labels it fired with;
     // the new one fires as its own incident.
@@ -316,6 +341,12 @@ fn an_annotation_edit_and_a_restart_keep_the_incident_and_a_removed_rule_resolve
         status(g) == "firing" && g.body["alerts"][0]["labels"]["alertname"] == "too_high_renamed"
     });
     assert!(renamed.is_some(), "{got:#?}");
+    wait_for("the old alert resolved in alertmanager", T, || {
+        am.active("too_high").filter(|a| a.is_empty())
+    });
+    wait_for("the renamed one firing there", T, || {
+        am.active("too_high_renamed").filter(|a| a.len() == 1)
+    });
 }
 
 #[test]
