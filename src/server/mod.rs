@@ -38,6 +38,9 @@ pub const METRICS_IN_FLIGHT: usize = 16;
 
 /// Largest request body we accept (we read none; a larger declared one is refused).
 const MAX_REQUEST_BODY: u64 = 64 << 10;
+/// A refused body up to this size is read and dropped before the answer, as Go's server does
+/// (256 KiB): closing a socket with unread data resets it, and the client may lose the 413.
+const DRAIN_REFUSED_BODY: u64 = 256 << 10;
 /// A client must finish its TLS handshake or its request headers within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -175,10 +178,18 @@ async fn handle(
             );
             r
         }
-        Ok(()) if declared.is_some_and(|n| n > MAX_REQUEST_BODY) => text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body larger than {MAX_REQUEST_BODY} bytes\n"),
-        ),
+        Ok(()) if declared.is_some_and(|n| n > MAX_REQUEST_BODY) => {
+            if declared.is_some_and(|n| n <= DRAIN_REFUSED_BODY) {
+                use http_body_util::BodyExt;
+                let body =
+                    http_body_util::Limited::new(req.into_body(), DRAIN_REFUSED_BODY as usize);
+                let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, body.collect()).await;
+            }
+            text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {MAX_REQUEST_BODY} bytes\n"),
+            )
+        }
         Ok(()) => route(state, req).await,
     };
     for (name, value) in applied.headers() {
