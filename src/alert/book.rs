@@ -8,7 +8,7 @@
 //! or a detector parameter changing never makes a new incident.
 //!
 //! Crash ordering: an alert's state and its outbox records are written in one sled
-//! transaction (`Commit::write`), and events are delivered only after it is on disk. A kill
+//! transaction (`Commit::apply`, made durable by the scrape's one flush), and events are delivered only after it is on disk. A kill
 //! at any point leaves either neither (the next evaluation decides again) or both (the event
 //! is delivered after the restart, and the restored state never fires it twice).
 
@@ -123,8 +123,8 @@ impl Commit {
         self.alerts.is_empty() && self.outbox.is_empty()
     }
 
-    /// Writes the alert states and outbox records in one transaction, then flushes
-    /// (blocking).
+    /// `apply`, then a flush of its own (the pipeline flushes with the journal instead).
+    #[cfg(test)]
     pub fn write(self) -> Result<(), StoreError> {
         let db = self.db.clone();
         if self.apply()? {
@@ -448,7 +448,7 @@ impl AlertBook {
         n.resend(&alerts);
     }
 
-    /// The writes since the last commit, to apply off the runtime (`Commit::write`), then
+    /// The writes since the last commit, to apply off the runtime (`Commit::apply`), then
     /// report with `committed`.
     pub fn take_commit(&mut self) -> Commit {
         Commit {

@@ -8,7 +8,7 @@
 //! transaction: a new record is *staged* (invisible to delivery) until that transaction is
 //! on disk, then *published*.
 
-use crate::store::{apply_ops as apply, Database};
+use crate::store::Database;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
@@ -145,10 +145,15 @@ impl Outbox {
         st.dirty |= !durable;
     }
 
-    /// Stages, writes and publishes a record at once (no alert state goes with it).
+    /// Stages, writes and publishes a record at once (tests; the alert book stages records in
+    /// its own transaction).
+    #[cfg(test)]
     pub fn push(&self, record: &Record) -> (u64, sled::Result<()>) {
         let (ops, dropped) = self.stage(record);
-        let written = self.db.tree(TREE).and_then(|t| apply(&t, ops));
+        let written = self
+            .db
+            .tree(TREE)
+            .and_then(|t| crate::store::apply_ops(&t, ops));
         self.publish(written.is_ok());
         (dropped, written)
     }
@@ -287,7 +292,7 @@ mod tests {
         assert_eq!((ops.len(), dropped), (1, 0));
         assert!(o.head().is_none(), "staged, not deliverable");
         assert_eq!(o.len(), 1);
-        apply(&db.tree(TREE).unwrap(), ops).unwrap();
+        crate::store::apply_ops(&db.tree(TREE).unwrap(), ops).unwrap();
         o.publish(true);
         assert_eq!(o.head().unwrap().1, rec(1));
     }
