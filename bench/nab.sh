@@ -5,8 +5,15 @@
 # as an operator would have, then prints the scorer's summary twice: for the events (the
 # rules' own operating point: where alerts fired) and for the scores (threshold tuned by
 # the scorer).
+#   bench/nab.sh --cv [GRID]   leave-one-category-out choice over a grid of rules
+#                              (default bench/nab-grid.json; see bench/nab_cv.py)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+if [ "${1:-}" = "--cv" ]; then
+  bin=${ANOMALY_SIDECAR:-$root/target/release/anomaly-sidecar}
+  [ -x "$bin" ] || cargo build --release --manifest-path "$root/Cargo.toml"
+  exec python3 "$root/bench/nab_cv.py" --bin "$bin" --grid "${2:-$root/bench/nab-grid.json}"
+fi
 rules=${1:-$root/bench/nab-rules.yaml}
 eval_dir=${NAB_EVAL:-$root/../shared/eval}
 bin=${ANOMALY_SIDECAR:-$root/target/release/anomaly-sidecar}

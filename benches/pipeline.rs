@@ -1,7 +1,8 @@
 //! Criterion benches of the hot path, one stage at a time:
 //!   cargo bench --bench pipeline                 (all; add a filter, e.g. `-- parse`)
-//! - detect: one sample judged, folded into the method's state and pushed into the window,
-//!   per method, at window 60 and 1000;
+//! - detect: one sample judged (detector, then the rule's guard), folded into the method's
+//!   state and pushed into the window unless it is an incident, per method, at window 60
+//!   and 1000;
 //! - parse: a scrape body as a scrape takes it (UTF-8 check, then the series index's one
 //!   pass: every line parsed when all series are new, values only in the steady state), in
 //!   MB/s, beside the other Rust parsers found (prometheus-parse 0.2.5,
@@ -59,6 +60,12 @@ fn detect(c: &mut Criterion) {
     for window in [60usize, 1000] {
         for (name, method) in methods(window) {
             let mut w = Window::new(window, method.needs_sorted());
+            let guard = detect::Guard {
+                min_delta_pct: 10.0,
+                resolve_below: 0.7,
+                relearn: detect::Relearn::Samples(window as u32),
+                ..detect::Guard::default()
+            };
             let mut state = method.new_state();
             // 15 s scrapes: a seasonal series moves to its next 5-minute bucket every 20.
             let mut ts_ms = 0i64;
@@ -79,9 +86,16 @@ fn detect(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(name, window), |b| {
                 b.iter(|| {
                     let v = next();
-                    let verdict = detect::evaluate_with(&method, &w, &state, ts_ms, v, 10);
-                    detect::update(&method, &mut state, ts_ms, v);
-                    w.push(v);
+                    let mut verdict = detect::evaluate_with(&method, &w, &state, ts_ms, v, 10);
+                    // The rule's guard and the incident check, as every evaluation runs them.
+                    if let Some(verdict) = &mut verdict {
+                        guard.apply(verdict, v);
+                    }
+                    let ready = detect::baseline_ready(&method, &w, &state, ts_ms, 10);
+                    if !(ready && verdict.as_ref().is_some_and(|v| v.anomalous)) {
+                        detect::update(&method, &mut state, ts_ms, v);
+                        w.push(v);
+                    }
                     ts_ms += 15_000;
                     black_box(verdict)
                 })

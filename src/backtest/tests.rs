@@ -100,3 +100,75 @@ fn active_share_weighs_rows_by_their_time() {
     // Rows 0 and 3 hold for a minute each, of a 4-minute span; the last row ends it.
     assert!((share - 0.5).abs() < 1e-12);
 }
+
+/// A series at 10..12 with rows `from..to` at `level`.
+fn shifted(n: usize, from: usize, to: usize, level: f64) -> Recorded {
+    let spikes: Vec<(usize, f64)> = (from..to).map(|i| (i, level + (i % 3) as f64)).collect();
+    series(n, &spikes)
+}
+
+fn active_rows(r: &Replay) -> Vec<usize> {
+    (0..r.active.len()).filter(|&i| r.active[i]).collect()
+}
+
+#[test]
+fn an_incident_stays_firing_while_it_lasts_and_resolves_when_it_ends() {
+    // 40 rows at 25 after 100 normal ones. Before, the 60-row window took them in: the band
+    // widened and the alert resolved while the value was still 25.
+    let r = replay(&rules(ZSCORE), &shifted(200, 100, 140, 25.0));
+    assert_eq!(r.firings, vec![100], "one firing");
+    assert_eq!(active_rows(&r), (100..140).collect::<Vec<_>>());
+    // Back to normal: nothing more (the baseline is the one from before the incident).
+    assert!(r.scores[141..].iter().all(|s| *s < 0.5));
+}
+
+#[test]
+fn a_shift_that_outlasts_relearn_after_becomes_the_new_normal_once() {
+    let yaml = format!("{ZSCORE}    window: 30\n");
+    let r = replay(&rules(&yaml), &shifted(300, 100, 300, 25.0));
+    // Relearnt after a window's worth of rows (the default), not fired again.
+    assert_eq!(r.firings, vec![100]);
+    assert_eq!(active_rows(&r), (100..129).collect::<Vec<_>>());
+    // `never` keeps it firing to the end; a duration counts data time (60 s rows).
+    let never = replay(
+        &rules(&format!("{yaml}    relearn_after: never\n")),
+        &shifted(300, 100, 300, 25.0),
+    );
+    assert_eq!(active_rows(&never), (100..300).collect::<Vec<_>>());
+    let ten = replay(
+        &rules(&format!("{yaml}    relearn_after: 10m\n")),
+        &shifted(300, 100, 300, 25.0),
+    );
+    assert_eq!(ten.firings, vec![100]);
+    assert_eq!(active_rows(&ten), (100..110).collect::<Vec<_>>());
+}
+
+#[test]
+fn hysteresis_holds_an_alert_through_a_dip_below_the_threshold() {
+    // Normal 10..12 (std ~0.82, z 3 band up to ~13.5); the incident at 16..18, with a dip
+    // to 13 (score ~0.8 of the threshold) in the middle.
+    let mut s = shifted(80, 50, 60, 16.0);
+    s.rows[55].value = 13.0;
+    let r = replay(&rules(ZSCORE), &s);
+    assert_eq!(r.firings, vec![50]);
+    assert_eq!(active_rows(&r), (50..60).collect::<Vec<_>>());
+    // resolve_below: 1 is the old behaviour: the dip resolves and the rest fires again.
+    let plain = replay(&rules(&format!("{ZSCORE}    resolve_below: 1\n")), &s);
+    assert_eq!(plain.firings, vec![50, 56]);
+}
+
+#[test]
+fn min_delta_and_direction_decide_what_matters() {
+    // A drop to 5 and a rise to 16: z far past 3 both times.
+    let s = series(80, &[(40, 5.0), (60, 16.0)]);
+    assert_eq!(replay(&rules(ZSCORE), &s).firings, vec![40, 60]);
+    let up = format!("{ZSCORE}    direction: up\n");
+    assert_eq!(replay(&rules(&up), &s).firings, vec![60]);
+    // The baseline is ~10.98: 5 is 5.98 below it, 16 is 5.02 above.
+    let big = format!("{ZSCORE}    min_delta: 5.5\n");
+    assert_eq!(replay(&rules(&big), &s).firings, vec![40]);
+    let pct = format!("{ZSCORE}    min_delta_pct: 40\n");
+    assert_eq!(replay(&rules(&pct), &s).firings, vec![40, 60]);
+    let pct = format!("{ZSCORE}    min_delta_pct: 50\n");
+    assert_eq!(replay(&rules(&pct), &s).firings, vec![40]);
+}

@@ -2,6 +2,7 @@
 //! a validated `RuleSet` built in one pass that collects every error with file:line:column and
 //! the rule's name. Nothing after this module reads YAML.
 
+mod guard;
 mod raw;
 mod validate;
 
@@ -112,6 +113,8 @@ pub struct Rule {
     /// min_samples): stored seasonal profiles belong to it, so an annotation edit keeps them
     /// and a detector change starts them afresh. Alerts belong to the name alone.
     pub profile_key: String,
+    /// Side, minimum deviation, hysteresis and relearning, the same for every method.
+    pub guard: crate::detect::Guard,
     /// `for`, `keep_firing_for` and `min_anomalous` as the alert state machine takes them,
     /// computed once at load (every evaluation asks).
     pub policy: crate::alert::Policy,

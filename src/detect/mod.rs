@@ -23,15 +23,18 @@
 //! trend (relative change in % / deviation_pct) when the run is monotone, else 0;
 //! mad |x − median| / (k · scale); ewma |z| / z_threshold.
 
+pub mod guard;
 mod robust;
 pub mod seasonal;
 pub mod window;
 
+pub use guard::{Guard, Relearn, Side};
 pub use robust::Ewma;
 pub use seasonal::Seasonal;
 pub use window::Window;
 
-/// Below this the history is considered flat and z-scores are meaningless.
+/// Below this the history is considered flat and z-scores are meaningless: a value off the
+/// plateau is judged by `plateau` (and the rule's minimum deviation, `guard`).
 const MIN_STDDEV: f64 = 1e-6;
 
 /// Comparison of a threshold rule.
@@ -139,6 +142,29 @@ pub fn update(method: &Method, state: &mut State, ts_ms: i64, x: f64) -> Option<
     }
 }
 
+/// Whether `history` and `state` are a baseline worth protecting at `ts_ms`: once it holds
+/// `min_samples` values (for a seasonal rule: once the sample's own bucket does), samples
+/// that belong to an incident stay out of it. Before that everything is learnt: a pattern
+/// seen for the first time (a daily square wave's first rise) would otherwise be judged an
+/// incident forever, never having been learnt.
+pub fn baseline_ready(
+    method: &Method,
+    history: &Window,
+    state: &State,
+    ts_ms: i64,
+    min_samples: usize,
+) -> bool {
+    let min = min_samples.max(2);
+    match (method, state) {
+        (Method::Threshold { .. } | Method::Trend { .. }, _) => false,
+        (Method::Ewma { .. }, State::Ewma(e)) => e.count() >= min as u64,
+        (Method::Seasonal { season_ms, .. }, State::Seasonal(p)) => p
+            .stats(p.bucket_of(*season_ms, ts_ms))
+            .is_some_and(|(_, _, n)| n as usize >= min),
+        _ => history.len() >= min,
+    }
+}
+
 /// Direction of a trend, or of a deviation from the baseline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Direction {
@@ -221,7 +247,8 @@ pub fn evaluate_with(
         }
         Method::Ewma { z_threshold, .. } => {
             if let State::Ewma(e) = state {
-                robust::ewma(&mut v, e, x, min_samples, z_threshold);
+                let full = history.len() >= history.capacity();
+                robust::ewma(&mut v, e, x, min_samples, z_threshold, full);
             }
         }
         Method::Seasonal {
@@ -260,6 +287,9 @@ fn zscore(v: &mut Verdict, history: &Window, x: f64, min_samples: usize, z_thres
     v.lower_bound = Some(mean - z_threshold * std);
     v.upper_bound = Some(mean + z_threshold * std);
     if std < MIN_STDDEV {
+        if history.len() >= history.capacity() {
+            plateau(v, mean, x);
+        }
         return;
     }
     let z = (x - mean).abs() / std;
@@ -270,6 +300,27 @@ fn zscore(v: &mut Verdict, history: &Window, x: f64, min_samples: usize, z_thres
     } else {
         Direction::Falling
     });
+}
+
+/// A flat history (spread under `MIN_STDDEV`) over a whole window (a few equal values are
+/// only a series that updates slower than it is scraped): any value off it is past every
+/// z-threshold, so it is anomalous, with a score that grows with the distance (`1 + off / max(|mean|, 1)`,
+/// as mad and iqr score a plateau). A rule's `min_delta` decides which steps matter.
+pub(crate) fn plateau(v: &mut Verdict, mean: f64, x: f64) {
+    let off = (x - mean).abs();
+    v.anomalous = off >= MIN_STDDEV;
+    v.score = if v.anomalous {
+        1.0 + off / mean.abs().max(1.0)
+    } else {
+        0.0
+    };
+    if v.anomalous {
+        v.direction = Some(if x > mean {
+            Direction::Rising
+        } else {
+            Direction::Falling
+        });
+    }
 }
 
 fn iqr(v: &mut Verdict, history: &Window, x: f64, min_samples: usize, k: f64) {

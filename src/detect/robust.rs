@@ -123,12 +123,25 @@ impl Ewma {
         self.mean
     }
 
+    /// Values folded in.
+    pub fn count(&self) -> u64 {
+        self.n
+    }
+
     pub fn stddev(&self) -> f64 {
         self.var.max(0.0).sqrt()
     }
 }
 
-pub(super) fn ewma(v: &mut Verdict, e: &Ewma, x: f64, min_samples: usize, z_threshold: f64) {
+/// `full`: the rule's window is full, so a flat history is one (see `plateau`).
+pub(super) fn ewma(
+    v: &mut Verdict,
+    e: &Ewma,
+    x: f64,
+    min_samples: usize,
+    z_threshold: f64,
+    full: bool,
+) {
     if e.n < min_samples.max(2) as u64 {
         return;
     }
@@ -139,6 +152,9 @@ pub(super) fn ewma(v: &mut Verdict, e: &Ewma, x: f64, min_samples: usize, z_thre
     v.upper_bound = Some(mean + z_threshold * std);
     if std.is_nan() || std < MIN_STDDEV {
         v.zscore = None;
+        if full {
+            super::plateau(v, mean, x);
+        }
         return;
     }
     let z = (x - mean) / std;

@@ -39,8 +39,14 @@ impl Seasonal {
         let n = self.buckets.len() as i64;
         let season = season_ms.max(1);
         let at = ts_ms.rem_euclid(season);
-        // at · n / season in i128: a week in ms times thousands of buckets overflows nothing.
-        ((i128::from(at) * i128::from(n) / i128::from(season)) as i64).clamp(0, n - 1) as u32
+        // at · n / season: in i64 whenever it fits (a week in ms times a million buckets
+        // does), else in i128; an i128 division is several times slower and every
+        // evaluation of a seasonal rule asks.
+        let i = match at.checked_mul(n) {
+            Some(p) => p / season,
+            None => (i128::from(at) * i128::from(n) / i128::from(season)) as i64,
+        };
+        i.clamp(0, n - 1) as u32
     }
 
     /// Mean, standard deviation (n − 1) and count of bucket `i`; None with fewer than two

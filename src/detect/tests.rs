@@ -44,10 +44,56 @@ fn zscore_needs_min_samples_and_spread() {
     let v = evaluate(&Z, &h, 1e9, 10).unwrap();
     assert!(!v.anomalous, "9 history values < min_samples 10");
     let flat = window(&[5.0; 20], false);
-    let v = evaluate(&Z, &flat, 1e9, 10).unwrap();
-    assert!(!v.anomalous, "std < 1e-6 is normal");
+    assert!(!evaluate(&Z, &flat, 5.0, 10).unwrap().anomalous);
+    // A flat history: the first value off it is judged at once (it used to be "normal"
+    // until the jump itself was in the window, so a one-scrape burst was never seen).
+    let v = evaluate(&Z, &flat, 55.0, 10).unwrap();
+    assert!(v.anomalous, "a step off a plateau");
     assert_eq!(v.zscore, None);
+    assert_eq!(v.score, 1.0 + 50.0 / 5.0);
+    assert_eq!(v.direction, Some(Direction::Rising));
+    assert!(evaluate(&Z, &flat, 1e9, 10).unwrap().score > v.score);
 }
+
+#[test]
+fn an_error_rate_flat_at_zero_fires_on_its_first_burst_unless_below_min_delta() {
+    // 0 errors/s for an hour, then 50/s: every flat-history method fires on that scrape.
+    let zeros = window(&[0.0; 60], false);
+    let mut ewma = Method::Ewma {
+        alpha: 0.1,
+        z_threshold: 3.0,
+    }
+    .new_state();
+    let seasonal = Method::Seasonal {
+        season_ms: 86_400_000,
+        buckets: 24,
+        z_threshold: 3.0,
+        memory: 60,
+    };
+    let mut profile = seasonal.new_state();
+    for i in 0..60 {
+        crate::detect::update(&EWMA, &mut ewma, i * 15_000, 0.0);
+        crate::detect::update(&seasonal, &mut profile, i * 15_000, 0.0);
+    }
+    for (m, state) in [(&Z, &State::None), (&EWMA, &ewma), (&seasonal, &profile)] {
+        let v = evaluate_with(m, &zeros, state, 60 * 15_000, 50.0, 10).unwrap();
+        assert!(v.anomalous, "{}", m.name());
+        // With min_delta 100 a burst of 50/s is below what the rule cares about.
+        let mut gated = v.clone();
+        let g = crate::detect::Guard {
+            min_delta: 100.0,
+            ..Default::default()
+        };
+        g.apply(&mut gated, 50.0);
+        assert!(!gated.anomalous, "{}", m.name());
+        assert_eq!(gated.score, 0.5);
+    }
+}
+
+const EWMA: Method = Method::Ewma {
+    alpha: 0.1,
+    z_threshold: 3.0,
+};
 
 #[test]
 fn iqr_worked_example() {
@@ -163,6 +209,44 @@ fn non_finite_values_are_skipped() {
 }
 
 proptest! {
+    /// With any guard, every method's verdict keeps its meaning: anomalous only at a score
+    /// ≥ 1, never on the side the rule ignores, never closer to the baseline than the
+    /// minimum deviation; and a guard only ever takes anomalies away.
+    #[test]
+    fn a_guard_keeps_score_and_verdict_consistent(
+        values in prop::collection::vec(-1e3f64..1e3, 12..60),
+        x in -5e3f64..5e3,
+        side in prop::sample::select(vec![Side::Up, Side::Down, Side::Both]),
+        min_delta in prop::sample::select(vec![0.0, 1.0, 100.0]),
+        min_delta_pct in prop::sample::select(vec![0.0, 10.0, 300.0]),
+    ) {
+        let g = Guard { side, min_delta, min_delta_pct, ..Guard::default() };
+        let methods = [
+            Z,
+            Method::Iqr { iqr_factor: 1.5 },
+            Method::Mad { mad_threshold: 3.5 },
+            Method::Trend { trend_window: 5, deviation_pct: 20.0 },
+        ];
+        for m in methods {
+            let h = window(&values, m.needs_sorted());
+            let Some(before) = evaluate(&m, &h, x, 10) else { continue };
+            let mut v = before.clone();
+            g.apply(&mut v, x);
+            prop_assert!(!v.anomalous || before.anomalous, "{}", m.name());
+            if v.anomalous {
+                prop_assert!(v.score >= 1.0, "{} {:?}", m.name(), v);
+                let center = (v.lower_bound.unwrap() + v.upper_bound.unwrap()) / 2.0;
+                let need = min_delta.max(min_delta_pct / 100.0 * center.abs());
+                prop_assert!((x - center).abs() >= need * (1.0 - 1e-12), "{} {:?}", m.name(), v);
+                match side {
+                    Side::Up => prop_assert_eq!(v.direction, Some(Direction::Rising)),
+                    Side::Down => prop_assert_eq!(v.direction, Some(Direction::Falling)),
+                    Side::Both => {}
+                }
+            }
+        }
+    }
+
     /// A constant series never fires a zscore or iqr rule.
     #[test]
     fn constant_never_fires(c in -1e9f64..1e9, n in 10usize..100) {

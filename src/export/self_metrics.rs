@@ -16,6 +16,7 @@ pub struct SelfMetrics {
     pub dropped_series_total: IntCounterVec,
     pub rule_evaluations_total: IntCounterVec,
     pub transitions_total: IntCounterVec,
+    pub relearned_total: IntCounterVec,
     pub rules_last_reload_successful: IntGauge,
     pub rules_last_reload_success_timestamp_seconds: Gauge,
     pub store_errors_total: IntCounterVec,
@@ -79,6 +80,13 @@ impl SelfMetrics {
                     "Alert state transitions of the rule, by new state.",
                 ),
                 &["rule", "to"],
+            )?,
+            relearned_total: IntCounterVec::new(
+                opts(
+                    "relearned_total",
+                    "Shifts the rule accepted as the new normal after relearn_after (their alerts resolve with reason=new_normal).",
+                ),
+                &["rule"],
             )?,
             rules_last_reload_successful: IntGauge::with_opts(opts(
                 "rules_last_reload_successful",
@@ -152,6 +160,7 @@ impl SelfMetrics {
         registry.register(Box::new(m.dropped_series_total.clone()))?;
         registry.register(Box::new(m.rule_evaluations_total.clone()))?;
         registry.register(Box::new(m.transitions_total.clone()))?;
+        registry.register(Box::new(m.relearned_total.clone()))?;
         registry.register(Box::new(m.rules_last_reload_successful.clone()))?;
         registry.register(Box::new(
             m.rules_last_reload_success_timestamp_seconds.clone(),

@@ -360,6 +360,11 @@ impl Pipeline {
         for (id, key, bucket, bytes) in batch.profiles.drain(..) {
             self.store.set_profile_bucket(id, &key, bucket, &bytes);
         }
+        for ri in batch.relearned.drain(..) {
+            m.relearned_total
+                .with_label_values(&[&self.names[ri]])
+                .inc();
+        }
         for (rule, tr) in batch.transitions.drain(..) {
             m.transitions_total
                 .with_label_values(&[&rule, tr.as_str()])
@@ -544,6 +549,9 @@ fn evaluate_rule(
         return;
     };
     let (x, verdict, before, transition) = (step.x, step.verdict, step.before, step.transition);
+    if step.relearned {
+        b.relearned.push(ri);
+    }
     if let Some(bytes) = step
         .finished_bucket
         .and_then(|i| Some((i, state.profile_bucket(i)?)))
@@ -596,7 +604,14 @@ fn evaluate_rule(
                 Change::Fired(event(rule, identity, true, now, since, x, verdict))
             }
             Transition::Resolved => {
-                Change::Resolved(event(rule, identity, false, now, since, x, verdict))
+                let mut ev = event(rule, identity, false, now, since, x, verdict);
+                if step.relearned {
+                    // The shift lasted relearn_after: resolved as the new normal, not because
+                    // the value came back.
+                    ev.annotations
+                        .insert("reason".to_string(), "new_normal".to_string());
+                }
+                Change::Resolved(ev)
             }
         };
         b.alerts.push((id, change));
@@ -627,6 +642,8 @@ struct Batch {
     )>,
     /// Evaluations per rule index.
     evaluations: Vec<u64>,
+    /// Rule indices, once per baseline relearned (`anomaly_sidecar_relearned_total`).
+    relearned: Vec<usize>,
     /// The number of the target's previous scrape, and how many of its series came back.
     previous_scrape: u64,
     reseen: usize,

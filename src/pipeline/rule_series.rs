@@ -26,6 +26,12 @@ struct Extra {
     detector: detect::State,
     /// The last verdicts, newest in bit 0 (`min_anomalous` rules).
     recent: u64,
+    /// Consecutive samples kept out of the baseline (an incident), and when the first was.
+    excluded: u32,
+    excluded_since_ms: i64,
+    /// Samples taken into an owned window since the last one kept out: a rule that shares
+    /// the store's values goes back to sharing them once the window is all clean again.
+    clean: u32,
 }
 
 // One per rule and series: at 100k series every 8 bytes is 0.8 MB of the 250 MB budget.
@@ -45,6 +51,9 @@ pub(crate) struct Step {
     pub transition: Option<Transition>,
     /// The seasonal bucket the series just left (its statistics to persist).
     pub finished_bucket: Option<u32>,
+    /// The shift lasted `relearn_after`: the baseline was rebuilt from it and the alert
+    /// ended (`reason=new_normal`).
+    pub relearned: bool,
 }
 
 impl RuleSeries {
@@ -62,9 +71,10 @@ impl RuleSeries {
     }
 
     /// Judges the newest sample of `ring` (a series' raw samples): transform, detector
-    /// against the history, the value into the history, then the alert. The live pipeline
-    /// and `backtest` both run exactly this. None when there is nothing to judge (a rate's
-    /// first sample, a non-finite value).
+    /// against the baseline, the rule's guard (side, minimum deviation, hysteresis), the
+    /// alert, then the value into the baseline unless it belongs to an incident. The live
+    /// pipeline and `backtest` both run exactly this. None when there is nothing to judge (a
+    /// rate's first sample, a non-finite value).
     #[inline]
     pub(crate) fn step(
         &mut self,
@@ -76,7 +86,7 @@ impl RuleSeries {
         let prev = ring.len().checked_sub(2).and_then(|i| ring.get(i));
         let x = transform(rule.transform, counter_like, prev, (now, value))?;
         let detector = self.extra.as_deref().map_or(&NO_DETECTOR, |e| &e.detector);
-        let verdict = detect::evaluate_with(
+        let mut verdict = detect::evaluate_with(
             &rule.method,
             &self.window,
             detector,
@@ -84,28 +94,120 @@ impl RuleSeries {
             x,
             rule.min_samples,
         )?;
-        push_to_window(&mut self.window, x, ring);
-        let finished_bucket = match &mut self.extra {
-            Some(e) => detect::update(&rule.method, &mut e.detector, now, x),
-            None => None,
-        };
+        rule.guard.apply(&mut verdict, x);
         let policy = &rule.policy;
+        let open = self.alert != AlertState::Inactive;
+        let judged = rule.guard.condition(&verdict, open);
         let condition = if policy.of <= 1 {
-            verdict.anomalous
+            judged
         } else {
             let extra = self.extra.get_or_insert_with(Box::default);
-            policy.condition(&mut extra.recent, verdict.anomalous)
+            policy.condition(&mut extra.recent, judged)
         };
         let before = self.alert;
-        let transition = self.alert.step(condition, now, policy);
-        Some(Step {
+        let mut transition = self.alert.step(condition, now, policy);
+        let mut step = Step {
             x,
             verdict,
             before,
-            transition,
-            finished_bucket,
-        })
+            transition: None,
+            finished_bucket: None,
+            relearned: false,
+        };
+        let ready = {
+            let detector = self.extra.as_deref().map_or(&NO_DETECTOR, |e| &e.detector);
+            detect::baseline_ready(&rule.method, &self.window, detector, now, rule.min_samples)
+        };
+        let incident = ready && (step.verdict.anomalous || self.alert != AlertState::Inactive);
+        if incident {
+            // (not on the evaluation that fires: the alert is announced first)
+            let may_relearn = transition != Some(Transition::Firing);
+            if self.keep_out(rule, counter_like, ring, may_relearn) {
+                transition = self.alert.end();
+                step.relearned = true;
+            }
+        } else {
+            step.finished_bucket = self.learn(rule, counter_like, ring, x);
+        }
+        step.transition = transition;
+        Some(step)
     }
+
+    /// The newest sample belongs to an incident: it stays out of the baseline, so the band
+    /// the incident is judged against is the one from before it (a window that took it in
+    /// widened until it looked normal). True when the shift has lasted `relearn_after` and
+    /// the baseline was rebuilt from it (the caller ends the alert).
+    fn keep_out(
+        &mut self,
+        rule: &Rule,
+        counter_like: bool,
+        ring: &SampleRing,
+        may_relearn: bool,
+    ) -> bool {
+        let Some((now, _)) = ring.back() else {
+            return false;
+        };
+        let e = self.extra.get_or_insert_with(Box::default);
+        if e.excluded == 0 {
+            e.excluded_since_ms = now;
+        }
+        e.excluded = e.excluded.saturating_add(1);
+        e.clean = 0;
+        if may_relearn && rule.guard.relearn_due(e.excluded, e.excluded_since_ms, now) {
+            self.relearn(rule, counter_like, ring);
+            return true;
+        }
+        if self.window.is_shared() {
+            // The store keeps every sample; the baseline must not: own the window.
+            let before_x = ring.iter().take(ring.len().saturating_sub(1)).map(|s| s.1);
+            self.window = owned_copy(&self.window, before_x);
+        }
+        false
+    }
+
+    /// The newest sample (`x` after the transform) into the baseline; returns the seasonal
+    /// bucket the series just left. A window owned since an incident goes back to sharing
+    /// the store's values once it holds nothing but them again.
+    fn learn(&mut self, rule: &Rule, counter_like: bool, ring: &SampleRing, x: f64) -> Option<u32> {
+        push_to_window(&mut self.window, x, ring);
+        let e = self.extra.as_deref_mut()?;
+        let (now, _) = ring.back()?;
+        let finished = detect::update(&rule.method, &mut e.detector, now, x);
+        e.excluded = 0;
+        if !self.window.is_shared() && shares_store_window(rule, counter_like) {
+            e.clean = e.clean.saturating_add(1);
+            if e.clean as usize >= self.window.capacity() {
+                let values = ring.iter().map(|s| s.1);
+                let sorted = rule.method.needs_sorted();
+                self.window = Window::shared(self.window.capacity(), sorted, values);
+                e.clean = 0;
+            }
+        }
+        finished
+    }
+
+    /// The baseline rebuilt from the samples the store holds (the shift that lasted), as a
+    /// fresh start would build it; the alert is the caller's to end.
+    fn relearn(&mut self, rule: &Rule, counter_like: bool, ring: &SampleRing) {
+        let samples: Vec<(i64, f64)> = ring.iter().collect();
+        let (window, detector) = baseline(rule, counter_like, &samples, &[]);
+        self.window = window;
+        let e = self.extra.get_or_insert_with(Box::default);
+        e.detector = detector;
+        e.recent = 0;
+        e.excluded = 0;
+        e.clean = 0;
+    }
+}
+
+/// An owned window holding what the shared `w` holds (the last `w.len()` of `values`).
+fn owned_copy(w: &Window, values: impl Iterator<Item = f64>) -> Window {
+    let values: Vec<f64> = values.collect();
+    let mut owned = Window::new(w.capacity(), w.sorted().is_some());
+    values[values.len().saturating_sub(w.len())..]
+        .iter()
+        .for_each(|v| owned.push(*v));
+    owned
 }
 
 /// Appends `x` to a rule's window. A shared window's values are the raw samples in `ring`
@@ -136,35 +238,8 @@ pub(crate) fn new_state(
     alert: AlertState,
     profile: &[(u32, Vec<u8>)],
 ) -> RuleSeries {
-    let sorted = rule.method.needs_sorted();
     let samples: Vec<(i64, f64)> = samples.collect();
-    let mut detector = rule.method.new_state();
-    let mut restored = false;
-    if let detect::State::Seasonal(p) = &mut detector {
-        for (bucket, bytes) in profile {
-            restored |= p.restore(*bucket, bytes);
-        }
-    }
-    let values = || {
-        let mut prev = None;
-        samples.iter().filter_map(move |&s| {
-            let x = transform(rule.transform, identity.counter_like, prev, s);
-            prev = Some(s);
-            x.map(|x| (s.0, x))
-        })
-    };
-    let window = if shares_store_window(rule, identity.counter_like) {
-        Window::shared(rule.window, sorted, samples.iter().map(|s| s.1))
-    } else {
-        let mut window = Window::new(rule.window, sorted);
-        values().for_each(|(_, x)| window.push(x));
-        window
-    };
-    if !restored {
-        for (ts, x) in values() {
-            detect::update(&rule.method, &mut detector, ts, x);
-        }
-    }
+    let (window, detector) = baseline(rule, identity.counter_like, &samples, profile);
     RuleSeries {
         window,
         alert,
@@ -176,6 +251,45 @@ pub(crate) fn new_state(
         }),
         exported: false,
     }
+}
+
+/// A rule's window and detector state from raw `samples` (oldest first) and a seasonal
+/// profile's stored buckets.
+fn baseline(
+    rule: &Rule,
+    counter_like: bool,
+    samples: &[(i64, f64)],
+    profile: &[(u32, Vec<u8>)],
+) -> (Window, detect::State) {
+    let sorted = rule.method.needs_sorted();
+    let mut detector = rule.method.new_state();
+    let mut restored = false;
+    if let detect::State::Seasonal(p) = &mut detector {
+        for (bucket, bytes) in profile {
+            restored |= p.restore(*bucket, bytes);
+        }
+    }
+    let values = || {
+        let mut prev = None;
+        samples.iter().filter_map(move |&s| {
+            let x = transform(rule.transform, counter_like, prev, s);
+            prev = Some(s);
+            x.map(|x| (s.0, x))
+        })
+    };
+    let window = if shares_store_window(rule, counter_like) {
+        Window::shared(rule.window, sorted, samples.iter().map(|s| s.1))
+    } else {
+        let mut window = Window::new(rule.window, sorted);
+        values().for_each(|(_, x)| window.push(x));
+        window
+    };
+    if !restored {
+        for (ts, x) in values() {
+            detect::update(&rule.method, &mut detector, ts, x);
+        }
+    }
+    (window, detector)
 }
 
 /// The stored profile a seasonal rule's state starts from (none for other methods); a

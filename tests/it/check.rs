@@ -190,6 +190,52 @@ fn demo_shows_an_anomaly() {
         stdout.contains("FIRING") && stdout.contains("rule=latency_spike"),
         "{stdout}"
     );
+    // The spike (p99 1.6 s, load 8, 5x the requests) lasts from 40 s to 46 s. Each alert stays
+    // firing while it is injected and resolves once it is over: the incident's samples
+    // never widened the band it is judged against (they used to, and the latency alert
+    // resolved after 3 s at value=1.6).
+    for (rule, normal_below) in [
+        ("latency_spike", 1.0),
+        ("load_spike", 4.0),
+        ("request_rate_anomaly", 150.0),
+    ] {
+        let lines: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.contains(&format!("rule={rule} ")))
+            .collect();
+        let fired: Vec<&&str> = lines.iter().filter(|l| l.contains(" FIRING ")).collect();
+        let resolved: Vec<&&str> = lines.iter().filter(|l| l.contains(" RESOLVED ")).collect();
+        assert_eq!(fired.len(), 1, "{rule} fires once: {stdout}");
+        assert_eq!(resolved.len(), 1, "{rule} resolves once: {stdout}");
+        let value = |l: &str| -> f64 {
+            let v = l
+                .split(" value=")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            v.parse().unwrap()
+        };
+        assert!(value(fired[0]) > normal_below, "{}", fired[0]);
+        assert!(
+            value(resolved[0]) < normal_below,
+            "resolved only once the value is back: {}",
+            resolved[0]
+        );
+        // Data time (the scrapes' timestamps): firing for most of the 6 s spike.
+        let secs = |l: &str| -> f64 {
+            let t = l.split(' ').next().unwrap().trim_end_matches('Z');
+            let hms = t.split('T').nth(1).unwrap();
+            hms.split(':')
+                .fold(0.0, |acc, p| acc * 60.0 + p.parse::<f64>().unwrap())
+        };
+        let lasted = secs(resolved[0]) - secs(fired[0]);
+        assert!(
+            (4.0..12.0).contains(&lasted),
+            "{rule} firing {lasted}s: {stdout}"
+        );
+    }
 }
 
 /// Every input the rules_yaml fuzz target ever failed on: `check` answers each within

@@ -235,3 +235,72 @@ fn pending_until_for_elapses() {
     let body = http("GET", &s.addr, "/api/v1/alerts").unwrap().1;
     assert!(body.contains("\"state\":\"firing\""), "{body}");
 }
+
+/// A shift that lasts: the alert stays firing while it is kept out of the baseline, then,
+/// after `relearn_after` (here the default, a window's worth of samples), resolves once as
+/// the new normal, at the webhook (annotation `reason="new_normal"`) and in /metrics (the
+/// counter, the gauges), and does not fire again at the new level.
+#[test]
+fn a_lasting_shift_resolves_once_as_the_new_normal() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "defaults: {window: 30, min_samples: 5}\nrules:\n  - name: z\n    match: 'test_gauge{instance=\"a\"}'\n    method: zscore\n",
+    );
+    let exporter = Arc::new(Exporter::start(Reply::Body(String::new())));
+    let (spike, stop) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    feeder(exporter.clone(), spike.clone(), stop.clone());
+    let hook = crate::notify::Webhook::start_on(0, vec![]);
+    let url = hook.url();
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[exporter.url()],
+        &["--webhook", &url, "--webhook-format", "alertmanager"],
+    );
+    let evaluations = || {
+        metric_value(
+            &s.metrics(),
+            "anomaly_sidecar_rule_evaluations_total{rule=\"z\"}",
+        )
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+    };
+    wait_for("enough history", T, || (evaluations() >= 10).then_some(()));
+    spike.store(true, Ordering::Relaxed);
+    let z = format!("anomaly_active{{rule=\"z\",severity=\"warning\",method=\"zscore\",target=\"{}\",metric=\"test_gauge\",instance=\"a\"}}", exporter.name());
+    s.wait_metric(&z, "1.0", T);
+    let fired_at = evaluations();
+    s.wait_metric("anomaly_sidecar_relearned_total{rule=\"z\"}", "1", T);
+    // Firing for the whole window (30 samples at 500), not resolved when the window widened.
+    assert!(
+        evaluations() >= fired_at + 25,
+        "{} after {fired_at}",
+        evaluations()
+    );
+    assert_eq!(metric_value(&s.metrics(), &z).as_deref(), Some("0.0"));
+    let resolved = wait_for("the resolution at the webhook", T, || {
+        hook.got()
+            .into_iter()
+            .find(|g| g.body["status"] == "resolved")
+    });
+    let a = &resolved.body["alerts"][0];
+    assert_eq!(a["annotations"]["reason"], "new_normal", "{a}");
+    // 500 is normal now: another 20 scrapes at it fire nothing.
+    let now = evaluations();
+    wait_for("more scrapes at the new level", T, || {
+        (evaluations() >= now + 20).then_some(())
+    });
+    let m = s.metrics();
+    assert!(
+        m.contains("anomaly_sidecar_transitions_total{rule=\"z\",to=\"firing\"} 1"),
+        "{m}"
+    );
+    assert_eq!(metric_value(&m, &z).as_deref(), Some("0.0"));
+    stop.store(true, Ordering::Relaxed);
+    assert!(s.stop().success());
+}

@@ -23,6 +23,12 @@ pub(super) struct RawDefaults {
     pub(super) keep_firing_for: Option<Spanned<String>>,
     pub(super) min_anomalous: Option<Spanned<RawMinAnomalous>>,
     pub(super) severity: Option<Spanned<String>>,
+    // What every method shares beside its detector (see `detect::guard`).
+    pub(super) direction: Option<Spanned<String>>,
+    pub(super) min_delta: Option<Spanned<f64>>,
+    pub(super) min_delta_pct: Option<Spanned<f64>>,
+    pub(super) resolve_below: Option<Spanned<f64>>,
+    pub(super) relearn_after: Option<Spanned<String>>,
 }
 
 /// `min_anomalous: {count: k, of: n}`.
@@ -59,6 +65,12 @@ pub(super) struct RawRule {
     pub(super) keep_firing_for: Option<Spanned<String>>,
     pub(super) min_anomalous: Option<Spanned<RawMinAnomalous>>,
     pub(super) severity: Option<Spanned<String>>,
+    // What every method shares beside its detector (see `detect::guard`).
+    pub(super) direction: Option<Spanned<String>>,
+    pub(super) min_delta: Option<Spanned<f64>>,
+    pub(super) min_delta_pct: Option<Spanned<f64>>,
+    pub(super) resolve_below: Option<Spanned<f64>>,
+    pub(super) relearn_after: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) labels: BTreeMap<String, Spanned<String>>,
     #[serde(default)]

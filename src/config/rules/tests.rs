@@ -259,3 +259,110 @@ fn bad_parameters_of_the_new_methods_point_at_their_value() {
     );
     assert_eq!(msgs.len(), 5, "{msgs:?}");
 }
+
+#[test]
+fn guard_settings_have_method_defaults_and_point_at_bad_values() {
+    use crate::detect::{Relearn, Side};
+    let set = super::parse(
+        "rules.yaml",
+        r#"defaults:
+  min_delta: 0.5
+  resolve_below: 0.6
+rules:
+  - name: z
+    match: x
+    window: 120
+  - name: s
+    match: x
+    method: seasonal
+    season: 168h
+    direction: up
+    min_delta_pct: 20
+  - name: t
+    match: x
+    method: threshold
+    threshold: 5
+  - name: e
+    match: x
+    method: ewma
+    relearn_after: 2h
+    resolve_below: 1
+"#
+        .replace(
+            "    match: x\n    window",
+            "    match: x\n    method: zscore\n    window",
+        )
+        .as_str(),
+    )
+    .unwrap();
+    let g = |i: usize| set.rules[i].guard;
+    assert_eq!(g(0).relearn, Relearn::Samples(120), "a window's worth");
+    assert_eq!(
+        (g(0).min_delta, g(0).resolve_below),
+        (0.5, 0.6),
+        "from defaults"
+    );
+    assert_eq!(g(1).relearn, Relearn::After(168 * 3_600_000), "a season");
+    assert_eq!((g(1).side, g(1).min_delta_pct), (Side::Up, 20.0));
+    // A threshold is its own line: no minimum deviation, no hysteresis unless asked.
+    assert_eq!(g(2).min_delta, 0.0);
+    assert_eq!(g(2).resolve_below, 0.6);
+    assert_eq!(g(2).relearn, Relearn::Never);
+    assert_eq!(g(3).relearn, Relearn::After(7_200_000));
+    assert_eq!(g(3).resolve_below, 1.0);
+
+    let text = r#"rules:
+  - name: a
+    match: x
+    method: zscore
+    direction: sideways
+    min_delta: -1
+  - name: b
+    match: x
+    method: threshold
+    threshold: 1
+    min_delta_pct: 5
+    relearn_after: 1h
+  - name: c
+    match: x
+    method: mad
+    resolve_below: 1.5
+    relearn_after: 0s
+  - name: d
+    match: x
+    method: iqr
+    for: 10m
+    relearn_after: 5m
+"#;
+    let msgs: Vec<String> = errors(text).iter().map(|e| e.to_string()).collect();
+    let has = |needle: &str| msgs.iter().any(|m| m.contains(needle));
+    assert!(
+        has("rules.yaml:5:16: rule \"a\": unknown direction \"sideways\": use up, down or both"),
+        "{msgs:?}"
+    );
+    assert!(
+        has("rules.yaml:6:16: rule \"a\": min_delta must be a number >= 0, got -1"),
+        "{msgs:?}"
+    );
+    assert!(
+        has("rules.yaml:11:20: rule \"b\": min_delta_pct does not apply to method threshold"),
+        "{msgs:?}"
+    );
+    assert!(
+        has("rules.yaml:12:20: rule \"b\": relearn_after does not apply to method threshold"),
+        "{msgs:?}"
+    );
+    assert!(
+        has("rule \"c\": resolve_below must be in (0, 1]"),
+        "{msgs:?}"
+    );
+    assert!(
+        has("rule \"c\": relearn_after must be longer than 0"),
+        "{msgs:?}"
+    );
+    assert!(
+        has("rules.yaml:22:20: rule \"d\": relearn_after (5m) must be longer than for (10m)"),
+        "{msgs:?}"
+    );
+    assert_eq!(msgs.len(), 7, "{msgs:?}");
+}

@@ -26,10 +26,11 @@ struct Defaults {
     keep_firing_for: Duration,
     min_anomalous: (u32, u32),
     severity: Severity,
+    guard: super::guard::GuardDefaults,
 }
 
 impl Validator<'_> {
-    fn err(&mut self, at: &Location, rule: Option<&str>, message: impl Into<String>) {
+    pub(super) fn err(&mut self, at: &Location, rule: Option<&str>, message: impl Into<String>) {
         self.errors.push(RuleError {
             file: self.file.to_string(),
             line: at.line(),
@@ -41,7 +42,9 @@ impl Validator<'_> {
 
     pub(super) fn rules(&mut self, raw: RawFile) -> Vec<Arc<Rule>> {
         let d = raw.defaults.unwrap_or_default();
+        let guard = self.guard_defaults(&d);
         let defaults = Defaults {
+            guard,
             window: d
                 .window
                 .map_or(DEFAULT_WINDOW, |w| self.positive(&w, None, "window")),
@@ -136,7 +139,9 @@ impl Validator<'_> {
         }
         let for_duration = r
             .for_duration
-            .map_or(d.for_duration, |f| self.duration(&f, n));
+            .as_ref()
+            .map_or(d.for_duration, |f| self.duration(f, n));
+        let guard = self.guard(&r, &d.guard, &method, window as usize, for_duration);
         let keep_firing_for = r
             .keep_firing_for
             .map_or(d.keep_firing_for, |f| self.duration(&f, n));
@@ -161,6 +166,7 @@ impl Validator<'_> {
             labels,
             annotations,
             profile_key: String::new(),
+            guard,
             policy: Rule::policy_of(for_duration, keep_firing_for, min_anomalous),
         }
     }
