@@ -9,7 +9,7 @@ real gauges are), replays each through `anomaly-sidecar backtest` with a rules f
 says only `method: X` (plus what the method requires), and prints the firings per week.
 Every firing here is a false page. Goal: at most 7 a week for every method and noise.
 `threshold` is left out: its only parameter is the line itself, which is the operator's.
-Extra rule keys for every method can be given with --extra 'z_threshold: 4' etc.
+Extra rule keys for every method can be given with --extra z_threshold=4 (or 'key: value').
 """
 import argparse
 import csv
@@ -92,7 +92,7 @@ def main():
             f.write("rules:\n  - name: noise\n    match: '{__name__=~\".+\"}'\n")
             f.write(f"    method: {m}\n")
             for e in args.extra:
-                f.write(f"    {e}\n")
+                f.write(f"    {e.replace('=', ': ', 1) if ':' not in e else e}\n")
         counts = firings(args.bin, rules, csvs, os.path.join(work, m))
         row = {}
         for kind in ["white", "ar1"]:

@@ -145,10 +145,10 @@ fn a_shift_that_outlasts_relearn_after_becomes_the_new_normal_once() {
 
 #[test]
 fn hysteresis_holds_an_alert_through_a_dip_below_the_threshold() {
-    // Normal 10..12 (std ~0.82, z 3 band up to ~13.5); the incident at 16..18, with a dip
-    // to 13 (score ~0.8 of the threshold) in the middle.
+    // Normal 10..12 (std ~0.83, the default z 4.5 band up to ~14.7); the incident at
+    // 16..18, with a dip to 14 (z ~3.6: 0.8 of the threshold) in the middle.
     let mut s = shifted(80, 50, 60, 16.0);
-    s.rows[55].value = 13.0;
+    s.rows[55].value = 14.0;
     let r = replay(&rules(ZSCORE), &s);
     assert_eq!(r.firings, vec![50]);
     assert_eq!(active_rows(&r), (50..60).collect::<Vec<_>>());

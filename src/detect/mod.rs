@@ -15,7 +15,8 @@
 //! - ewma: exponentially weighted mean and variance (weight `alpha` on the newest value),
 //!   anomalous when |x − mean| / std > z_threshold: a baseline that follows a drift.
 //! - seasonal: the zscore against the mean and std of the sample's bucket of the season
-//!   (`seasonal.rs`) once that bucket holds min_samples values, against the window before.
+//!   (`seasonal.rs`) once that bucket holds min_samples values from two seasons, against the
+//!   window before.
 //!
 //! `score` puts every method on one scale where ≥ 1 means past the rule's threshold:
 //! zscore |z| / z_threshold; iqr distance beyond the nearer quartile / (k·iqr);
@@ -143,7 +144,8 @@ pub fn update(method: &Method, state: &mut State, ts_ms: i64, x: f64) -> Option<
 }
 
 /// Whether `history` and `state` are a baseline worth protecting at `ts_ms`: once it holds
-/// `min_samples` values (for a seasonal rule: once the sample's own bucket does), samples
+/// `min_samples` values (for a seasonal rule: once the sample's own bucket does, from two
+/// seasons), samples
 /// that belong to an incident stay out of it. Before that everything is learnt: a pattern
 /// seen for the first time (a daily square wave's first rise) would otherwise be judged an
 /// incident forever, never having been learnt.
@@ -158,9 +160,9 @@ pub fn baseline_ready(
     match (method, state) {
         (Method::Threshold { .. } | Method::Trend { .. }, _) => false,
         (Method::Ewma { .. }, State::Ewma(e)) => e.count() >= min as u64,
-        (Method::Seasonal { season_ms, .. }, State::Seasonal(p)) => p
-            .stats(p.bucket_of(*season_ms, ts_ms))
-            .is_some_and(|(_, _, n)| n as usize >= min),
+        (Method::Seasonal { season_ms, .. }, State::Seasonal(p)) => {
+            p.seasoned(p.bucket_of(*season_ms, ts_ms), min)
+        }
         _ => history.len() >= min,
     }
 }
@@ -257,9 +259,11 @@ pub fn evaluate_with(
             ..
         } => {
             let bucket = match state {
-                State::Seasonal(p) => p
-                    .stats(p.bucket_of(season_ms, ts_ms))
-                    .filter(|(_, std, n)| *n as usize >= min_samples && *std >= MIN_STDDEV),
+                State::Seasonal(p) => {
+                    let i = p.bucket_of(season_ms, ts_ms);
+                    p.stats(i)
+                        .filter(|(_, std, _)| p.seasoned(i, min_samples) && *std >= MIN_STDDEV)
+                }
                 _ => None,
             };
             match bucket {

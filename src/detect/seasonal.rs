@@ -3,6 +3,7 @@
 //! what is usual at that time of day (or week), and "Monday 09:00 is always busy" stops
 //! firing. Buckets are aligned on the Unix epoch (UTC days; weeks start on Thursday).
 //!
+//! A bucket judges once it holds `min_samples` values from at least two seasons (`seasoned`).
 //! A bucket remembers about `memory` values: a Welford mean and variance until then, after
 //! that each new value first discounts the old ones by (memory − 1) / memory, so a profile
 //! follows a slow change of the pattern. A bucket's statistics are persisted when the
@@ -16,7 +17,13 @@ struct Bucket {
     mean: f64,
     m2: f64,
     n: u32,
+    /// Times the series entered the bucket (≈ seasons seen, up to `MAX_VISITS`).
+    visits: u16,
 }
+
+/// Visits share the persisted count's word: n ≤ 1e6 (a window's cap) fits in 20 bits.
+const COUNT_BITS: u32 = 20;
+const MAX_VISITS: u16 = (1 << (32 - COUNT_BITS)) - 1;
 
 /// A series' profile over one season.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +56,16 @@ impl Seasonal {
         i.clamp(0, n - 1) as u32
     }
 
+    /// Whether bucket `i` has judged-worthy statistics: `min_samples` values from at least
+    /// two seasons. One visit's values are consecutive samples, correlated like any real
+    /// gauge's: their spread is far below the bucket's from day to day, and judging against
+    /// it paged dozens of times a week on AR(1) noise.
+    pub fn seasoned(&self, i: u32, min_samples: usize) -> bool {
+        self.buckets
+            .get(i as usize)
+            .is_some_and(|b| b.visits >= 2 && b.n as usize >= min_samples.max(2))
+    }
+
     /// Mean, standard deviation (n − 1) and count of bucket `i`; None with fewer than two
     /// values.
     pub fn stats(&self, i: u32) -> Option<(f64, f64, u32)> {
@@ -59,7 +76,11 @@ impl Seasonal {
     /// Folds `x` into bucket `i`, remembering about `memory` values; returns the bucket the
     /// series just left (its statistics are final until the next season), if it moved.
     pub fn push(&mut self, i: u32, x: f64, memory: u32) -> Option<u32> {
+        let entered = self.current != Some(i);
         let b = self.buckets.get_mut(i as usize)?;
+        if entered {
+            b.visits = (b.visits + 1).min(MAX_VISITS);
+        }
         let memory = memory.max(2);
         if b.n >= memory {
             let keep = f64::from(b.n - 1) / f64::from(b.n);
@@ -72,7 +93,10 @@ impl Seasonal {
         b.m2 += d * (x - b.mean);
         if !b.mean.is_finite() || !b.m2.is_finite() {
             // An overflow poisons only this bucket, and only until it is rebuilt.
-            *b = Bucket::default();
+            *b = Bucket {
+                visits: b.visits,
+                ..Bucket::default()
+            };
         }
         let left = self.current.filter(|c| *c != i);
         self.current = Some(i);
@@ -85,7 +109,8 @@ impl Seasonal {
         let mut out = [0u8; BUCKET_BYTES];
         out[..8].copy_from_slice(&b.mean.to_le_bytes());
         out[8..16].copy_from_slice(&b.m2.to_le_bytes());
-        out[16..].copy_from_slice(&b.n.to_le_bytes());
+        let word = b.n.min((1 << COUNT_BITS) - 1) | (u32::from(b.visits) << COUNT_BITS);
+        out[16..].copy_from_slice(&word.to_le_bytes());
         Some(out)
     }
 
@@ -103,10 +128,14 @@ impl Seasonal {
             a.copy_from_slice(&raw[r]);
             f64::from_le_bytes(a)
         };
+        // (profiles written before visits were counted read as never visited: they are
+        // judged again from their second visit on)
+        let word = u32::from_le_bytes([raw[16], raw[17], raw[18], raw[19]]);
         let restored = Bucket {
             mean: f(0..8),
             m2: f(8..16),
-            n: u32::from_le_bytes([raw[16], raw[17], raw[18], raw[19]]),
+            n: word & ((1 << COUNT_BITS) - 1),
+            visits: (word >> COUNT_BITS) as u16,
         };
         if !restored.mean.is_finite() || !restored.m2.is_finite() || restored.m2 < 0.0 {
             return false;
@@ -173,5 +202,23 @@ mod tests {
         assert!(!q.restore(9, &bytes));
         assert!(!q.restore(0, &bytes[..10]));
         assert_eq!(q.filled(), 1);
+    }
+
+    #[test]
+    fn a_bucket_judges_from_its_second_season() {
+        let mut p = Seasonal::new(2);
+        for x in 0..50 {
+            p.push(0, f64::from(x), 100);
+        }
+        assert!(!p.seasoned(0, 10), "50 values of one visit");
+        p.push(1, 1.0, 100);
+        p.push(0, 1.0, 100);
+        assert!(p.seasoned(0, 10));
+        assert!(!p.seasoned(0, 60), "and min_samples values");
+        // Visits survive the store.
+        let mut q = Seasonal::new(2);
+        assert!(q.restore(0, &p.encode(0).unwrap()));
+        assert!(q.seasoned(0, 10));
+        assert_eq!(q.stats(0), p.stats(0));
     }
 }

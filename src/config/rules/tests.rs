@@ -186,7 +186,8 @@ rules:
     let [m, e, s] = &set.rules[..] else {
         panic!("three rules")
     };
-    assert_eq!(m.method, Method::Mad { mad_threshold: 3.5 });
+    assert_eq!(m.method, Method::Mad { mad_threshold: 5.0 });
+    assert_eq!(m.window, 240, "the default window");
     assert_eq!(
         (m.keep_firing_for, m.min_anomalous),
         (Duration::from_secs(600), (2, 3))
@@ -195,7 +196,7 @@ rules:
         e.method,
         Method::Ewma {
             alpha: 0.2,
-            z_threshold: 3.0
+            z_threshold: 5.0
         }
     );
     assert_eq!(e.keep_firing_for, Duration::ZERO);
@@ -204,7 +205,7 @@ rules:
         Method::Seasonal {
             season_ms: 168 * 3_600_000,
             buckets: 672,
-            z_threshold: 3.0,
+            z_threshold: 5.5,
             memory: 20
         }
     );
