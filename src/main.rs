@@ -59,8 +59,17 @@ fn backtest(args: &config::flags::BacktestArgs) -> ExitCode {
                 s.target
             );
         }
-        let summary = backtest::run(&rules, &inputs, &args.out)?;
-        Ok(backtest::render_summary(&summary))
+        let labels = args
+            .labels
+            .as_deref()
+            .map(backtest::grade::Labels::read)
+            .transpose()?;
+        let summary = backtest::run(&rules, &inputs, &args.out, labels.as_ref())?;
+        let mut text = backtest::render_summary(&summary);
+        if let Some(labels) = &labels {
+            text.push_str(&backtest::render_grades(&summary, labels));
+        }
+        Ok(text)
     };
     match run() {
         Ok(summary) => {

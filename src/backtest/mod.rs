@@ -9,6 +9,7 @@
 //! 0.5 at the threshold, monotone, and never 1 for a finite deviation, so a threshold on it
 //! can be tuned. Several rules on one series: the highest score, active when any fires.
 
+pub mod grade;
 pub mod input;
 
 use crate::config::{Rule, RuleSet};
@@ -68,6 +69,8 @@ pub struct SeriesSummary {
     pub firings: usize,
     /// Share of the series' time span with an alert firing.
     pub active_share: f64,
+    /// Against its known incidents, with `--labels`.
+    pub grade: Option<grade::Grade>,
 }
 
 /// Replays `series` through every rule of `rules` that selects it.
@@ -159,11 +162,13 @@ fn squash(score: f64) -> f64 {
     }
 }
 
-/// Replays every series and writes its files under `out`; returns the summary rows.
+/// Replays every series and writes its files under `out`; returns the summary rows, graded
+/// against `labels` when given.
 pub fn run(
     rules: &RuleSet,
     inputs: &[Recorded],
     out: &Path,
+    labels: Option<&grade::Labels>,
 ) -> Result<Vec<SeriesSummary>, BacktestError> {
     let mut names = HashSet::new();
     for s in inputs {
@@ -185,6 +190,7 @@ pub fn run(
             rules: replay.rules,
             firings: replay.firings.len(),
             active_share: active_share(series, &replay.active),
+            grade: labels.map(|l| grade::grade(series, &replay, l.of(&series.name))),
         });
     }
     Ok(summary)
@@ -282,6 +288,17 @@ pub fn render_summary(rows: &[SeriesSummary]) -> String {
         100.0 * mean_active
     ));
     s
+}
+
+/// The grading table, when the rows were graded (`--labels`); `labels` names what matched
+/// no input.
+pub fn render_grades(rows: &[SeriesSummary], labels: &grade::Labels) -> String {
+    let graded: Vec<(&str, &grade::Grade)> = rows
+        .iter()
+        .filter_map(|r| Some((r.name.as_str(), r.grade.as_ref()?)))
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+    grade::render(&graded, &labels.unmatched(&names))
 }
 
 #[cfg(test)]

@@ -107,6 +107,11 @@ pub struct BacktestArgs {
     /// `<series>.events.csv` (a timestamp per firing).
     #[arg(long)]
     pub out: PathBuf,
+    /// Known incidents to grade the rules against: NAB's combined_windows.json shape, or a
+    /// CSV `series,start,end`. Prints incidents caught, time to detect, false alerts per day
+    /// and the NAB score, per series and in total.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -388,3 +388,139 @@ fn replays_a_range_read_from_prometheus() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading from Prometheus"));
     assert!(!bad.exists());
 }
+
+/// `--labels` with NAB's own labels over the shared NAB series: the NAB score it prints is
+/// the shared scorer's (`../shared/eval/nab_score.py --events`) on the events it wrote, and
+/// the counts agree with the events files.
+#[test]
+fn labels_grade_the_rules_as_the_nab_scorer_does() {
+    let eval = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/eval");
+    if !eval.join("nab_score.py").exists() {
+        eprintln!("skipped: ../shared/eval is not here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let preset = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/nab-rules.yaml");
+    let data = eval.join("nab/data");
+    let mut csvs = Vec::new();
+    for cat in std::fs::read_dir(&data).unwrap().flatten() {
+        for f in std::fs::read_dir(cat.path()).unwrap().flatten() {
+            csvs.push((cat.file_name(), f.path()));
+        }
+    }
+    let out_dir = dir.path().join("out");
+    let mut args: Vec<String> = vec![
+        "backtest".into(),
+        "--rules".into(),
+        preset.display().to_string(),
+        "--labels".into(),
+        eval.join("nab/combined_windows.json").display().to_string(),
+        "--out".into(),
+        out_dir.display().to_string(),
+        "--csv".into(),
+    ];
+    args.extend(csvs.iter().map(|(_, p)| p.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let total = stdout
+        .lines()
+        .find(|l| l.contains("incidents caught"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let ours: f64 = total.rsplit(' ').next().unwrap().parse().unwrap();
+    // The events laid out for the scorer: <category>/<file>.csv.
+    let events = dir.path().join("events");
+    for (cat, path) in &csvs {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        std::fs::create_dir_all(events.join(cat)).unwrap();
+        std::fs::copy(
+            out_dir.join(format!("{name}.events.csv")),
+            events.join(cat).join(format!("{name}.csv")),
+        )
+        .unwrap();
+    }
+    let scorer = std::process::Command::new("python3")
+        .arg(eval.join("nab_score.py"))
+        .arg(&events)
+        .arg("--events")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&scorer.stdout);
+    let standard: f64 = text
+        .lines()
+        .find(|l| l.starts_with("standard"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        (ours - standard).abs() < 0.01,
+        "ours {ours} vs the scorer's {standard}: {total}"
+    );
+    // 39 windows in 24 files; every file labelled (none unmatched).
+    assert!(total.contains(" of 39 incidents caught"), "{total}");
+    assert!(!stdout.contains("not among the inputs"), "{stdout}");
+    let caught: usize = total.split(' ').next().unwrap().parse().unwrap();
+    assert!(caught >= 30, "{total}");
+}
+
+/// A CSV of incidents: per series and in total, and a bad labels file is refused with its
+/// line before anything is written.
+#[test]
+fn labels_from_a_csv_of_incidents() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", RULES);
+    let csv = write(dir.path(), "cpu.csv", &spiky_csv());
+    let labels = write(
+        dir.path(),
+        "incidents.csv",
+        "series,start,end\ncpu,2014-04-10 07:39:00,2014-04-10 07:45:00\n",
+    );
+    let out_dir = dir.path().join("out");
+    let out = run(&[
+        "backtest",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--labels",
+        labels.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    // The spike starts at 07:40 and `for: 2m` fires it at 07:42: 3 minutes after the start.
+    assert!(
+        stdout.contains("1 of 1 incidents caught, median time to detect 3m, 0 false alerts"),
+        "{stdout}"
+    );
+    let bad = write(
+        dir.path(),
+        "bad.csv",
+        "series,start,end\ncpu,2014-04-10 07:39:00,later\n",
+    );
+    let out_dir = dir.path().join("out2");
+    let out = run(&[
+        "backtest",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--csv",
+        csv.to_str().unwrap(),
+        "--labels",
+        bad.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.csv:2: bad timestamp \"later\""),
+        "{stderr}"
+    );
+    assert!(!out_dir.exists(), "nothing written");
+}

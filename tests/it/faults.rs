@@ -406,10 +406,16 @@ fn two_hundred_concurrent_metrics_readers() {
     );
     eprintln!("200 readers answered in {:?}", started.elapsed());
     wait_for("scraping went on", T, || (evals() > before).then_some(()));
-    assert_eq!(
-        slow.concurrency.1.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "a scrape never overlaps itself: {}",
+    // A scrape that timed out is abandoned by the sidecar while the exporter's handler still
+    // sleeps out its 800 ms: then the exporter counts two at once though the sidecar never ran
+    // two (a clean-clone CI run timed out both targets' first scrapes once, 5 s each).
+    let abandoned = s
+        .log()
+        .contains(&format!("Scrape failed target={}", slow.name()));
+    let overlap = slow.concurrency.1.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        overlap == 1 || (abandoned && overlap == 2),
+        "a scrape never overlaps itself ({overlap} at once): {}",
         s.log()
     );
     assert_eq!(
