@@ -172,3 +172,14 @@ fn min_delta_and_direction_decide_what_matters() {
     let pct = format!("{ZSCORE}    min_delta_pct: 50\n");
     assert_eq!(replay(&rules(&pct), &s).firings, vec![40]);
 }
+
+#[test]
+fn a_pending_alert_needs_the_whole_condition_for_all_of_for() {
+    // `for: 2m` over 60 s rows; the incident at 16..18 from row 50, with a dip to 14 at row
+    // 52 (0.8 of the threshold): hysteresis would hold a firing alert there, but a pending
+    // one is cancelled and starts again at row 53, firing at 55.
+    let mut s = shifted(80, 50, 70, 16.0);
+    s.rows[52].value = 14.0;
+    let r = replay(&rules(&format!("{ZSCORE}    for: 2m\n")), &s);
+    assert_eq!(r.firings, vec![55]);
+}

@@ -46,7 +46,7 @@ pub struct Guard {
     pub min_delta: f64,
     /// The same relative to |baseline|, in percent.
     pub min_delta_pct: f64,
-    /// While an alert is pending or firing its condition is score ≥ this (< 1: hysteresis).
+    /// While an alert is firing its condition is score ≥ this (< 1: hysteresis).
     pub resolve_below: f64,
     pub relearn: Relearn,
 }
@@ -103,8 +103,8 @@ impl Guard {
         }
     }
 
-    /// The alert condition: the verdict while no alert is open; while one is (pending or
-    /// firing), the score staying at or above `resolve_below`.
+    /// The alert condition: the verdict, or while an alert is firing (`open`), the score
+    /// staying at or above `resolve_below`.
     pub fn condition(&self, v: &Verdict, open: bool) -> bool {
         if open && self.resolve_below < 1.0 {
             v.anomalous || v.score >= self.resolve_below
