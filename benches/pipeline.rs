@@ -45,7 +45,7 @@ fn methods(window: usize) -> [(&'static str, Method); 7] {
         (
             "seasonal",
             Method::Seasonal {
-                season_ms: 86_400_000,
+                season: crate::detect::Season::utc(86_400_000),
                 buckets: 288,
                 z_threshold: 3.0,
                 memory: window as u32,
@@ -86,18 +86,17 @@ fn detect(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new(name, window), |b| {
                 b.iter(|| {
                     let v = next();
-                    let mut verdict = detect::evaluate_with(&method, &w, &state, ts_ms, v, 10);
+                    let mut j = detect::judge(&method, &w, &state, ts_ms, v, 10, 1.0);
                     // The rule's guard and the incident check, as every evaluation runs them.
-                    if let Some(verdict) = &mut verdict {
-                        guard.apply(verdict, v);
+                    if let Some(j) = &mut j {
+                        guard.apply(&mut j.verdict, v);
                     }
-                    let ready = detect::baseline_ready(&method, &w, &state, ts_ms, 10);
-                    if !(ready && verdict.as_ref().is_some_and(|v| v.anomalous)) {
-                        detect::update(&method, &mut state, ts_ms, v);
+                    if let Some(j) = j.as_ref().filter(|j| !(j.ready && j.verdict.anomalous)) {
+                        detect::learn(&method, &mut state, ts_ms, j.bucket, v);
                         w.push(v);
                     }
                     ts_ms += 15_000;
-                    black_box(verdict)
+                    black_box(j)
                 })
             });
         }

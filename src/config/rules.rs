@@ -5,6 +5,7 @@
 mod guard;
 mod raw;
 mod validate;
+mod zone;
 
 use super::glob::Glob;
 use super::selector::Selector;
@@ -129,9 +130,22 @@ impl Rule {
 
     /// A string that changes whenever what the detector learns from changes.
     pub fn detector_fingerprint(&self) -> String {
+        let method = match &self.method {
+            // As written before seasons had zones, so a profile learnt in UTC days is kept.
+            Method::Seasonal {
+                season,
+                buckets,
+                z_threshold,
+                memory,
+            } if season.epoch_aligned() => format!(
+                "Seasonal {{ season_ms: {}, buckets: {buckets}, z_threshold: {z_threshold:?}, memory: {memory} }}",
+                season.ms()
+            ),
+            m => format!("{m:?}"),
+        };
         format!(
-            "{:?}|{:?}|{}|{}",
-            self.method, self.transform, self.window, self.min_samples
+            "{method}|{:?}|{}|{}",
+            self.transform, self.window, self.min_samples
         )
     }
 

@@ -49,6 +49,9 @@ pub struct Guard {
     /// While an alert is firing its condition is score ≥ this (< 1: hysteresis).
     pub resolve_below: f64,
     pub relearn: Relearn,
+    /// `threshold_mode: calibrated`: the threshold scales to where this series' own scores
+    /// exceed it about this many times a day (`calibrate.rs`); None: the method's threshold.
+    pub alerts_per_day: Option<f64>,
 }
 
 impl Default for Guard {
@@ -59,6 +62,7 @@ impl Default for Guard {
             min_delta_pct: 0.0,
             resolve_below: 1.0,
             relearn: Relearn::Never,
+            alerts_per_day: None,
         }
     }
 }

@@ -24,13 +24,19 @@
 //! trend (relative change in % / deviation_pct) when the run is monotone, else 0;
 //! mad |x − median| / (k · scale); ewma |z| / z_threshold.
 
+pub mod auto;
+pub mod calibrate;
 pub mod guard;
 mod robust;
+pub mod season;
 pub mod seasonal;
 pub mod window;
 
+pub use auto::{AutoSeasonal, Finished, Period};
+pub use calibrate::Spot;
 pub use guard::{Guard, Relearn, Side};
 pub use robust::Ewma;
+pub use season::{Season, Zone};
 pub use seasonal::Seasonal;
 pub use window::Window;
 
@@ -72,10 +78,19 @@ pub enum Method {
         z_threshold: f64,
     },
     Seasonal {
-        season_ms: i64,
+        season: Season,
         buckets: usize,
         z_threshold: f64,
         /// Values a bucket remembers (the rule's window).
+        memory: u32,
+    },
+    /// `season: auto`: a daily or a weekly profile, or none, as the series' history shows
+    /// (`auto.rs`); `buckets` a day.
+    AutoSeasonal {
+        day: Season,
+        week: Season,
+        buckets: usize,
+        z_threshold: f64,
         memory: u32,
     },
 }
@@ -90,8 +105,13 @@ impl Method {
             Method::Trend { .. } => "trend",
             Method::Mad { .. } => "mad",
             Method::Ewma { .. } => "ewma",
-            Method::Seasonal { .. } => "seasonal",
+            Method::Seasonal { .. } | Method::AutoSeasonal { .. } => "seasonal",
         }
+    }
+
+    /// Whether the method keeps a profile in the store (seasonal).
+    pub fn keeps_profile(&self) -> bool {
+        matches!(self, Method::Seasonal { .. } | Method::AutoSeasonal { .. })
     }
 
     /// Whether the window must keep a sorted copy for this method.
@@ -104,6 +124,9 @@ impl Method {
         match self {
             Method::Ewma { .. } => State::Ewma(Box::default()),
             Method::Seasonal { buckets, .. } => State::Seasonal(Box::new(Seasonal::new(*buckets))),
+            Method::AutoSeasonal { buckets, .. } => {
+                State::Auto(Box::new(AutoSeasonal::new(*buckets)))
+            }
             _ => State::None,
         }
     }
@@ -117,54 +140,125 @@ pub enum State {
     None,
     Ewma(Box<Ewma>),
     Seasonal(Box<Seasonal>),
+    Auto(Box<AutoSeasonal>),
 }
 
-/// Folds `x` at `ts_ms` (just judged) into the method's state. Returns the seasonal bucket
-/// the series just left, for the caller to persist.
-pub fn update(method: &Method, state: &mut State, ts_ms: i64, x: f64) -> Option<u32> {
-    if !x.is_finite() {
-        return None;
+impl State {
+    /// Stored record `i` of a profile (a seasonal bucket, an hour of `season: auto`).
+    pub fn encode(&self, i: u32) -> Option<[u8; seasonal::BUCKET_BYTES]> {
+        match self {
+            State::Seasonal(p) => p.encode(i),
+            State::Auto(a) => a.encode(i),
+            _ => None,
+        }
     }
-    match (method, state) {
-        (Method::Ewma { alpha, .. }, State::Ewma(e)) => {
+
+    /// Restores a profile from its stored records; false when none fitted.
+    pub fn restore(&mut self, records: &[(u32, Vec<u8>)]) -> bool {
+        let mut restored = false;
+        match self {
+            State::Seasonal(p) => {
+                for (i, bytes) in records {
+                    restored |= p.restore(*i, bytes);
+                }
+            }
+            State::Auto(a) => {
+                for (i, bytes) in records {
+                    restored |= a.restore(*i, bytes);
+                }
+                a.settle();
+            }
+            _ => {}
+        }
+        restored
+    }
+}
+
+/// Folds `x` at `ts_ms` (just judged) into the method's state. Returns the profile records
+/// that are final (a seasonal bucket the series just left), for the caller to persist.
+pub fn update(method: &Method, state: &mut State, ts_ms: i64, x: f64) -> Finished {
+    let bucket = match (method, &*state) {
+        (Method::Seasonal { season, .. }, State::Seasonal(p)) => Some(p.bucket_of(season, ts_ms)),
+        _ => None,
+    };
+    learn(method, state, ts_ms, bucket, x)
+}
+
+/// `update` for a value `judge` just judged, with the bucket it found (none computed twice).
+pub fn learn(
+    method: &Method,
+    state: &mut State,
+    ts_ms: i64,
+    bucket: Option<u32>,
+    x: f64,
+) -> Finished {
+    if !x.is_finite() {
+        return Finished::default();
+    }
+    match (method, state, bucket) {
+        (Method::Ewma { alpha, .. }, State::Ewma(e), _) => {
             e.push(*alpha, x);
-            None
+            Finished::default()
+        }
+        (Method::Seasonal { memory, .. }, State::Seasonal(p), Some(i)) => {
+            Finished::one(p.push(i, x, *memory))
         }
         (
-            Method::Seasonal {
-                season_ms, memory, ..
+            Method::AutoSeasonal {
+                day, week, memory, ..
             },
-            State::Seasonal(p),
-        ) => {
-            let i = p.bucket_of(*season_ms, ts_ms);
-            p.push(i, x, *memory)
-        }
-        _ => None,
+            State::Auto(a),
+            _,
+        ) => a.push(day, week, ts_ms, x, *memory),
+        _ => Finished::default(),
     }
 }
 
-/// Whether `history` and `state` are a baseline worth protecting at `ts_ms`: once it holds
-/// `min_samples` values (for a seasonal rule: once the sample's own bucket does, from two
-/// seasons), samples
-/// that belong to an incident stay out of it. Before that everything is learnt: a pattern
-/// seen for the first time (a daily square wave's first rise) would otherwise be judged an
-/// incident forever, never having been learnt.
-pub fn baseline_ready(
+/// What a sample kept out of the baseline (an incident) still teaches: `season: auto`'s
+/// hourly history and the profile that is not judging (see `AutoSeasonal::push_aside`).
+pub fn learn_aside(method: &Method, state: &mut State, ts_ms: i64, x: f64) -> Finished {
+    match (method, state) {
+        (
+            Method::AutoSeasonal {
+                day, week, memory, ..
+            },
+            State::Auto(a),
+        ) if x.is_finite() => a.push_aside(day, week, ts_ms, x, *memory),
+        _ => Finished::default(),
+    }
+}
+
+/// Whether `history` and `state` are a baseline worth protecting (`bucket`: the sample's
+/// seasonal bucket): once it holds `min_samples` values (for a seasonal rule: once the
+/// sample's own bucket does, from two seasons), samples that belong to an incident stay out
+/// of it. Before that everything is learnt: a pattern seen for the first time (a daily
+/// square wave's first rise) would otherwise be judged an incident forever, never learnt.
+fn baseline_ready(
     method: &Method,
     history: &Window,
     state: &State,
-    ts_ms: i64,
+    profile: Option<(&Seasonal, u32)>,
     min_samples: usize,
 ) -> bool {
     let min = min_samples.max(2);
-    match (method, state) {
-        (Method::Threshold { .. } | Method::Trend { .. }, _) => false,
-        (Method::Ewma { .. }, State::Ewma(e)) => e.count() >= min as u64,
-        (Method::Seasonal { season_ms, .. }, State::Seasonal(p)) => {
-            p.seasoned(p.bucket_of(*season_ms, ts_ms), min)
+    match (method, state, profile) {
+        (Method::Threshold { .. } | Method::Trend { .. }, _, _) => false,
+        (Method::Ewma { .. }, State::Ewma(e), _) => e.count() >= min as u64,
+        (Method::Seasonal { .. } | Method::AutoSeasonal { .. }, _, Some((p, i))) => {
+            p.seasoned(i, min)
         }
         _ => history.len() >= min,
     }
+}
+
+/// A verdict with what the caller needs to learn the value afterwards.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    /// Whether the baseline is warm enough to protect from an incident (`baseline_ready`).
+    pub ready: bool,
+    /// The sample's seasonal bucket, for `learn`.
+    pub bucket: Option<u32>,
 }
 
 /// Direction of a trend, or of a deviation from the baseline.
@@ -211,9 +305,7 @@ pub fn evaluate(method: &Method, history: &Window, x: f64, min_samples: usize) -
     evaluate_with(method, history, &State::None, 0, x, min_samples)
 }
 
-/// Evaluates `x`, sampled at `ts_ms`, against `history` and the method's `state` (neither
-/// contains `x` yet). Returns None for a non-finite `x`: NaN and ±Inf are skipped, never
-/// judged.
+/// `judge`'s verdict alone, at the method's own threshold.
 pub fn evaluate_with(
     method: &Method,
     history: &Window,
@@ -222,9 +314,33 @@ pub fn evaluate_with(
     x: f64,
     min_samples: usize,
 ) -> Option<Verdict> {
+    judge(method, history, state, ts_ms, x, min_samples, 1.0).map(|j| j.verdict)
+}
+
+/// Evaluates `x`, sampled at `ts_ms`, against `history` and the method's `state` (neither
+/// contains `x` yet), with the method's threshold times `scale` (1, or a calibration's
+/// level: `calibrate.rs`; a threshold rule's line is the operator's and never scales).
+/// Returns None for a non-finite `x`: NaN and ±Inf are skipped, never judged.
+pub fn judge(
+    method: &Method,
+    history: &Window,
+    state: &State,
+    ts_ms: i64,
+    x: f64,
+    min_samples: usize,
+    scale: f64,
+) -> Option<Judgement> {
     if !x.is_finite() {
         return None;
     }
+    // The profile a seasonal rule judges against, with the sample's bucket in it.
+    let profile: Option<(&Seasonal, u32)> = match (method, state) {
+        (Method::Seasonal { season, .. }, State::Seasonal(p)) => {
+            Some((p, p.bucket_of(season, ts_ms)))
+        }
+        (Method::AutoSeasonal { day, week, .. }, State::Auto(a)) => a.judging(day, week, ts_ms),
+        _ => None,
+    };
     let mean = history.mean();
     let std = history.stddev();
     let mut v = Verdict {
@@ -236,49 +352,50 @@ pub fn evaluate_with(
         },
         ..Verdict::default()
     };
+    let k = scale;
     match *method {
-        Method::ZScore { z_threshold } => zscore(&mut v, history, x, min_samples, z_threshold),
-        Method::Iqr { iqr_factor } => iqr(&mut v, history, x, min_samples, iqr_factor),
+        Method::ZScore { z_threshold } => zscore(&mut v, history, x, min_samples, z_threshold * k),
+        Method::Iqr { iqr_factor } => iqr(&mut v, history, x, min_samples, iqr_factor * k),
         Method::Threshold { threshold, op } => threshold_cmp(&mut v, x, threshold, op),
         Method::Trend {
             trend_window,
             deviation_pct,
-        } => trend(&mut v, history, x, trend_window, deviation_pct),
+        } => trend(&mut v, history, x, trend_window, deviation_pct * k),
         Method::Mad { mad_threshold } => {
-            robust::mad(&mut v, history, x, min_samples, mad_threshold)
+            robust::mad(&mut v, history, x, min_samples, mad_threshold * k)
         }
         Method::Ewma { z_threshold, .. } => {
             if let State::Ewma(e) = state {
                 let full = history.len() >= history.capacity();
-                robust::ewma(&mut v, e, x, min_samples, z_threshold, full);
+                robust::ewma(&mut v, e, x, min_samples, z_threshold * k, full);
             }
         }
-        Method::Seasonal {
-            season_ms,
-            z_threshold,
-            ..
-        } => {
-            let bucket = match state {
-                State::Seasonal(p) => {
-                    let i = p.bucket_of(season_ms, ts_ms);
-                    p.stats(i)
-                        .filter(|(_, std, _)| p.seasoned(i, min_samples) && *std >= MIN_STDDEV)
-                }
-                _ => None,
-            };
-            match bucket {
+        Method::Seasonal { z_threshold, .. } | Method::AutoSeasonal { z_threshold, .. } => {
+            let z_threshold = z_threshold * k;
+            let stats = profile.and_then(|(p, i)| {
+                p.stats(i)
+                    .filter(|(_, std, _)| p.seasoned(i, min_samples) && *std >= MIN_STDDEV)
+            });
+            match stats {
                 Some((mean, std, _)) => {
                     v.baseline_mean = Some(mean);
                     v.baseline_stddev = Some(std);
                     v.zscore = Some((x - mean) / std);
                     zscore(&mut v, history, x, 0, z_threshold);
                 }
-                // Until the bucket knows its time of day: the window's zscore.
+                // Until the bucket knows its time of day (or without a rhythm): the window's.
                 None => zscore(&mut v, history, x, min_samples, z_threshold),
             }
         }
     }
-    Some(v)
+    Some(Judgement {
+        verdict: v,
+        ready: baseline_ready(method, history, state, profile, min_samples),
+        bucket: match method {
+            Method::Seasonal { .. } => profile.map(|(_, i)| i),
+            _ => None,
+        },
+    })
 }
 
 fn zscore(v: &mut Verdict, history: &Window, x: f64, min_samples: usize, z_threshold: f64) {

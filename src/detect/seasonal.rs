@@ -1,13 +1,16 @@
 //! The seasonal profile of one series: the season (e.g. 24h) cut into buckets (e.g. 288 of
 //! 5 minutes), each with its own running mean and variance, so a value is judged against
 //! what is usual at that time of day (or week), and "Monday 09:00 is always busy" stops
-//! firing. Buckets are aligned on the Unix epoch (UTC days; weeks start on Thursday).
+//! firing. Where a sample falls (local time, days from midnight, weeks from Monday) is the
+//! `Season`'s to say (`season.rs`).
 //!
 //! A bucket judges once it holds `min_samples` values from at least two seasons (`seasoned`).
 //! A bucket remembers about `memory` values: a Welford mean and variance until then, after
 //! that each new value first discounts the old ones by (memory − 1) / memory, so a profile
 //! follows a slow change of the pattern. A bucket's statistics are persisted when the
 //! series moves on to the next bucket (`push` says which finished).
+
+use super::season::Season;
 
 /// Bytes of one persisted bucket: mean, sum of squared deviations (f64 each), count (u32).
 pub const BUCKET_BYTES: usize = 20;
@@ -41,11 +44,17 @@ impl Seasonal {
         }
     }
 
-    /// The bucket of `ts_ms` in a season of `season_ms` cut into this profile's buckets.
-    pub fn bucket_of(&self, season_ms: i64, ts_ms: i64) -> u32 {
+    /// How many buckets the season is cut into.
+    pub fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// The bucket of `ts_ms` in `season` cut into this profile's buckets.
+    #[inline]
+    pub fn bucket_of(&self, season: &Season, ts_ms: i64) -> u32 {
         let n = self.buckets.len() as i64;
-        let season = season_ms.max(1);
-        let at = ts_ms.rem_euclid(season);
+        let at = season.position(ts_ms);
+        let season = season.ms();
         // at · n / season: in i64 whenever it fits (a week in ms times a million buckets
         // does), else in i128; an i128 division is several times slower and every
         // evaluation of a seasonal rule asks.
@@ -159,12 +168,13 @@ mod tests {
     #[test]
     fn buckets_align_on_the_epoch() {
         let p = Seasonal::new(288);
-        assert_eq!(p.bucket_of(DAY, 0), 0);
-        assert_eq!(p.bucket_of(DAY, 5 * 60_000 - 1), 0);
-        assert_eq!(p.bucket_of(DAY, 5 * 60_000), 1);
-        assert_eq!(p.bucket_of(DAY, DAY - 1), 287);
-        assert_eq!(p.bucket_of(DAY, 3 * DAY + 9 * 3_600_000), 108);
-        assert_eq!(p.bucket_of(DAY, -1), 287);
+        let day = Season::utc(DAY);
+        assert_eq!(p.bucket_of(&day, 0), 0);
+        assert_eq!(p.bucket_of(&day, 5 * 60_000 - 1), 0);
+        assert_eq!(p.bucket_of(&day, 5 * 60_000), 1);
+        assert_eq!(p.bucket_of(&day, DAY - 1), 287);
+        assert_eq!(p.bucket_of(&day, 3 * DAY + 9 * 3_600_000), 108);
+        assert_eq!(p.bucket_of(&day, -1), 287);
     }
 
     #[test]

@@ -65,7 +65,7 @@ fn an_error_rate_flat_at_zero_fires_on_its_first_burst_unless_below_min_delta() 
     }
     .new_state();
     let seasonal = Method::Seasonal {
-        season_ms: 86_400_000,
+        season: crate::detect::Season::utc(86_400_000),
         buckets: 24,
         z_threshold: 3.0,
         memory: 60,
@@ -397,7 +397,7 @@ fn seasonal_knows_the_busy_hour_and_still_sees_a_spike_in_it() {
     // Hourly buckets over a day; every day 09:00-10:00 runs at 100, the rest at 10 (± 1).
     let hour = 3_600_000i64;
     let m = Method::Seasonal {
-        season_ms: 24 * hour,
+        season: crate::detect::Season::utc(24 * hour),
         buckets: 24,
         z_threshold: 3.0,
         memory: 60,

@@ -552,12 +552,10 @@ fn evaluate_rule(
     if step.relearned {
         b.relearned.push(ri);
     }
-    if let Some(bytes) = step
-        .finished_bucket
-        .and_then(|i| Some((i, state.profile_bucket(i)?)))
-    {
-        b.profiles
-            .push((key.1, rule.profile_key.clone(), bytes.0, bytes.1));
+    for i in step.finished.iter() {
+        if let Some(bytes) = state.profile_bucket(i) {
+            b.profiles.push((key.1, rule.profile_key.clone(), i, bytes));
+        }
     }
     let Some((now, _)) = ring.back() else {
         return;

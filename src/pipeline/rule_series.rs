@@ -32,6 +32,8 @@ struct Extra {
     /// Samples taken into an owned window since the last one kept out: a rule that shares
     /// the store's values goes back to sharing them once the window is all clean again.
     clean: u32,
+    /// The tail of this series' scores (`threshold_mode: calibrated`).
+    spot: Option<Box<detect::Spot>>,
 }
 
 // One per rule and series: at 100k series every 8 bytes is 0.8 MB of the 250 MB budget.
@@ -49,8 +51,8 @@ pub(crate) struct Step {
     /// The alert before this evaluation.
     pub before: AlertState,
     pub transition: Option<Transition>,
-    /// The seasonal bucket the series just left (its statistics to persist).
-    pub finished_bucket: Option<u32>,
+    /// Profile records that are final (a seasonal bucket the series just left), to persist.
+    pub finished: detect::Finished,
     /// The shift lasted `relearn_after`: the baseline was rebuilt from it and the alert
     /// ended (`reason=new_normal`).
     pub relearned: bool,
@@ -59,10 +61,7 @@ pub(crate) struct Step {
 impl RuleSeries {
     /// Bucket `i` of a seasonal rule's profile, as persisted.
     pub(crate) fn profile_bucket(&self, i: u32) -> Option<[u8; detect::seasonal::BUCKET_BYTES]> {
-        match self.extra.as_deref().map(|e| &e.detector) {
-            Some(detect::State::Seasonal(p)) => p.encode(i),
-            _ => None,
-        }
+        self.extra.as_deref()?.detector.encode(i)
     }
 
     /// Whether its alert is firing.
@@ -86,14 +85,29 @@ impl RuleSeries {
         let prev = ring.len().checked_sub(2).and_then(|i| ring.get(i));
         let x = transform(rule.transform, counter_like, prev, (now, value))?;
         let detector = self.extra.as_deref().map_or(&NO_DETECTOR, |e| &e.detector);
-        let mut verdict = detect::evaluate_with(
+        // A calibrated rule's threshold, scaled to where this series' scores lie (the
+        // method's own until the tail is known).
+        let scale = rule
+            .guard
+            .alerts_per_day
+            .and_then(|per_day| self.extra.as_deref()?.spot.as_deref()?.level(per_day))
+            .unwrap_or(1.0);
+        let detect::Judgement {
+            mut verdict,
+            ready,
+            bucket,
+        } = detect::judge(
             &rule.method,
             &self.window,
             detector,
             now,
             x,
             rule.min_samples,
+            scale,
         )?;
+        // The score at the method's own threshold, for the calibration to learn.
+        let judged_score = (verdict.lower_bound.is_some() || verdict.upper_bound.is_some())
+            .then_some(verdict.score * scale);
         rule.guard.apply(&mut verdict, x);
         let policy = &rule.policy;
         // Hysteresis holds a firing alert only: a pending one must see the whole condition for
@@ -113,23 +127,42 @@ impl RuleSeries {
             verdict,
             before,
             transition: None,
-            finished_bucket: None,
+            finished: detect::Finished::default(),
             relearned: false,
         };
-        let ready = {
-            let detector = self.extra.as_deref().map_or(&NO_DETECTOR, |e| &e.detector);
-            detect::baseline_ready(&rule.method, &self.window, detector, now, rule.min_samples)
-        };
-        let incident = ready && (step.verdict.anomalous || self.alert != AlertState::Inactive);
+        // A calibrated rule protects its baseline once its tail is fitted: until then the
+        // method's own threshold judges, and what it would keep out (on a heavy tail, every
+        // few samples) would make the window, and so the scores learnt, unlike later's.
+        let calibrating = rule.guard.alerts_per_day.is_some()
+            && !self
+                .extra
+                .as_deref()
+                .and_then(|e| e.spot.as_deref())
+                .is_some_and(detect::Spot::fitted);
+        let incident =
+            ready && !calibrating && (step.verdict.anomalous || self.alert != AlertState::Inactive);
         if incident {
             // (not on the evaluation that fires: the alert is announced first)
             let may_relearn = transition != Some(Transition::Firing);
             if self.keep_out(rule, counter_like, ring, may_relearn) {
                 transition = self.alert.end();
                 step.relearned = true;
+            } else if let Some(e) = self.extra.as_deref_mut() {
+                step.finished = detect::learn_aside(&rule.method, &mut e.detector, now, x);
             }
         } else {
-            step.finished_bucket = self.learn(rule, counter_like, ring, x);
+            step.finished = self.learn(rule, counter_like, ring, x, bucket);
+        }
+        if let Some(score) = judged_score.filter(|_| rule.guard.alerts_per_day.is_some()) {
+            // Every score is learnt but those of an alert already open: an incident is not
+            // the series' tail (it would raise the level until the incident looked normal),
+            // while a spike of noise is (a tail fitted only below the level drifts down,
+            // the truncated peaks looking ever lighter).
+            let e = self.extra.get_or_insert_with(Box::default);
+            let spot = e.spot.get_or_insert_with(Box::default);
+            if before == AlertState::Inactive || !spot.fitted() {
+                spot.observe(score, now);
+            }
         }
         step.transition = transition;
         Some(step)
@@ -167,14 +200,22 @@ impl RuleSeries {
         false
     }
 
-    /// The newest sample (`x` after the transform) into the baseline; returns the seasonal
-    /// bucket the series just left. A window owned since an incident goes back to sharing
+    /// The newest sample (`x` after the transform) into the baseline; returns the profile
+    /// records that are final. A window owned since an incident goes back to sharing
     /// the store's values once it holds nothing but them again.
-    fn learn(&mut self, rule: &Rule, counter_like: bool, ring: &SampleRing, x: f64) -> Option<u32> {
+    fn learn(
+        &mut self,
+        rule: &Rule,
+        counter_like: bool,
+        ring: &SampleRing,
+        x: f64,
+        bucket: Option<u32>,
+    ) -> detect::Finished {
         push_to_window(&mut self.window, x, ring);
-        let e = self.extra.as_deref_mut()?;
-        let (now, _) = ring.back()?;
-        let finished = detect::update(&rule.method, &mut e.detector, now, x);
+        let (Some(e), Some((now, _))) = (self.extra.as_deref_mut(), ring.back()) else {
+            return detect::Finished::default();
+        };
+        let finished = detect::learn(&rule.method, &mut e.detector, now, bucket, x);
         e.excluded = 0;
         if !self.window.is_shared() && shares_store_window(rule, counter_like) {
             e.clean = e.clean.saturating_add(1);
@@ -265,12 +306,7 @@ fn baseline(
 ) -> (Window, detect::State) {
     let sorted = rule.method.needs_sorted();
     let mut detector = rule.method.new_state();
-    let mut restored = false;
-    if let detect::State::Seasonal(p) = &mut detector {
-        for (bucket, bytes) in profile {
-            restored |= p.restore(*bucket, bytes);
-        }
-    }
+    let restored = detector.restore(profile);
     let values = || {
         let mut prev = None;
         samples.iter().filter_map(move |&s| {
@@ -300,7 +336,7 @@ pub(super) fn stored_profile(
     rule: &Rule,
     read: impl FnOnce() -> Result<Vec<(u32, Vec<u8>)>, crate::store::StoreError>,
 ) -> Vec<(u32, Vec<u8>)> {
-    if !matches!(rule.method, detect::Method::Seasonal { .. }) {
+    if !rule.method.keeps_profile() {
         return Vec::new();
     }
     read().unwrap_or_else(|e| {

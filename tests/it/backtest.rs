@@ -524,3 +524,66 @@ fn labels_from_a_csv_of_incidents() {
     );
     assert!(!out_dir.exists(), "nothing written");
 }
+
+/// A week at one minute: white noise, or the same with a heavy tail (every value cubed, so
+/// z > 3 is common), scaled by `scale`.
+fn noise_week(heavy: bool, scale: f64) -> String {
+    let mut s = String::from("timestamp,value\n");
+    let mut seed = if heavy { 5u64 } else { 9u64 };
+    for k in 0..(7 * 1440) {
+        // (a sum of four uniforms: close enough to Gaussian for a zscore)
+        let mut g = 0.0;
+        for _ in 0..4 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            g += (seed >> 11) as f64 / (1u64 << 53) as f64 - 0.5;
+        }
+        let g = g * 3f64.sqrt();
+        let v = if heavy { g * g * g } else { g };
+        s.push_str(&format!(
+            "{},{:.6}\n",
+            1_700_000_000 + k * 60,
+            100.0 + scale * v
+        ));
+    }
+    s
+}
+
+#[test]
+fn a_calibrated_threshold_means_about_as_many_alerts_a_day_on_any_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let white = write(dir.path(), "white.csv", &noise_week(false, 1.0));
+    let heavy = write(dir.path(), "heavy.csv", &noise_week(true, 50.0));
+    let firings = |name: &str, rule: &str| -> Vec<usize> {
+        let rules = write(dir.path(), &format!("{name}.yaml"), rule);
+        let out_dir = dir.path().join(name);
+        backtest(&rules, &[&white, &heavy], &out_dir);
+        ["white", "heavy"]
+            .iter()
+            .map(|s| {
+                let events = std::fs::read_to_string(out_dir.join(format!("{s}.events.csv")));
+                // (after the first 1000 minutes: the tail is fitted from 500 samples on)
+                let warm = 1_700_000_000 + 1000 * 60;
+                let after = |l: &str| l.parse::<i64>().is_ok_and(|t| t >= warm);
+                events.unwrap().lines().skip(1).filter(|l| after(l)).count()
+            })
+            .collect()
+    };
+    let base = "rules:\n  - name: z\n    match: '{__name__=~\".+\"}'\n    method: zscore\n    z_threshold: 3\n    window: 240\n";
+    let fixed = firings("fixed", base);
+    let calibrated = firings(
+        "calibrated",
+        &format!("{base}    threshold_mode: calibrated\n    alerts_per_day: 2\n"),
+    );
+    // z > 3 is rare on Gaussian noise and common under a heavy tail: the fixed line pages
+    // many times more on one than on the other.
+    assert!(fixed[1] > 5 * fixed[0].max(1), "fixed {fixed:?}");
+    // Calibrated, both are near 2 a day: about 13 in the 6.3 days after the first fit.
+    for (s, n) in ["white", "heavy"].iter().zip(&calibrated) {
+        assert!(
+            (6..=26).contains(n),
+            "{s}: {n} firings, calibrated {calibrated:?} fixed {fixed:?}"
+        );
+    }
+}

@@ -258,3 +258,34 @@ fn fuzz_regressions_are_answered_promptly() {
         assert!(matches!(status.code(), Some(0 | 1)), "{entry:?}: {status}");
     }
 }
+
+#[test]
+fn a_time_zone_is_checked_against_the_bundled_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = write(
+        dir.path(),
+        "ok.yaml",
+        "defaults:\n  timezone: Europe/Berlin\nrules:\n  - name: s\n    match: x\n    method: seasonal\n    season: auto\n",
+    );
+    let out = run(&["check", "--rules", ok.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        "rules:\n  - name: s\n    match: x\n    method: seasonal\n    timezone: Europe/Atlantis\n",
+    );
+    let out = run(&["check", "--rules", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "{}:5:15: rule \"s\": unknown timezone \"Europe/Atlantis\"",
+            bad.display()
+        )),
+        "{stdout}"
+    );
+}

@@ -330,6 +330,20 @@ pub fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// `anomaly-sidecar backtest --rules RULES --csv CSVS… --out OUT`, which must succeed.
+pub fn backtest(rules: &Path, csvs: &[&Path], out: &Path) -> Output {
+    let mut args = vec!["backtest", "--rules", rules.to_str().unwrap(), "--csv"];
+    args.extend(csvs.iter().map(|c| c.to_str().unwrap()));
+    args.extend(["--out", out.to_str().unwrap()]);
+    let done = run(&args);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    done
+}
+
 /// Writes `text` to `dir/name` and returns the path.
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -68,3 +68,81 @@ fn a_restart_keeps_the_profile() {
     assert_eq!(s.number(firing), 0, "{}", s.log());
     stop.store(true, Ordering::Relaxed);
 }
+
+/// 2024-03-18 00:00 UTC, a Monday; Berlin moves to summer time on 2024-03-31 at 01:00 UTC.
+const MARCH_18: i64 = 1_710_720_000_000;
+const BERLIN_SPRING: i64 = 1_711_846_800_000;
+const DAY: i64 = 86_400_000;
+
+/// Three weeks at 5 minutes of a service busy from 09:00 to 17:00 Berlin time (100, else 10,
+/// ± 2), across the change to summer time.
+fn berlin_office_hours() -> String {
+    let mut s = String::from("timestamp,value\n");
+    let mut seed = 1u64;
+    for k in 0..(21 * 288) {
+        let t = MARCH_18 + k * 300_000;
+        let offset = if t < BERLIN_SPRING { 1 } else { 2 } * 3_600_000;
+        let local_hour = (t + offset).rem_euclid(DAY) / 3_600_000;
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let noise = (seed >> 33) as f64 / (1u64 << 31) as f64 * 4.0 - 2.0;
+        let level = if (9..17).contains(&local_hour) {
+            100.0
+        } else {
+            10.0
+        };
+        s.push_str(&format!("{},{:.3}\n", t / 1000, level + noise));
+    }
+    s
+}
+
+/// The firings a rule file's backtest of `csv` writes, as epoch ms.
+fn firings(dir: &std::path::Path, name: &str, rule: &str, csv: &std::path::Path) -> Vec<i64> {
+    let rules = write(dir, &format!("{name}.yaml"), &format!("rules:\n{rule}"));
+    let out_dir = dir.join(name);
+    backtest(&rules, &[csv], &out_dir);
+    let events = std::fs::read_to_string(out_dir.join("office.events.csv")).unwrap();
+    events
+        .lines()
+        .skip(1)
+        // (written as the input's timestamps were: Unix seconds)
+        .map(|l| anomaly_sidecar::backtest::input::parse_timestamp(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn buckets_in_local_time_follow_daylight_saving_and_auto_finds_the_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = write(dir.path(), "office.csv", &berlin_office_hours());
+    let rule = |extra: &str| {
+        format!("  - name: s\n    match: office\n    method: seasonal\n    buckets: 24\n    window: 60\n    min_samples: 20\n{extra}")
+    };
+    let warm = MARCH_18 + 4 * DAY;
+    let utc = firings(dir.path(), "utc", &rule(""), &csv);
+    let berlin = firings(
+        dir.path(),
+        "berlin",
+        &rule("    timezone: Europe/Berlin\n"),
+        &csv,
+    );
+    let auto = firings(
+        dir.path(),
+        "auto",
+        &rule("    season: auto\n    timezone: Europe/Berlin\n"),
+        &csv,
+    );
+    // In UTC buckets the office opens an hour early from the change on: 07:00 UTC was quiet.
+    assert!(
+        utc.iter()
+            .any(|t| (BERLIN_SPRING..BERLIN_SPRING + DAY).contains(t)),
+        "{utc:?}"
+    );
+    assert_eq!(
+        berlin.iter().filter(|t| **t >= warm).count(),
+        0,
+        "{berlin:?}"
+    );
+    // Before the rhythm shows (three days), `auto` judges by the 5-hour window: opening
+    // fires. From then on the daily profile judges, in Berlin time.
+    assert!(auto.iter().any(|t| *t < warm), "{auto:?}");
+    assert_eq!(auto.iter().filter(|t| **t >= warm).count(), 0, "{auto:?}");
+}

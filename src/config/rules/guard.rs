@@ -1,6 +1,7 @@
 //! Validation of what every method shares beside its detector (`detect::Guard`): `direction`,
-//! `min_delta`, `min_delta_pct`, `resolve_below` and `relearn_after`, in a rule or in
-//! `defaults`, with the defaults each method gets when neither says.
+//! `min_delta`, `min_delta_pct`, `resolve_below`, `relearn_after`, `threshold_mode` and
+//! `alerts_per_day`, in a rule or in `defaults`, with the defaults each method gets when
+//! neither says.
 
 use super::raw::{RawDefaults, RawRule};
 use super::validate::Validator;
@@ -12,6 +13,9 @@ use std::time::Duration;
 /// 0.7 of the threshold or above (README "Detection defaults" has the measurements).
 pub(super) const DEFAULT_RESOLVE_BELOW: f64 = 0.7;
 
+/// `alerts_per_day` of a calibrated rule unless set: one exceedance a day per series.
+const DEFAULT_ALERTS_PER_DAY: f64 = 1.0;
+
 /// The guard settings of `defaults:`, each unset unless written.
 #[derive(Default)]
 pub(super) struct GuardDefaults {
@@ -20,6 +24,8 @@ pub(super) struct GuardDefaults {
     min_delta_pct: Option<f64>,
     resolve_below: Option<f64>,
     relearn: Option<Relearn>,
+    calibrated: Option<bool>,
+    alerts_per_day: Option<f64>,
 }
 
 impl Validator<'_> {
@@ -39,6 +45,14 @@ impl Validator<'_> {
                 .as_ref()
                 .map(|v| self.resolve_below(v, None)),
             relearn: d.relearn_after.as_ref().map(|v| self.relearn(v, None)),
+            calibrated: d
+                .threshold_mode
+                .as_ref()
+                .map(|v| self.threshold_mode(v, None)),
+            alerts_per_day: d
+                .alerts_per_day
+                .as_ref()
+                .map(|v| self.alerts_per_day(v, None)),
         }
     }
 
@@ -57,7 +71,7 @@ impl Validator<'_> {
         let m = method.name();
         // A threshold's op is its side and its threshold the deviation; a trend has no
         // baseline to relearn.
-        let foreign: [(&str, bool, Option<serde_saphyr::Location>); 4] = [
+        let foreign: [(&str, bool, Option<serde_saphyr::Location>); 6] = [
             (
                 "direction",
                 threshold,
@@ -77,6 +91,16 @@ impl Validator<'_> {
                 "relearn_after",
                 !baseline,
                 r.relearn_after.as_ref().map(|s| s.referenced),
+            ),
+            (
+                "threshold_mode",
+                threshold,
+                r.threshold_mode.as_ref().map(|s| s.referenced),
+            ),
+            (
+                "alerts_per_day",
+                threshold,
+                r.alerts_per_day.as_ref().map(|s| s.referenced),
             ),
         ];
         for (key, refused, at) in foreign {
@@ -137,13 +161,52 @@ impl Validator<'_> {
         } else {
             Relearn::Never
         };
+        let calibrated = r
+            .threshold_mode
+            .as_ref()
+            .map(|v| self.threshold_mode(v, n))
+            .or(d.calibrated)
+            .unwrap_or(false);
+        let per_day = r.alerts_per_day.as_ref().map(|v| self.alerts_per_day(v, n));
+        if let (false, Some(at)) = (calibrated, &r.alerts_per_day) {
+            let msg = "alerts_per_day needs threshold_mode: calibrated";
+            self.err(&at.referenced, n, msg);
+        }
         Guard {
             side,
             min_delta,
             min_delta_pct,
             resolve_below,
             relearn,
+            alerts_per_day: calibrated.then(|| {
+                per_day
+                    .or(d.alerts_per_day)
+                    .unwrap_or(DEFAULT_ALERTS_PER_DAY)
+            }),
         }
+    }
+
+    /// `threshold_mode`: true for `calibrated`.
+    fn threshold_mode(&mut self, v: &Spanned<String>, n: Option<&str>) -> bool {
+        match v.value.as_str() {
+            "fixed" => false,
+            "calibrated" => true,
+            other => {
+                let msg = format!("unknown threshold_mode {other:?}: use fixed or calibrated");
+                self.err(&v.referenced, n, msg);
+                false
+            }
+        }
+    }
+
+    fn alerts_per_day(&mut self, v: &Spanned<f64>, n: Option<&str>) -> f64 {
+        // (above half the samples of a day, at 1 s scrapes, the tail says nothing)
+        if v.value.is_finite() && v.value > 0.0 && v.value <= 43_200.0 {
+            return v.value;
+        }
+        let msg = format!("alerts_per_day must be in (0, 43200], got {}", v.value);
+        self.err(&v.referenced, n, msg);
+        DEFAULT_ALERTS_PER_DAY
     }
 
     fn side(&mut self, v: &Spanned<String>, n: Option<&str>) -> Side {
@@ -205,8 +268,10 @@ impl Validator<'_> {
 /// window (the window is then the new level alone, so the rebuilt baseline is clean), for a
 /// seasonal rule once it has lasted a whole season (each time of day has seen it).
 fn default_relearn(method: &Method, window: usize) -> Relearn {
-    match *method {
-        Method::Seasonal { season_ms, .. } => Relearn::After(season_ms),
+    match method {
+        Method::Seasonal { season, .. } => Relearn::After(season.ms()),
+        // (whichever profile judges, a day has shown the new level at every hour of it)
+        Method::AutoSeasonal { day, .. } => Relearn::After(day.ms()),
         Method::Threshold { .. } | Method::Trend { .. } => Relearn::Never,
         _ => Relearn::Samples(window.min(u32::MAX as usize) as u32),
     }

@@ -29,6 +29,10 @@ pub(super) struct RawDefaults {
     pub(super) min_delta_pct: Option<Spanned<f64>>,
     pub(super) resolve_below: Option<Spanned<f64>>,
     pub(super) relearn_after: Option<Spanned<String>>,
+    /// Seasonal rules' buckets in this zone's local time.
+    pub(super) timezone: Option<Spanned<String>>,
+    pub(super) threshold_mode: Option<Spanned<String>>,
+    pub(super) alerts_per_day: Option<Spanned<f64>>,
 }
 
 /// `min_anomalous: {count: k, of: n}`.
@@ -58,6 +62,7 @@ pub(super) struct RawRule {
     pub(super) alpha: Option<Spanned<f64>>,
     pub(super) season: Option<Spanned<String>>,
     pub(super) buckets: Option<Spanned<i64>>,
+    pub(super) timezone: Option<Spanned<String>>,
     pub(super) window: Option<Spanned<i64>>,
     pub(super) min_samples: Option<Spanned<i64>>,
     #[serde(rename = "for")]
@@ -71,6 +76,8 @@ pub(super) struct RawRule {
     pub(super) min_delta_pct: Option<Spanned<f64>>,
     pub(super) resolve_below: Option<Spanned<f64>>,
     pub(super) relearn_after: Option<Spanned<String>>,
+    pub(super) threshold_mode: Option<Spanned<String>>,
+    pub(super) alerts_per_day: Option<Spanned<f64>>,
     #[serde(default)]
     pub(super) labels: BTreeMap<String, Spanned<String>>,
     #[serde(default)]

@@ -203,7 +203,7 @@ rules:
     assert_eq!(
         s.method,
         Method::Seasonal {
-            season_ms: 168 * 3_600_000,
+            season: crate::detect::Season::utc(168 * 3_600_000),
             buckets: 672,
             z_threshold: 5.5,
             memory: 20
@@ -366,4 +366,128 @@ rules:
         "{msgs:?}"
     );
     assert_eq!(msgs.len(), 7, "{msgs:?}");
+}
+
+#[test]
+fn seasonal_buckets_in_a_time_zone_from_the_rule_or_the_defaults() {
+    let text = r#"
+defaults:
+  timezone: America/New_York
+rules:
+  - name: berlin
+    match: x
+    method: seasonal
+    season: 168h
+    buckets: 168
+    timezone: Europe/Berlin
+  - name: default_zone
+    match: x
+    method: seasonal
+  - name: not_seasonal
+    match: x
+    method: zscore
+"#;
+    let set = parse("rules.yaml", text).unwrap();
+    let zone = |i: usize| match &set.rules[i].method {
+        Method::Seasonal { season, .. } => season.zone().map(str::to_string),
+        m => panic!("{m:?}"),
+    };
+    assert_eq!(zone(0).as_deref(), Some("Europe/Berlin"));
+    assert_eq!(zone(1).as_deref(), Some("America/New_York"));
+    // Zone and alignment are what the profile learns with: its key says so.
+    assert!(set.rules[0]
+        .detector_fingerprint()
+        .starts_with("Seasonal { season: 604800000ms+345600000ms@Europe/Berlin,"));
+    let e = errors(
+        r#"defaults:
+  timezone: Europe/Atlantis
+rules:
+  - name: a
+    match: x
+    method: zscore
+    timezone: UTC
+  - name: b
+    match: x
+    method: seasonal
+    timezone: berlin
+"#,
+    );
+    let msgs: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    assert!(msgs[0].starts_with("rules.yaml:2:13: unknown timezone \"Europe/Atlantis\""));
+    assert!(msgs
+        .iter()
+        .any(|m| m == "rules.yaml:7:15: rule \"a\": timezone does not apply to method zscore"));
+    assert!(msgs.iter().any(|m| m.starts_with(
+        "rules.yaml:11:15: rule \"b\": unknown timezone \"berlin\": use an IANA name"
+    )));
+}
+
+#[test]
+fn a_daily_utc_profile_keeps_the_key_it_had_before_zones() {
+    // Stored seasonal profiles belong to this key: an upgrade must not forget them.
+    let set = parse(
+        "rules.yaml",
+        "rules:\n  - name: s\n    match: x\n    method: seasonal\n    buckets: 24\n",
+    )
+    .unwrap();
+    assert_eq!(
+        set.rules[0].detector_fingerprint(),
+        "Seasonal { season_ms: 86400000, buckets: 24, z_threshold: 5.5, memory: 240 }|Auto|240|10"
+    );
+}
+
+#[test]
+fn calibrated_thresholds_and_their_errors() {
+    let text = r#"
+defaults:
+  alerts_per_day: 4
+rules:
+  - name: own
+    match: x
+    method: zscore
+    threshold_mode: calibrated
+    alerts_per_day: 0.5
+  - name: from_defaults
+    match: x
+    method: mad
+    threshold_mode: calibrated
+  - name: fixed
+    match: x
+    method: ewma
+"#;
+    let set = parse("rules.yaml", text).unwrap();
+    let per_day: Vec<Option<f64>> = set.rules.iter().map(|r| r.guard.alerts_per_day).collect();
+    assert_eq!(per_day, [Some(0.5), Some(4.0), None]);
+    let e = errors(
+        r#"rules:
+  - name: a
+    match: x
+    method: zscore
+    alerts_per_day: 2
+  - name: b
+    match: x
+    method: threshold
+    threshold: 1
+    threshold_mode: calibrated
+  - name: c
+    match: x
+    method: zscore
+    threshold_mode: tuned
+  - name: d
+    match: x
+    method: zscore
+    threshold_mode: calibrated
+    alerts_per_day: 0
+"#,
+    );
+    let msgs: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    for want in [
+        "rules.yaml:5:21: rule \"a\": alerts_per_day needs threshold_mode: calibrated",
+        "rules.yaml:10:21: rule \"b\": threshold_mode does not apply to method threshold",
+        "rules.yaml:14:21: rule \"c\": unknown threshold_mode \"tuned\": use fixed or calibrated",
+        "rules.yaml:19:21: rule \"d\": alerts_per_day must be in (0, 43200], got 0",
+    ] {
+        assert!(msgs.iter().any(|m| m == want), "{want}\n{msgs:?}");
+    }
 }

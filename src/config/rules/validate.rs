@@ -23,6 +23,9 @@ const MAD_THRESHOLD: f64 = 5.0;
 const EWMA_THRESHOLD: f64 = 5.0;
 const SEASONAL_THRESHOLD: f64 = 5.5;
 const TREND_WINDOW: usize = 7;
+/// `season: auto` buckets a day: hours (the weekly profile then has 168, and both fit in
+/// about 5 KB a series beside the 4 KB of hourly history).
+const AUTO_BUCKETS: i64 = 24;
 const DEFAULT_MIN_SAMPLES: i64 = 10;
 
 pub(super) struct Validator<'a> {
@@ -38,6 +41,8 @@ struct Defaults {
     min_anomalous: (u32, u32),
     severity: Severity,
     guard: super::guard::GuardDefaults,
+    /// The zone of seasonal rules that name none (None: UTC).
+    timezone: Option<crate::detect::Zone>,
 }
 
 impl Validator<'_> {
@@ -54,8 +59,10 @@ impl Validator<'_> {
     pub(super) fn rules(&mut self, raw: RawFile) -> Vec<Arc<Rule>> {
         let d = raw.defaults.unwrap_or_default();
         let guard = self.guard_defaults(&d);
+        let timezone = d.timezone.as_ref().and_then(|t| self.zone(t, None));
         let defaults = Defaults {
             guard,
+            timezone,
             window: d
                 .window
                 .map_or(DEFAULT_WINDOW, |w| self.positive(&w, None, "window")),
@@ -139,7 +146,7 @@ impl Validator<'_> {
             let at = spanned.referenced;
             self.err(&at, n, format!("min_samples ({min_samples}) is larger than window ({window}): the rule could never judge"));
         }
-        let method = self.method(&r, n, window);
+        let method = self.method(&r, n, window, d);
         if matches!(method, Method::ZScore { .. }) && min_samples < 2 {
             let at = spanned.referenced;
             self.err(
@@ -231,7 +238,7 @@ impl Validator<'_> {
         annotations
     }
 
-    fn method(&mut self, r: &RawRule, n: Option<&str>, window: i64) -> Method {
+    fn method(&mut self, r: &RawRule, n: Option<&str>, window: i64, d: &Defaults) -> Method {
         let m = r.method.value.as_str();
         self.foreign_params(r, n);
         match m {
@@ -259,7 +266,7 @@ impl Validator<'_> {
                     z_threshold: self.pos_f64(&r.z_threshold, EWMA_THRESHOLD, n, "z_threshold"),
                 }
             }
-            "seasonal" => self.seasonal(r, n, window),
+            "seasonal" => self.seasonal(r, n, window, d),
             "trend" => {
                 // (the default fits any window: a trend walks the window's values)
                 let fits = TREND_WINDOW.min(window as usize + 1);
@@ -291,7 +298,7 @@ impl Validator<'_> {
     /// Parameters of another method are mistakes, not silently ignored values.
     fn foreign_params(&mut self, r: &RawRule, n: Option<&str>) {
         let m = r.method.value.as_str();
-        let params: [(&str, Option<Location>, &[&str]); 10] = [
+        let params: [(&str, Option<Location>, &[&str]); 11] = [
             (
                 "z_threshold",
                 (r.z_threshold.as_ref().map(|s| s.referenced)),
@@ -305,6 +312,11 @@ impl Validator<'_> {
             (
                 "buckets",
                 (r.buckets.as_ref().map(|s| s.referenced)),
+                &["seasonal"],
+            ),
+            (
+                "timezone",
+                (r.timezone.as_ref().map(|s| s.referenced)),
                 &["seasonal"],
             ),
             (
@@ -355,18 +367,30 @@ impl Validator<'_> {
         }
     }
 
-    /// `season` (default 24h) cut into `buckets` (default 288) of at least a second.
-    fn seasonal(&mut self, r: &RawRule, n: Option<&str>, window: i64) -> Method {
+    /// The zone named by `t`, or an error at it.
+    fn zone(&mut self, t: &Spanned<String>, n: Option<&str>) -> Option<crate::detect::Zone> {
+        super::zone::zone(&t.value)
+            .map_err(|e| self.err(&t.referenced, n, e))
+            .ok()
+    }
+
+    /// `season` (default 24h) cut into `buckets` (default 288) of at least a second, in the
+    /// rule's `timezone` (else the defaults', else UTC). `season: auto`: a day of `buckets`
+    /// (default 24) and a week of seven times as many, the series' history choosing.
+    fn seasonal(&mut self, r: &RawRule, n: Option<&str>, window: i64, d: &Defaults) -> Method {
         let before = self.errors.len();
-        let season = r
-            .season
-            .as_ref()
-            .map_or(Duration::from_secs(86_400), |s| self.duration(s, n));
+        let auto = r.season.as_ref().is_some_and(|s| s.value == "auto");
+        let season = match &r.season {
+            Some(s) if !auto => self.duration(s, n),
+            _ => Duration::from_secs(86_400),
+        };
         let season_ms = season.as_millis().min(i64::MAX as u128) as i64;
         let buckets = r
             .buckets
             .as_ref()
-            .map_or(288, |b| self.positive(b, n, "buckets"));
+            .map_or(if auto { AUTO_BUCKETS } else { 288 }, |b| {
+                self.positive(b, n, "buckets")
+            });
         if self.errors.len() == before && season_ms / buckets.max(1) < 1000 {
             let at = r
                 .buckets
@@ -375,11 +399,26 @@ impl Validator<'_> {
             let msg = format!("season {season:?} in {buckets} buckets is under a second a bucket");
             self.err(&at, n, msg);
         }
+        let zone = match &r.timezone {
+            Some(t) => self.zone(t, n),
+            None => d.timezone.clone(),
+        };
+        let z_threshold = self.pos_f64(&r.z_threshold, SEASONAL_THRESHOLD, n, "z_threshold");
+        let memory = window.clamp(2, u32::MAX as i64) as u32;
+        if auto {
+            return Method::AutoSeasonal {
+                day: crate::detect::Season::new(season_ms, zone.clone()),
+                week: crate::detect::Season::new(7 * season_ms, zone),
+                buckets: buckets as usize,
+                z_threshold,
+                memory,
+            };
+        }
         Method::Seasonal {
-            season_ms: season_ms.max(1),
+            season: crate::detect::Season::new(season_ms, zone),
             buckets: buckets as usize,
-            z_threshold: self.pos_f64(&r.z_threshold, SEASONAL_THRESHOLD, n, "z_threshold"),
-            memory: window.clamp(2, u32::MAX as i64) as u32,
+            z_threshold,
+            memory,
         }
     }
 
