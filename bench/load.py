@@ -12,6 +12,7 @@ peak RSS, bytes on disk, and for the sidecar scrape-to-gauge latency p50/p99.
     python3 bench/load.py                       # 10k and 100k series at 1s, 60 s each
     python3 bench/load.py --series 10000,100000,1000000 --interval 1,15 --duration 120
     python3 bench/load.py --series 20000 --soak 3600 --out bench/soak   # an hour, 10% churn / 5 min
+    python3 bench/load.py --series 100000 --no-prometheus --bin /tmp/old/anomaly-sidecar  # two builds
 
 Needs a release build (target/release/anomaly-sidecar) and Debian's `prometheus`.
 """
@@ -373,7 +374,13 @@ def main():
     ap.add_argument("--churn-every", type=int, default=300)
     ap.add_argument("--churn", type=float, default=0.1, help="share of series replaced each time")
     ap.add_argument("--out", default="soak", help="CSV/PNG path prefix for --soak")
+    ap.add_argument("--bin", default=None, help="the sidecar binary (default: the release build)")
+    ap.add_argument("--no-prometheus", action="store_true",
+                    help="the sidecar alone (to compare two builds of it)")
     args = ap.parse_args()
+    if args.bin:
+        global SIDECAR
+        SIDECAR = os.path.abspath(args.bin)
     if not os.path.exists(SIDECAR):
         sys.exit("build first: cargo build --release")
     if args.soak:
@@ -390,8 +397,11 @@ def main():
             with tempfile.TemporaryDirectory() as work:
                 print(f"== {n:,} series @{interval}s: sidecar ...", file=sys.stderr, flush=True)
                 s = run_sidecar(exporter, n, interval, warmup, args.duration, work)
-                print(f"== {n:,} series @{interval}s: prometheus ...", file=sys.stderr, flush=True)
-                p = run_prometheus(exporter, n, interval, warmup, args.duration, work)
+                p = None
+                if not args.no_prometheus:
+                    print(f"== {n:,} series @{interval}s: prometheus ...", file=sys.stderr,
+                          flush=True)
+                    p = run_prometheus(exporter, n, interval, warmup, args.duration, work)
             rows.append((n, interval, s, p))
         exporter.stop()
     print(f"\nbody size per scrape ~{len(bodies[0]) / 1e6:.1f} MB at {n:,} series; "

@@ -413,7 +413,8 @@ fn zscore(v: &mut Verdict, history: &Window, x: f64, min_samples: usize, z_thres
         }
         return;
     }
-    let z = (x - mean).abs() / std;
+    // (the signed z is already there: one division less a sample)
+    let z = v.zscore.map_or_else(|| (x - mean).abs() / std, f64::abs);
     v.score = z / z_threshold;
     v.anomalous = z > z_threshold;
     v.direction = Some(if x >= mean {
