@@ -443,3 +443,62 @@ fn seasonal_knows_the_busy_hour_and_still_sees_a_spike_in_it() {
     let v = evaluate_with(&m, &window, &fresh, t, 100.0, 3).unwrap();
     assert_eq!(v.baseline_mean, window.mean());
 }
+
+#[test]
+fn a_lasting_shift_moves_a_seasonal_profile_by_ratio_or_difference() {
+    use crate::detect::{Season, State};
+    let hour = 3_600_000i64;
+    let m = Method::Seasonal {
+        season: Season::utc(2 * hour),
+        buckets: 2,
+        z_threshold: 3.0,
+        memory: 100,
+    };
+    // Two seasons of 10 in the first hour and 100 in the second (± 1).
+    let learnt = |offset: f64| {
+        let mut state = m.new_state();
+        for k in 0..240 {
+            let t = k * 60_000;
+            let level = if t % (2 * hour) < hour { 10.0 } else { 100.0 };
+            crate::detect::update(&m, &mut state, t, level + offset + (k % 3) as f64 - 1.0);
+        }
+        state
+    };
+    let stats = |s: &State, i: u32| match s {
+        State::Seasonal(p) => p.stats(i).unwrap(),
+        _ => unreachable!(),
+    };
+    // The shift: twice as much, seen in both hours.
+    let shifted: Vec<(i64, f64)> = (240..300)
+        .map(|k| {
+            let t = k * 60_000;
+            (t, if t % (2 * hour) < hour { 20.0 } else { 200.0 })
+        })
+        .collect();
+    let mut state = learnt(0.0);
+    assert!(state.shift_to(&m, &shifted, 10));
+    assert!(
+        (stats(&state, 0).0 - 20.0).abs() < 0.1,
+        "{:?}",
+        stats(&state, 0)
+    );
+    assert!(
+        (stats(&state, 1).0 - 200.0).abs() < 1.0,
+        "{:?}",
+        stats(&state, 1)
+    );
+    assert_eq!(state.records(), [0, 1]);
+    // Around zero a ratio means nothing: the difference moves it.
+    let mut state = learnt(-50.0);
+    let minus: Vec<(i64, f64)> = shifted.iter().map(|(t, x)| (*t, x / 2.0 - 40.0)).collect();
+    assert!(state.shift_to(&m, &minus, 10));
+    assert!(
+        (stats(&state, 0).0 - (-30.0)).abs() < 1.0,
+        "{:?}",
+        stats(&state, 0)
+    );
+    // Too few values in buckets that can judge: nothing moves.
+    let mut fresh = m.new_state();
+    assert!(!fresh.shift_to(&m, &shifted, 10));
+    assert!(!learnt(0.0).shift_to(&m, &shifted[..5], 10));
+}

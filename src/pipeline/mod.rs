@@ -552,7 +552,13 @@ fn evaluate_rule(
     if step.relearned {
         b.relearned.push(ri);
     }
-    for i in step.finished.iter() {
+    // (a relearnt profile moved as a whole: all of it is persisted)
+    let records = if step.relearned {
+        state.profile_records()
+    } else {
+        step.finished.iter().collect()
+    };
+    for i in records {
         if let Some(bytes) = state.profile_bucket(i) {
             b.profiles.push((key.1, rule.profile_key.clone(), i, bytes));
         }
