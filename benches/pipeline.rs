@@ -1,8 +1,8 @@
 //! Criterion benches of the hot path, one stage at a time:
 //!   cargo bench --bench pipeline                 (all; add a filter, e.g. `-- parse`)
-//! - detect: one sample judged (detector, then the guard a rule naming only its method
-//!   gets; `zscore_min_delta` adds a minimum deviation), folded into the method's state and
-//!   pushed into the window unless it is an incident, per method, at window 60 and 1000;
+//! - detect: one sample judged (detector, then the rule's guard), folded into the method's
+//!   state and pushed into the window unless it is an incident, per method, at window 60
+//!   and 1000;
 //! - parse: a scrape body as a scrape takes it (UTF-8 check, then the series index's one
 //!   pass: every line parsed when all series are new, values only in the steady state), in
 //!   MB/s, beside the other Rust parsers found (prometheus-parse 0.2.5,
@@ -16,11 +16,9 @@ use anomaly_sidecar::store::{series_id, SeriesIdentity, Store};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::sync::Arc;
 
-fn methods(window: usize) -> [(&'static str, Method); 8] {
+fn methods(window: usize) -> [(&'static str, Method); 7] {
     [
         ("zscore", Method::ZScore { z_threshold: 3.0 }),
-        // (the same with `min_delta_pct: 10`: what the guard's minimum deviation costs)
-        ("zscore_min_delta", Method::ZScore { z_threshold: 3.0 }),
         ("iqr", Method::Iqr { iqr_factor: 1.5 }),
         (
             "threshold",
@@ -62,20 +60,11 @@ fn detect(c: &mut Criterion) {
     for window in [60usize, 1000] {
         for (name, method) in methods(window) {
             let mut w = Window::new(window, method.needs_sorted());
-            // The guard `rules.yaml` gives a rule that names only its method (a threshold's
-            // resolves at its line and never relearns).
-            let guard = match method {
-                Method::Threshold { .. } => detect::Guard::default(),
-                _ => detect::Guard {
-                    min_delta_pct: if name.ends_with("_min_delta") {
-                        10.0
-                    } else {
-                        0.0
-                    },
-                    resolve_below: 0.7,
-                    relearn: detect::Relearn::Samples(window as u32),
-                    ..detect::Guard::default()
-                },
+            let guard = detect::Guard {
+                min_delta_pct: 10.0,
+                resolve_below: 0.7,
+                relearn: detect::Relearn::Samples(window as u32),
+                ..detect::Guard::default()
             };
             let mut state = method.new_state();
             // 15 s scrapes: a seasonal series moves to its next 5-minute bucket every 20.

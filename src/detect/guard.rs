@@ -74,9 +74,6 @@ impl Guard {
     /// Afterwards `score ≥ 1` still means anomalous: the score is capped at the deviation
     /// over the minimum, and the band widened to it.
     pub fn apply(&self, v: &mut Verdict, x: f64) {
-        if self.side == Side::Both && self.min_delta <= 0.0 && self.min_delta_pct <= 0.0 {
-            return; // (what a rule that names only its method has: no cost a sample)
-        }
         let center = match (v.lower_bound, v.upper_bound) {
             (Some(l), Some(u)) => (l + u) / 2.0,
             _ => match v.baseline_mean {

@@ -153,66 +153,6 @@ impl State {
         }
     }
 
-    /// Records a profile holds (to persist all of it after `shift_to`).
-    pub fn records(&self) -> Vec<u32> {
-        match self {
-            State::Seasonal(p) => p.held().collect(),
-            State::Auto(a) => {
-                let days = a.day.buckets() as u32;
-                a.day
-                    .held()
-                    .chain(a.week.held().map(|i| days + i))
-                    .collect()
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    /// A lasting shift becomes the new normal of a seasonal profile by moving it, rhythm
-    /// kept: `values` (time, value; the shift) against their buckets give the move, by
-    /// the median ratio when all are positive (a rate that doubled doubles at every hour),
-    /// else by the median difference. False (nothing moved) without a profile, or with fewer
-    /// than `MIN_SHIFT_SAMPLES` values in buckets that can judge.
-    pub fn shift_to(&mut self, method: &Method, values: &[(i64, f64)], min_samples: usize) -> bool {
-        let (a, b) = {
-            let pairs: Vec<(f64, f64)> = match (method, &*self) {
-                (Method::Seasonal { season, .. }, State::Seasonal(p)) => {
-                    shift_pairs(p, |ts| p.bucket_of(season, ts), values, min_samples)
-                }
-                (Method::AutoSeasonal { day, week, .. }, State::Auto(a)) => match a.period() {
-                    Period::Week => shift_pairs(
-                        &a.week,
-                        |ts| a.week.bucket_of(week, ts),
-                        values,
-                        min_samples,
-                    ),
-                    _ => shift_pairs(&a.day, |ts| a.day.bucket_of(day, ts), values, min_samples),
-                },
-                _ => return false,
-            };
-            if pairs.len() < MIN_SHIFT_SAMPLES {
-                return false;
-            }
-            if pairs.iter().all(|(x, m)| *x > 0.0 && *m > 0.0) {
-                (median(pairs.iter().map(|(x, m)| x / m).collect()), 0.0)
-            } else {
-                (1.0, median(pairs.iter().map(|(x, m)| x - m).collect()))
-            }
-        };
-        if !(a.is_finite() && b.is_finite()) {
-            return false;
-        }
-        match self {
-            State::Seasonal(p) => p.rescale(a, b),
-            State::Auto(s) => {
-                s.day.rescale(a, b);
-                s.week.rescale(a, b);
-            }
-            _ => return false,
-        }
-        true
-    }
-
     /// Restores a profile from its stored records; false when none fitted.
     pub fn restore(&mut self, records: &[(u32, Vec<u8>)]) -> bool {
         let mut restored = false;
@@ -231,36 +171,6 @@ impl State {
             _ => {}
         }
         restored
-    }
-}
-
-/// Values of a shift a seasonal profile's move is measured on, at least.
-const MIN_SHIFT_SAMPLES: usize = 10;
-
-/// (value, its bucket's mean) for each of `values` whose bucket can judge.
-fn shift_pairs(
-    p: &Seasonal,
-    bucket: impl Fn(i64) -> u32,
-    values: &[(i64, f64)],
-    min_samples: usize,
-) -> Vec<(f64, f64)> {
-    values
-        .iter()
-        .filter(|(_, x)| x.is_finite())
-        .filter_map(|&(ts, x)| {
-            let i = bucket(ts);
-            let (mean, _, _) = p.stats(i).filter(|_| p.seasoned(i, min_samples))?;
-            Some((x, mean))
-        })
-        .collect()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 

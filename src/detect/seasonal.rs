@@ -112,20 +112,6 @@ impl Seasonal {
         left
     }
 
-    /// Every bucket's mean to a · mean + b (its spread scaled by |a|): a lasting shift
-    /// accepted as the new normal moves the whole profile, keeping its rhythm.
-    pub fn rescale(&mut self, a: f64, b: f64) {
-        for k in self.buckets.iter_mut().filter(|k| k.n > 0) {
-            k.mean = a * k.mean + b;
-            k.m2 *= a * a;
-        }
-    }
-
-    /// Buckets holding values (the records a rescaled profile persists).
-    pub fn held(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.buckets.len() as u32).filter(|i| self.buckets[*i as usize].n > 0)
-    }
-
     /// Bucket `i` as persisted.
     pub fn encode(&self, i: u32) -> Option<[u8; BUCKET_BYTES]> {
         let b = self.buckets.get(i as usize)?;
@@ -226,24 +212,6 @@ mod tests {
         assert!(!q.restore(9, &bytes));
         assert!(!q.restore(0, &bytes[..10]));
         assert_eq!(q.filled(), 1);
-    }
-
-    #[test]
-    fn a_profile_moves_with_a_lasting_shift() {
-        let mut p = Seasonal::new(3);
-        for x in [1.0, 3.0] {
-            p.push(0, x, 10);
-        }
-        for x in [10.0, 14.0] {
-            p.push(2, x, 10);
-        }
-        p.rescale(2.0, 0.0);
-        assert_eq!(p.stats(0).map(|s| s.0), Some(4.0));
-        let (mean, std, _) = p.stats(2).unwrap();
-        assert_eq!(mean, 24.0);
-        assert!((std - 2.0 * 8f64.sqrt()).abs() < 1e-12);
-        assert_eq!(p.held().collect::<Vec<_>>(), [0, 2]);
-        assert_eq!(p.stats(1), None, "an empty bucket stays empty");
     }
 
     #[test]

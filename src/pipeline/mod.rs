@@ -552,13 +552,7 @@ fn evaluate_rule(
     if step.relearned {
         b.relearned.push(ri);
     }
-    // (a relearnt profile moved as a whole: all of it is persisted)
-    let records = if step.relearned {
-        state.profile_records()
-    } else {
-        step.finished.iter().collect()
-    };
-    for i in records {
+    for i in step.finished.iter() {
         if let Some(bytes) = state.profile_bucket(i) {
             b.profiles.push((key.1, rule.profile_key.clone(), i, bytes));
         }

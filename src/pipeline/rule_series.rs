@@ -59,13 +59,6 @@ pub(crate) struct Step {
 }
 
 impl RuleSeries {
-    /// Every record a seasonal rule's profile holds (all of it changes when relearnt).
-    pub(crate) fn profile_records(&self) -> Vec<u32> {
-        self.extra
-            .as_deref()
-            .map_or_else(Vec::new, |e| e.detector.records())
-    }
-
     /// Bucket `i` of a seasonal rule's profile, as persisted.
     pub(crate) fn profile_bucket(&self, i: u32) -> Option<[u8; detect::seasonal::BUCKET_BYTES]> {
         self.extra.as_deref()?.detector.encode(i)
@@ -237,18 +230,13 @@ impl RuleSeries {
     }
 
     /// The baseline rebuilt from the samples the store holds (the shift that lasted), as a
-    /// fresh start would build it; a seasonal profile instead moves to the new level and
-    /// keeps its rhythm (a season of learning is not thrown away for a level). The alert
-    /// is the caller's to end.
+    /// fresh start would build it; the alert is the caller's to end.
     fn relearn(&mut self, rule: &Rule, counter_like: bool, ring: &SampleRing) {
         let samples: Vec<(i64, f64)> = ring.iter().collect();
-        let (window, fresh) = baseline(rule, counter_like, &samples, &[]);
+        let (window, detector) = baseline(rule, counter_like, &samples, &[]);
         self.window = window;
         let e = self.extra.get_or_insert_with(Box::default);
-        let values: Vec<(i64, f64)> = transformed(rule, counter_like, &samples).collect();
-        if !e.detector.shift_to(&rule.method, &values, rule.min_samples) {
-            e.detector = fresh;
-        }
+        e.detector = detector;
         e.recent = 0;
         e.excluded = 0;
         e.clean = 0;
@@ -319,7 +307,14 @@ fn baseline(
     let sorted = rule.method.needs_sorted();
     let mut detector = rule.method.new_state();
     let restored = detector.restore(profile);
-    let values = || transformed(rule, counter_like, samples);
+    let values = || {
+        let mut prev = None;
+        samples.iter().filter_map(move |&s| {
+            let x = transform(rule.transform, counter_like, prev, s);
+            prev = Some(s);
+            x.map(|x| (s.0, x))
+        })
+    };
     let window = if shares_store_window(rule, counter_like) {
         Window::shared(rule.window, sorted, samples.iter().map(|s| s.1))
     } else {
@@ -333,20 +328,6 @@ fn baseline(
         }
     }
     (window, detector)
-}
-
-/// A rule's values (time, value after its transform) of raw `samples`, oldest first.
-fn transformed<'s>(
-    rule: &'s Rule,
-    counter_like: bool,
-    samples: &'s [(i64, f64)],
-) -> impl Iterator<Item = (i64, f64)> + 's {
-    let mut prev = None;
-    samples.iter().filter_map(move |&s| {
-        let x = transform(rule.transform, counter_like, prev, s);
-        prev = Some(s);
-        x.map(|x| (s.0, x))
-    })
 }
 
 /// The stored profile a seasonal rule's state starts from (none for other methods); a

@@ -146,34 +146,3 @@ fn buckets_in_local_time_follow_daylight_saving_and_auto_finds_the_day() {
     assert!(auto.iter().any(|t| *t < warm), "{auto:?}");
     assert_eq!(auto.iter().filter(|t| **t >= warm).count(), 0, "{auto:?}");
 }
-
-#[test]
-fn a_lasting_shift_moves_the_profile_and_keeps_its_rhythm() {
-    // Office hours in UTC (100 by day, 10 by night, ± 2) for two weeks; from day 7 on, twice
-    // as busy at every hour (a launch). The rule fires, stays firing for the season it takes
-    // to call it the new normal, resolves once, and the profile, moved to the new level,
-    // judges the rhythm at once: no firing at every opening afterwards.
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = String::from("timestamp,value\n");
-    let mut seed = 3u64;
-    for k in 0..(14 * 288) {
-        let t = MARCH_18 + k * 300_000;
-        let hour = t.rem_euclid(DAY) / 3_600_000;
-        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        let noise = (seed >> 33) as f64 / (1u64 << 31) as f64 * 4.0 - 2.0;
-        let level = if (9..17).contains(&hour) { 100.0 } else { 10.0 };
-        let launch = if t >= MARCH_18 + 7 * DAY { 2.0 } else { 1.0 };
-        s.push_str(&format!("{},{:.3}\n", t / 1000, launch * (level + noise)));
-    }
-    let csv = write(dir.path(), "office.csv", &s);
-    let rule = "  - name: s\n    match: office\n    method: seasonal\n    buckets: 24\n    window: 60\n    min_samples: 20\n";
-    let fired = firings(dir.path(), "launch", rule, &csv);
-    let launch = MARCH_18 + 7 * DAY;
-    let after: Vec<i64> = fired.iter().copied().filter(|t| *t >= launch).collect();
-    assert_eq!(
-        after.len(),
-        1,
-        "one alert for the launch, none after it is learnt: {fired:?}"
-    );
-    assert!(after[0] < launch + 3_600_000, "{after:?}");
-}
