@@ -104,8 +104,9 @@ pub fn replay(rules: &RuleSet, series: &Recorded) -> Replay {
                 let state = state.get_or_insert_with(|| {
                     new_state(rule, &identity, std::iter::empty(), Default::default(), &[])
                 });
-                if let Some(step) = state.step(rule, false, &ring) {
-                    score = score.max(squash(step.verdict.score));
+                let mut verdict = crate::detect::Verdict::default();
+                if let Some(step) = state.step(rule, false, &ring, &mut verdict) {
+                    score = score.max(squash(verdict.score));
                     fired |= step.transition == Some(crate::alert::Transition::Firing);
                 }
             }

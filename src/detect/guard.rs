@@ -73,7 +73,12 @@ impl Guard {
     /// first value), else its mean; a verdict without either (threshold) is left alone.
     /// Afterwards `score ≥ 1` still means anomalous: the score is capped at the deviation
     /// over the minimum, and the band widened to it.
+    #[inline]
     pub fn apply(&self, v: &mut Verdict, x: f64) {
+        if self.side == Side::Both && self.min_delta <= 0.0 && self.min_delta_pct <= 0.0 {
+            // Nothing to apply (most rules): every sample passes here.
+            return;
+        }
         let center = match (v.lower_bound, v.upper_bound) {
             (Some(l), Some(u)) => (l + u) / 2.0,
             _ => match v.baseline_mean {
@@ -109,6 +114,7 @@ impl Guard {
 
     /// The alert condition: the verdict, or while an alert is firing (`open`), the score
     /// staying at or above `resolve_below`.
+    #[inline]
     pub fn condition(&self, v: &Verdict, open: bool) -> bool {
         if open && self.resolve_below < 1.0 {
             v.anomalous || v.score >= self.resolve_below

@@ -14,6 +14,7 @@ mod warm;
 use crate::alert::book::AlertBook;
 use crate::alert::{AlertEvent, AlertState, Transition};
 use crate::config::{Rule, RuleSet};
+use crate::detect::Verdict;
 use crate::export::{
     AlertView, AnomalyRow, ExportChanges, Exporter, RowKey, RowUpdate, RowValues, RuleId,
 };
@@ -388,7 +389,7 @@ impl Pipeline {
     /// Rows go out in slices: a whole scrape's worth at 100k series would be tens of MB held
     /// only to be copied. Readers may see part of a scrape; each row is whole.
     fn export_slice(&self, batch: &mut Batch) {
-        if batch.export.upserts.len() >= EXPORT_SLICE {
+        if batch.export.rows() >= EXPORT_SLICE {
             self.exporter.apply(&mut batch.export);
         }
     }
@@ -545,10 +546,12 @@ fn evaluate_rule(
     b: &mut Batch,
 ) {
     let (identity, ring) = (&series.identity, series.samples());
-    let Some(step) = state.step(rule, series.counter_like, ring) else {
+    let mut verdict = Verdict::default();
+    let before = state.alert;
+    let Some(step) = state.step(rule, series.counter_like, ring, &mut verdict) else {
         return;
     };
-    let (x, verdict, before, transition) = (step.x, step.verdict, step.before, step.transition);
+    let (x, transition) = (step.x, step.transition);
     if step.relearned {
         b.relearned.push(ri);
     }
@@ -582,18 +585,47 @@ fn evaluate_rule(
         AlertState::Inactive => {}
     }
     let flags = (state.alert.is_firing(), state.alert.is_pending());
-    let values = RowValues::new(flags, x, &verdict);
     // The row's labels go to the exporter once; later updates carry the values alone (a
     // reference count taken and dropped on every series' identity per scrape was a cache
     // miss each).
-    let update = if state.exported {
-        RowUpdate::Values(values)
+    if state.exported {
+        b.export.values(key, flags, x, &verdict);
     } else {
         state.exported = true;
-        RowUpdate::New(AnomalyRow::new((head.clone(), identity.clone()), values))
-    };
-    b.export.upserts.push((key, update));
+        let values = RowValues::new(flags, x, &verdict);
+        let row = AnomalyRow::new((head.clone(), identity.clone()), values);
+        b.export.upserts.push((key, RowUpdate::New(row)));
+    }
     if let Some(tr) = transition {
+        announce(
+            rule,
+            identity,
+            tr,
+            (id, now, since),
+            x,
+            verdict,
+            step.relearned,
+            b,
+        );
+    }
+}
+
+/// A transition of an alert, for the counters and the book (out of line: most evaluations
+/// have none).
+#[cold]
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+fn announce(
+    rule: &Rule,
+    identity: &Arc<SeriesIdentity>,
+    tr: Transition,
+    (id, now, since): (SeriesId, i64, i64),
+    x: f64,
+    verdict: Verdict,
+    relearned: bool,
+    b: &mut Batch,
+) {
+    {
         b.transitions.push((rule.name.clone(), tr));
         let change = match tr {
             Transition::Pending => Change::Pending(rule.name.clone(), now),
@@ -603,7 +635,7 @@ fn evaluate_rule(
             }
             Transition::Resolved => {
                 let mut ev = event(rule, identity, false, now, since, x, verdict);
-                if step.relearned {
+                if relearned {
                     // The shift lasted relearn_after: resolved as the new normal, not because
                     // the value came back.
                     ev.annotations

@@ -43,13 +43,11 @@ const _: () = assert!(std::mem::size_of::<RuleSeries>() <= 136);
 /// The state of stateless detectors.
 static NO_DETECTOR: detect::State = detect::State::None;
 
-/// What one evaluation found.
+/// What one evaluation found, beside its verdict (which `step` writes in the caller's) and
+/// the alert before it (the caller's to read first: small, so that it moves in registers).
 pub(crate) struct Step {
     /// The value judged (after the transform).
     pub x: f64,
-    pub verdict: Verdict,
-    /// The alert before this evaluation.
-    pub before: AlertState,
     pub transition: Option<Transition>,
     /// Profile records that are final (a seasonal bucket the series just left), to persist.
     pub finished: detect::Finished,
@@ -71,15 +69,16 @@ impl RuleSeries {
 
     /// Judges the newest sample of `ring` (a series' raw samples): transform, detector
     /// against the baseline, the rule's guard (side, minimum deviation, hysteresis), the
-    /// alert, then the value into the baseline unless it belongs to an incident. The live
-    /// pipeline and `backtest` both run exactly this. None when there is nothing to judge (a
-    /// rate's first sample, a non-finite value).
+    /// alert, then the value into the baseline unless it belongs to an incident; the
+    /// verdict goes into `verdict`. The live pipeline and `backtest` both run exactly this.
+    /// None when there is nothing to judge (a rate's first sample, a non-finite value).
     #[inline]
     pub(crate) fn step(
         &mut self,
         rule: &Rule,
         counter_like: bool,
         ring: &SampleRing,
+        verdict: &mut Verdict,
     ) -> Option<Step> {
         let (now, value) = ring.back()?;
         let prev = ring.len().checked_sub(2).and_then(|i| ring.get(i));
@@ -92,11 +91,8 @@ impl RuleSeries {
             .alerts_per_day
             .and_then(|per_day| self.extra.as_deref()?.spot.as_deref()?.level(per_day))
             .unwrap_or(1.0);
-        let detect::Judgement {
-            mut verdict,
-            ready,
-            bucket,
-        } = detect::judge(
+        let (ready, bucket) = detect::judge_into(
+            verdict,
             &rule.method,
             &self.window,
             detector,
@@ -106,14 +102,17 @@ impl RuleSeries {
             scale,
         )?;
         // The score at the method's own threshold, for the calibration to learn.
-        let judged_score = (verdict.lower_bound.is_some() || verdict.upper_bound.is_some())
-            .then_some(verdict.score * scale);
-        rule.guard.apply(&mut verdict, x);
+        let judged_score = rule
+            .guard
+            .alerts_per_day
+            .filter(|_| verdict.lower_bound.is_some() || verdict.upper_bound.is_some())
+            .map(|_| verdict.score * scale);
+        rule.guard.apply(verdict, x);
         let policy = &rule.policy;
         // Hysteresis holds a firing alert only: a pending one must see the whole condition for
         // all of `for` (else it fired at a value below the threshold, as a 1-hour run on
         // node_exporter showed: z 3.15 under a z 4 rule).
-        let judged = rule.guard.condition(&verdict, self.alert.is_firing());
+        let judged = rule.guard.condition(verdict, self.alert.is_firing());
         let condition = if policy.of <= 1 {
             judged
         } else {
@@ -124,8 +123,6 @@ impl RuleSeries {
         let mut transition = self.alert.step(condition, now, policy);
         let mut step = Step {
             x,
-            verdict,
-            before,
             transition: None,
             finished: detect::Finished::default(),
             relearned: false,
@@ -140,7 +137,7 @@ impl RuleSeries {
                 .and_then(|e| e.spot.as_deref())
                 .is_some_and(detect::Spot::fitted);
         let incident =
-            ready && !calibrating && (step.verdict.anomalous || self.alert != AlertState::Inactive);
+            ready && !calibrating && (verdict.anomalous || self.alert != AlertState::Inactive);
         if incident {
             // (not on the evaluation that fires: the alert is announced first)
             let may_relearn = transition != Some(Transition::Firing);
@@ -153,25 +150,33 @@ impl RuleSeries {
         } else {
             step.finished = self.learn(rule, counter_like, ring, x, bucket);
         }
-        if let Some(score) = judged_score.filter(|_| rule.guard.alerts_per_day.is_some()) {
-            // Every score is learnt but those of an alert already open: an incident is not
-            // the series' tail (it would raise the level until the incident looked normal),
-            // while a spike of noise is (a tail fitted only below the level drifts down,
-            // the truncated peaks looking ever lighter).
-            let e = self.extra.get_or_insert_with(Box::default);
-            let spot = e.spot.get_or_insert_with(Box::default);
-            if before == AlertState::Inactive || !spot.fitted() {
-                spot.observe(score, now);
-            }
+        if let Some(score) = judged_score {
+            self.observe_score(score, now, before == AlertState::Inactive);
         }
         step.transition = transition;
         Some(step)
+    }
+
+    /// A calibrated rule's score into its tail. Every score is learnt but those of an alert
+    /// already open: an incident is not the series' tail (it would raise the level until
+    /// the incident looked normal), while a spike of noise is (a tail fitted only below the
+    /// level drifts down, the truncated peaks looking ever lighter).
+    #[inline(never)]
+    fn observe_score(&mut self, score: f64, now: i64, was_inactive: bool) {
+        let e = self.extra.get_or_insert_with(Box::default);
+        let spot = e.spot.get_or_insert_with(Box::default);
+        if was_inactive || !spot.fitted() {
+            spot.observe(score, now);
+        }
     }
 
     /// The newest sample belongs to an incident: it stays out of the baseline, so the band
     /// the incident is judged against is the one from before it (a window that took it in
     /// widened until it looked normal). True when the shift has lasted `relearn_after` and
     /// the baseline was rebuilt from it (the caller ends the alert).
+    // Out of the hot path: most samples of most series are no incident.
+    #[cold]
+    #[inline(never)]
     fn keep_out(
         &mut self,
         rule: &Rule,
@@ -203,6 +208,7 @@ impl RuleSeries {
     /// The newest sample (`x` after the transform) into the baseline; returns the profile
     /// records that are final. A window owned since an incident goes back to sharing
     /// the store's values once it holds nothing but them again.
+    #[inline]
     fn learn(
         &mut self,
         rule: &Rule,
@@ -231,6 +237,7 @@ impl RuleSeries {
 
     /// The baseline rebuilt from the samples the store holds (the shift that lasted), as a
     /// fresh start would build it; the alert is the caller's to end.
+    #[cold]
     fn relearn(&mut self, rule: &Rule, counter_like: bool, ring: &SampleRing) {
         let samples: Vec<(i64, f64)> = ring.iter().collect();
         let (window, detector) = baseline(rule, counter_like, &samples, &[]);

@@ -68,6 +68,7 @@ pub(super) struct SlotStates {
 
 impl SlotStates {
     /// The state of series `id` in `slot`, new if the slot held none or another series.
+    #[inline]
     pub(super) fn at(&mut self, slot: Slot, id: SeriesId) -> &mut SlotState {
         let i = slot.index();
         if i >= self.list.len() {

@@ -123,6 +123,7 @@ impl Builder {
     }
 
     /// A sample of the series numbered `ordinal` (see `ordinal`).
+    #[inline]
     pub fn sample(&mut self, ordinal: u32, ts_ms: i64, value: f64) {
         let same_scrape = self
             .samples

@@ -389,6 +389,7 @@ impl Store {
     }
 
     /// `append` to the series in `slot`.
+    #[inline]
     pub fn append_at(
         &mut self,
         slot: Slot,
