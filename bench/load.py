@@ -13,6 +13,9 @@ peak RSS, bytes on disk, and for the sidecar scrape-to-gauge latency p50/p99.
     python3 bench/load.py --series 10000,100000,1000000 --interval 1,15 --duration 120
     python3 bench/load.py --series 20000 --soak 3600 --out bench/soak   # an hour, 10% churn / 5 min
     python3 bench/load.py --series 100000 --no-prometheus --bin /tmp/old/anomaly-sidecar  # two builds
+    python3 bench/load.py --series 100000 --against /tmp/old/anomaly-sidecar --rounds 5
+        # the release build and another one at the same time, each on its own exporter: both
+        # see the same machine noise (one after the other, runs differed by up to 20 %)
 
 Needs a release build (target/release/anomaly-sidecar) and Debian's `prometheus`.
 """
@@ -196,7 +199,7 @@ def wait_port(port, timeout=60):
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def start_sidecar(exporter, interval, work, extra):
+def start_sidecar(exporter, interval, work, extra, binary=None):
     """The sidecar with one zscore rule (window 60) over every series of `exporter`; returns
     the process, its port and its data dir."""
     rules = os.path.join(work, "rules.yaml")
@@ -205,7 +208,7 @@ def start_sidecar(exporter, interval, work, extra):
     port = free_port()
     data = os.path.join(work, "sidecar-data")
     proc = subprocess.Popen(
-        [SIDECAR, "run", "--rules", rules, "--target", f"http://127.0.0.1:{exporter.port}/metrics",
+        [binary or SIDECAR, "run", "--rules", rules, "--target", f"http://127.0.0.1:{exporter.port}/metrics",
          "--listen", f"127.0.0.1:{port}", "--data-dir", data, "--scrape-interval", f"{interval}s",
          "--scrape-timeout", f"{max(interval, 10)}s",
          # 1M series is ~115 MB a body, over the 64 MB default.
@@ -237,6 +240,43 @@ def run_sidecar(exporter, n, interval, warmup, duration, work):
         }
     finally:
         stop(proc)
+
+
+def against(n, interval, warmup, duration, other, rounds):
+    """The release build (A) and `other` (B) at once, each on its own exporter of the same
+    bodies, `rounds` times; prints samples per CPU-second of each and A/B per round, then
+    the median ratio."""
+    bodies = render_bodies(n)
+    builds = [SIDECAR, os.path.abspath(other)]
+    ratios = []
+    for r in range(rounds):
+        exporters = [Exporter(bodies), Exporter(bodies)]
+        procs = []
+        with tempfile.TemporaryDirectory() as w1, tempfile.TemporaryDirectory() as w2:
+            try:
+                for binary, exporter, work in zip(builds, exporters, (w1, w2)):
+                    procs.append(start_sidecar(exporter, interval, work,
+                                               ["--max-series", str(n * 2)], binary))
+                for _, port, _ in procs:
+                    wait_port(port)
+                time.sleep(warmup)
+                ev = "anomaly_sidecar_rule_evaluations_total"
+                before = [(cpu_seconds(p.pid), value(metrics(port), ev) or 0) for p, port, _ in procs]
+                time.sleep(duration)
+                after = [(cpu_seconds(p.pid), value(metrics(port), ev) or 0) for p, port, _ in procs]
+            finally:
+                for p, _, _ in procs:
+                    stop(p)
+        for e in exporters:
+            e.stop()
+        per = [(a[1] - b[1]) / max(a[0] - b[0], 1e-9) for a, b in zip(after, before)]
+        ratios.append(per[0] / per[1] if per[1] else float("nan"))
+        print(f"round {r + 1}: A {per[0]:,.0f}  B {per[1]:,.0f} samples per CPU-s  A/B {ratios[-1]:.3f}",
+              flush=True)
+    ratios.sort()
+    print(f"A = {builds[0]}\nB = {builds[1]}\n{n:,} series @{interval}s, {rounds} rounds of "
+          f"{duration:.0f} s: median A/B {ratios[len(ratios) // 2]:.3f} "
+          f"(range {ratios[0]:.3f}-{ratios[-1]:.3f})")
 
 
 def run_prometheus(exporter, n, interval, warmup, duration, work):
@@ -377,12 +417,22 @@ def main():
     ap.add_argument("--bin", default=None, help="the sidecar binary (default: the release build)")
     ap.add_argument("--no-prometheus", action="store_true",
                     help="the sidecar alone (to compare two builds of it)")
+    ap.add_argument("--against", default=None,
+                    help="another build: run it and the release build (or --bin) at once, "
+                         "each on its own exporter, and print their ratio")
+    ap.add_argument("--rounds", type=int, default=3, help="with --against")
     args = ap.parse_args()
     if args.bin:
         global SIDECAR
         SIDECAR = os.path.abspath(args.bin)
     if not os.path.exists(SIDECAR):
         sys.exit("build first: cargo build --release")
+    if args.against:
+        n = int(args.series.split(",")[0])
+        interval = int(args.interval.split(",")[0])
+        warmup = args.warmup if args.warmup is not None else max(20, 2 * interval)
+        against(n, interval, warmup, args.duration, args.against, args.rounds)
+        return
     if args.soak:
         n = int(args.series.split(",")[0])
         interval = int(args.interval.split(",")[0])
