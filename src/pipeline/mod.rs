@@ -625,27 +625,23 @@ fn announce(
     relearned: bool,
     b: &mut Batch,
 ) {
-    {
-        b.transitions.push((rule.name.clone(), tr));
-        let change = match tr {
-            Transition::Pending => Change::Pending(rule.name.clone(), now),
-            Transition::Cancelled => Change::Cancelled(rule.name.clone()),
-            Transition::Firing => {
-                Change::Fired(event(rule, identity, true, now, since, x, verdict))
+    b.transitions.push((rule.name.clone(), tr));
+    let change = match tr {
+        Transition::Pending => Change::Pending(rule.name.clone(), now),
+        Transition::Cancelled => Change::Cancelled(rule.name.clone()),
+        Transition::Firing => Change::Fired(event(rule, identity, true, now, since, x, verdict)),
+        Transition::Resolved => {
+            let mut ev = event(rule, identity, false, now, since, x, verdict);
+            if relearned {
+                // The shift lasted relearn_after: resolved as the new normal, not because
+                // the value came back.
+                ev.annotations
+                    .insert("reason".to_string(), "new_normal".to_string());
             }
-            Transition::Resolved => {
-                let mut ev = event(rule, identity, false, now, since, x, verdict);
-                if relearned {
-                    // The shift lasted relearn_after: resolved as the new normal, not because
-                    // the value came back.
-                    ev.annotations
-                        .insert("reason".to_string(), "new_normal".to_string());
-                }
-                Change::Resolved(ev)
-            }
-        };
-        b.alerts.push((id, change));
-    }
+            Change::Resolved(ev)
+        }
+    };
+    b.alerts.push((id, change));
 }
 
 /// What happened to an alert in an evaluation, for the book.
