@@ -1,6 +1,6 @@
-//! The one place that spawns tasks: scrape loops, the pipeline, the rules reloader and the
-//! HTTP server, and that owns shutdown (SIGTERM/SIGINT → stop scraping, finish the write,
-//! flush sled).
+//! The one place that spawns tasks: the target manager (which owns the scrape loops), the
+//! discovery configs, the pipeline, the rules reloader and the HTTP server, and that owns
+//! shutdown (SIGTERM/SIGINT → stop scraping, finish the write, flush sled).
 
 use crate::alert::book::AlertBook;
 use crate::alert::AlertEvent;
@@ -38,6 +38,8 @@ pub enum StartError {
     },
     #[error("invalid --targets-file: {0}")]
     TargetsFile(crate::config::targets::TargetsFileError),
+    #[error("{0}")]
+    Shard(String),
     #[error("no targets: give --target URL or --targets-file")]
     NoTargets,
     #[error("invalid --web.config.file: {0}")]
@@ -65,21 +67,42 @@ const TARGET_DOWN_INTERVALS: u32 = 3;
 
 /// Loads config, opens the store and binds the port (all before any task runs), then spawns.
 pub async fn start(args: &RunArgs) -> Result<App, StartError> {
-    let specs = match &args.targets_file {
+    let file = match &args.targets_file {
         Some(path) => crate::config::targets::load_file(path).map_err(StartError::TargetsFile)?,
-        None => Vec::new(),
+        None => Default::default(),
     };
-    let targets = scrape::parse_targets(&args.targets, &specs, args.limits())?;
-    if targets.is_empty() {
+    let targets = scrape::parse_targets(&args.targets, &file.statics, args.limits())?;
+    if targets.is_empty() && file.discovery.is_empty() {
         return Err(StartError::NoTargets);
     }
+    let shard =
+        crate::discover::Shard::parse(&args.shard, &hostname()).map_err(StartError::Shard)?;
     let client = scrape::client().map_err(|e| StartError::Setup(e.to_string()))?;
     // TLS files of targets are read here, before the store is opened or the port bound, so
     // a missing CA is what the error says (not a busy port).
-    let target_clients = targets
+    let statics = targets
+        .into_iter()
+        .map(|t| {
+            let c = scrape::client_for(&t, &client)?;
+            Ok((t, c))
+        })
+        .collect::<Result<Vec<_>, scrape::TargetError>>()?;
+    let templates = file
+        .discovery
         .iter()
-        .map(|t| scrape::client_for(t, &client))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|spec| {
+            let probe = scrape::Target {
+                name: spec.config.clone(),
+                tls: spec.settings.tls.clone(),
+                ..scrape::Target::parse(&format!("{}://discovered{}", spec.scheme, spec.path))?
+            };
+            Ok(scrape::manager::Template {
+                spec: spec.clone(),
+                client: scrape::client_for(&probe, &client)?,
+                limits: args.limits().with(&spec.settings.limits),
+            })
+        })
+        .collect::<Result<Vec<_>, scrape::TargetError>>()?;
     let rules = Arc::new(rules::load_file(&args.rules).map_err(StartError::Rules)?);
     crate::notify::check_urls(&args.webhooks, &args.alertmanagers)?;
     let web =
@@ -163,7 +186,9 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (results_tx, results_rx) = mpsc::channel(targets.len().max(1) * 2);
+    let (results_tx, results_rx) = mpsc::channel(statics.len().max(64) * 2);
+    let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+    let (updates_tx, updates_rx) = mpsc::channel(16);
     let (rules_tx, rules_rx) = watch::channel(rules.clone());
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let ready = Arc::new(AtomicBool::new(false));
@@ -173,21 +198,35 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         timeout: args.effective_scrape_timeout(),
         max_bytes: args.max_scrape_bytes,
     };
-    let mut tasks = Vec::new();
-    for (i, (target, target_client)) in targets.iter().cloned().zip(target_clients).enumerate() {
-        tracing::info!(target = %target.name, url = %target.display_url(), "Scraping target");
-        tasks.push(tokio::spawn(scrape::run_target(
+    if shard.count > 1 {
+        tracing::info!(shard = %shard, "Scraping this shard's share of the targets");
+    }
+    let manager = scrape::manager::TargetManager::new(
+        statics,
+        templates,
+        shard,
+        settings,
+        results_tx,
+        changes_tx,
+        exporter.metrics.clone(),
+    );
+    let initial = manager.initial();
+    let mut tasks = vec![tokio::spawn(manager.run(updates_rx, shutdown_rx.clone()))];
+    for (i, spec) in file.discovery.into_iter().enumerate() {
+        let crate::config::targets::Mechanism::Dns(sd) = spec.mechanism;
+        tracing::info!(config = %spec.config, names = ?sd.names, "DNS discovery");
+        tasks.push(tokio::spawn(crate::discover::dns::run(
             i,
-            target,
-            target_client,
-            settings.clone(),
-            results_tx.clone(),
+            spec.config,
+            sd,
+            updates_tx.clone(),
+            exporter.metrics.clone(),
             shutdown_rx.clone(),
         )));
     }
-    drop(results_tx);
+    drop(updates_tx);
     let pipeline = Pipeline::new(
-        targets,
+        initial,
         PipelineSettings {
             max_series: args.max_series,
             retention: args.retention,
@@ -199,7 +238,8 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         exporter.clone(),
         book,
     );
-    let pipeline = tokio::spawn(pipeline.run(results_rx, rules_rx, shutdown_rx.clone()));
+    let pipeline =
+        tokio::spawn(pipeline.run(changes_rx, results_rx, rules_rx, shutdown_rx.clone()));
     if let Some(n) = &notifier {
         tasks.extend(n.spawn(notify_client, shutdown_rx.clone()));
     }

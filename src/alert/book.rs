@@ -73,6 +73,11 @@ pub enum Reason {
     SeriesGone,
     /// The target's scrapes failed for longer than the grace.
     TargetDown,
+    /// Discovery no longer finds the target (its pod went while it was being watched, or
+    /// before a restart).
+    TargetGone,
+    /// Another `--shard` scrapes the target now (the number of shards changed).
+    TargetMoved,
 }
 
 impl Reason {
@@ -82,6 +87,8 @@ impl Reason {
             Reason::RuleChanged => "rule_changed",
             Reason::SeriesGone => "series_gone",
             Reason::TargetDown => "target_down",
+            Reason::TargetGone => "target_gone",
+            Reason::TargetMoved => "target_moved",
         }
     }
 }

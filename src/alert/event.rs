@@ -27,6 +27,15 @@ pub struct AlertEvent {
 }
 
 impl AlertEvent {
+    /// A resolution that only says this replica stopped watching the series (its target went
+    /// to another `--shard`): Alertmanager is not told, so the new owner's alert continues
+    /// it there (or it expires at its endsAt).
+    pub fn handed_off(&self) -> bool {
+        !self.firing
+            && self.annotations.get("reason").map(String::as_str)
+                == Some(super::book::Reason::TargetMoved.as_str())
+    }
+
     /// Labels of the alert (`labels::alert_labels`): the same set in every output.
     pub fn labels(&self) -> BTreeMap<String, String> {
         super::labels::alert_labels(

@@ -140,6 +140,11 @@ pub struct RunArgs {
     /// certificate), in Prometheus' scrape_config field names; added to the --target ones.
     #[arg(long = "targets-file", env = "ANOMALY_SIDECAR_TARGETS_FILE")]
     pub targets_file: Option<PathBuf>,
+    /// This replica's share of the targets, for a StatefulSet of N: `I/N` scrapes the
+    /// targets whose address hashes (Prometheus' hashmod) to I; `auto/N` takes I from the pod
+    /// name's ordinal (`anomaly-sidecar-2`).
+    #[arg(long, env = "ANOMALY_SIDECAR_SHARD", default_value = "0/1")]
+    pub shard: String,
     /// Address to serve /metrics, /-/healthy, /-/ready and /-/reload on.
     #[arg(long, env = "ANOMALY_SIDECAR_LISTEN", default_value = "0.0.0.0:9477")]
     pub listen: SocketAddr,

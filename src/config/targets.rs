@@ -1,11 +1,14 @@
 //! `--targets-file`: targets that need more than a URL (bearer token, basic auth, a private
-//! CA, a client certificate), with Prometheus' scrape_config field names. Secrets are only
-//! ever named by file, read at each scrape so a rotated token is used without a restart.
+//! CA, a client certificate), and targets found by discovery (`dns_sd`), with Prometheus'
+//! scrape_config field names. Secrets are only ever named by file, read at each scrape so a
+//! rotated token is used without a restart.
 
 use super::yaml;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A targets file that cannot be used, with its file and line.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -26,6 +29,52 @@ pub struct TargetSpec {
     /// `label_name_length_limit`, `label_value_length_limit`, as in Prometheus' scrape
     /// config); None: the flag's.
     pub limits: LimitOverrides,
+}
+
+/// What a targets file holds: targets by URL, and discovery configs whose targets share
+/// one entry's settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TargetsFile {
+    pub statics: Vec<TargetSpec>,
+    pub discovery: Vec<DiscoverySpec>,
+}
+
+/// One discovery entry: where its targets come from and how each is scraped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoverySpec {
+    /// `file:line` of the entry: names it in logs and in `sd_discovered_targets{config}`.
+    pub config: String,
+    pub mechanism: Mechanism,
+    /// `http` or `https`.
+    pub scheme: String,
+    /// The path scraped on every discovered address (`metrics_path`, default /metrics).
+    pub path: String,
+    /// Credentials, TLS and limits of every target found (`url` empty).
+    pub settings: TargetSpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mechanism {
+    Dns(DnsSd),
+}
+
+/// `dns_sd`: Prometheus' `dns_sd_configs`, plus the servers to ask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsSd {
+    pub names: Vec<String>,
+    pub kind: DnsKind,
+    /// The port of A/AAAA targets (SRV records carry their own).
+    pub port: Option<u16>,
+    pub refresh_interval: Duration,
+    /// Empty: the system's (`/etc/resolv.conf`, with its search list).
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsKind {
+    A,
+    Aaaa,
+    Srv,
 }
 
 /// Scrape limits a target sets itself (0: no limit, as in Prometheus).
@@ -65,7 +114,10 @@ struct RawFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTarget {
-    url: String,
+    url: Option<String>,
+    dns_sd: Option<RawDnsSd>,
+    scheme: Option<String>,
+    metrics_path: Option<String>,
     authorization: Option<RawAuthorization>,
     bearer_token_file: Option<String>,
     basic_auth: Option<RawBasicAuth>,
@@ -74,6 +126,18 @@ struct RawTarget {
     label_limit: Option<usize>,
     label_name_length_limit: Option<usize>,
     label_value_length_limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDnsSd {
+    names: Vec<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    port: Option<u16>,
+    refresh_interval: Option<String>,
+    #[serde(default)]
+    nameservers: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -102,7 +166,7 @@ struct RawTls {
 }
 
 /// Reads and validates a targets file; relative paths are relative to its directory.
-pub fn load_file(path: &Path) -> Result<Vec<TargetSpec>, TargetsFileError> {
+pub fn load_file(path: &Path) -> Result<TargetsFile, TargetsFileError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| TargetsFileError {
         file: file.clone(),
@@ -113,28 +177,127 @@ pub fn load_file(path: &Path) -> Result<Vec<TargetSpec>, TargetsFileError> {
 }
 
 /// Validates targets file text; `file` names it in errors, `dir` anchors relative paths.
-pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Vec<TargetSpec>, TargetsFileError> {
+pub fn parse(file: &str, text: &str, dir: &Path) -> Result<TargetsFile, TargetsFileError> {
     let raw: RawFile = yaml::decode(text).map_err(|e| TargetsFileError {
         file: file.to_string(),
         line: e.line,
         message: e.message,
     })?;
-    raw.targets
-        .into_iter()
-        .map(|t| {
-            let line = t.referenced.line();
-            spec(t.value, dir).map_err(|message| TargetsFileError {
-                file: file.to_string(),
-                line,
-                message,
-            })
-        })
-        .collect()
+    let mut out = TargetsFile::default();
+    for t in raw.targets {
+        let line = t.referenced.line();
+        let fail = |message| TargetsFileError {
+            file: file.to_string(),
+            line,
+            message,
+        };
+        let mut t = t.value;
+        match (t.url.take(), t.dns_sd.take()) {
+            (Some(url), None) => {
+                if t.scheme.is_some() || t.metrics_path.is_some() {
+                    return Err(fail(format!(
+                        "target {url}: scheme and metrics_path are for discovered targets; the url says both"
+                    )));
+                }
+                out.statics.push(spec(url, t, dir).map_err(fail)?);
+            }
+            (None, Some(dns)) => {
+                let config = format!("{file}:{line}");
+                let d = discovery(config, Mechanism::Dns(dns_sd(dns).map_err(fail)?), t, dir);
+                out.discovery.push(d.map_err(fail)?);
+            }
+            (None, None) => return Err(fail("a target needs url or dns_sd".into())),
+            (Some(_), Some(_)) => {
+                return Err(fail(
+                    "a target has url or dns_sd, not both: put them in two entries".into(),
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
-fn spec(raw: RawTarget, dir: &Path) -> Result<TargetSpec, String> {
+/// A discovery entry with its scrape settings, checked as a URL target's are.
+fn discovery(
+    config: String,
+    mechanism: Mechanism,
+    mut raw: RawTarget,
+    dir: &Path,
+) -> Result<DiscoverySpec, String> {
+    let scheme = raw.scheme.take().unwrap_or_else(|| "http".into());
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("scheme {scheme:?}: http or https"));
+    }
+    let path = raw.metrics_path.take().unwrap_or_else(|| "/metrics".into());
+    if !path.starts_with('/') {
+        return Err(format!("metrics_path {path:?} must start with /"));
+    }
+    let mut settings = spec(format!("{scheme}://<discovered>{path}"), raw, dir)?;
+    settings.url = String::new();
+    Ok(DiscoverySpec {
+        config,
+        mechanism,
+        scheme,
+        path,
+        settings,
+    })
+}
+
+fn dns_sd(raw: RawDnsSd) -> Result<DnsSd, String> {
+    if raw.names.is_empty() {
+        return Err("dns_sd: names is empty".into());
+    }
+    for n in &raw.names {
+        crate::discover::dns_wire::query(0, n, 1)
+            .map_err(|_| format!("dns_sd: {n:?} is not a DNS name"))?;
+    }
+    // Prometheus' default type, and its spelling.
+    let kind = match raw.kind.as_deref().unwrap_or("SRV") {
+        "A" => DnsKind::A,
+        "AAAA" => DnsKind::Aaaa,
+        "SRV" => DnsKind::Srv,
+        other => return Err(format!("dns_sd: type {other:?}: A, AAAA or SRV")),
+    };
+    match (kind, raw.port) {
+        (DnsKind::Srv, Some(_)) => {
+            return Err("dns_sd: port is for A and AAAA; SRV records carry their port".into())
+        }
+        (DnsKind::A | DnsKind::Aaaa, None) => {
+            return Err("dns_sd: type A and AAAA need a port".into())
+        }
+        _ => {}
+    }
+    let refresh_interval = match raw.refresh_interval {
+        None => Duration::from_secs(30),
+        Some(t) => humantime::parse_duration(&t)
+            .map_err(|e| format!("dns_sd: refresh_interval {t:?}: {e}"))?,
+    };
+    if refresh_interval < Duration::from_secs(1) {
+        return Err("dns_sd: refresh_interval must be at least 1s".into());
+    }
+    let nameservers = raw
+        .nameservers
+        .iter()
+        .map(|n| {
+            n.parse::<SocketAddr>()
+                .or_else(|_| {
+                    n.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
+                .map_err(|_| format!("dns_sd: nameserver {n:?}: an IP address, with :port or not"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(DnsSd {
+        names: raw.names,
+        kind,
+        port: raw.port,
+        refresh_interval,
+        nameservers,
+    })
+}
+
+fn spec(url: String, raw: RawTarget, dir: &Path) -> Result<TargetSpec, String> {
     let path = |p: String| dir.join(p);
-    let url = raw.url;
     let auth = match (raw.authorization, raw.bearer_token_file, raw.basic_auth) {
         (None, None, None) => None,
         (Some(a), None, None) => {
@@ -204,7 +367,115 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Vec<TargetSpec>, TargetsFileError> {
-        parse("targets.yml", text, Path::new("/etc/sidecar"))
+        parse("targets.yml", text, Path::new("/etc/sidecar")).map(|f| f.statics)
+    }
+
+    fn discover(text: &str) -> Result<Vec<DiscoverySpec>, TargetsFileError> {
+        parse("targets.yml", text, Path::new("/etc/sidecar")).map(|f| f.discovery)
+    }
+
+    #[test]
+    fn dns_sd_loads_with_prometheus_names_and_defaults() {
+        let d = discover(
+            "targets:\n  - url: http://a:1/metrics\n  - dns_sd:\n      names: [api-headless.shop.svc.cluster.local]\n      type: A\n      port: 8080\n      refresh_interval: 10s\n      nameservers: ['127.0.0.1:5353', '::1']\n    metrics_path: /stats\n  - dns_sd: {names: [_metrics._tcp.api.shop.svc]}\n    scheme: https\n    tls_config: {ca_file: ca.crt}\n",
+        )
+        .unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].config, "targets.yml:3");
+        assert_eq!(
+            (d[0].scheme.as_str(), d[0].path.as_str()),
+            ("http", "/stats")
+        );
+        let Mechanism::Dns(a) = &d[0].mechanism;
+        assert_eq!((a.kind, a.port), (DnsKind::A, Some(8080)));
+        assert_eq!(a.refresh_interval, Duration::from_secs(10));
+        assert_eq!(
+            a.nameservers,
+            vec![
+                "127.0.0.1:5353".parse().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        let Mechanism::Dns(srv) = &d[1].mechanism;
+        assert_eq!((srv.kind, srv.port), (DnsKind::Srv, None));
+        assert_eq!(srv.refresh_interval, Duration::from_secs(30));
+        assert_eq!(d[1].scheme, "https");
+        assert_eq!(
+            d[1].settings.tls.as_ref().unwrap().ca_file,
+            Some(PathBuf::from("/etc/sidecar/ca.crt"))
+        );
+    }
+
+    #[test]
+    fn dns_sd_mistakes_are_refused_with_their_line() {
+        for (text, line, needle) in [
+            (
+                "targets:\n  - dns_sd: {names: [a.test], type: A}\n",
+                2,
+                "need a port",
+            ),
+            (
+                "targets:\n  - dns_sd: {names: [a.test], port: 80}\n",
+                2,
+                "SRV records carry",
+            ),
+            (
+                "targets:\n  - dns_sd: {names: [a.test], type: MX}\n",
+                2,
+                "A, AAAA or SRV",
+            ),
+            ("targets:\n  - dns_sd: {names: []}\n", 2, "names is empty"),
+            (
+                "targets:\n  - dns_sd: {names: ['a..b']}\n",
+                2,
+                "not a DNS name",
+            ),
+            (
+                "targets:\n  - dns_sd: {names: [a.test], refresh_interval: 10ms}\n",
+                2,
+                "at least 1s",
+            ),
+            (
+                "targets:\n  - dns_sd: {names: [a.test], nameservers: [dns.local]}\n",
+                2,
+                "an IP address",
+            ),
+            (
+                "targets:\n  - dns_sd: {names: [a.test], nameserver: [1.1.1.1]}\n",
+                2,
+                "unknown field `nameserver`",
+            ),
+            (
+                "targets:\n  - dns_sd: {names: [a.test]}\n    scheme: ftp\n",
+                2,
+                "http or https",
+            ),
+            (
+                "targets:\n  - dns_sd: {names: [a.test]}\n    tls_config: {ca_file: c}\n",
+                2,
+                "https",
+            ),
+            (
+                "targets:\n  - dns_sd: {names: [a.test]}\n    metrics_path: metrics\n",
+                2,
+                "start with /",
+            ),
+            (
+                "targets:\n  - url: http://a:1/metrics\n    metrics_path: /x\n",
+                2,
+                "the url says both",
+            ),
+            (
+                "targets:\n  - url: http://a:1/metrics\n    dns_sd: {names: [a.test]}\n",
+                2,
+                "not both",
+            ),
+            ("targets:\n  - sample_limit: 5\n", 2, "url or dns_sd"),
+        ] {
+            let e = parse("targets.yml", text, Path::new("/")).unwrap_err();
+            assert_eq!(e.line, line, "{text}: {e}");
+            assert!(e.to_string().contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub struct SelfMetrics {
     pub scrape_to_export_seconds: Histogram,
     pub outbox_dropped_total: IntCounter,
     pub llm_requests_total: IntCounterVec,
+    pub sd_discovered_targets: IntGaugeVec,
+    pub sd_lookups_total: IntCounterVec,
+    pub sd_refresh_failures_total: IntCounterVec,
+    pub targets: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -152,6 +156,34 @@ impl SelfMetrics {
                 ),
                 &["result"],
             )?,
+            sd_discovered_targets: IntGaugeVec::new(
+                opts(
+                    "sd_discovered_targets",
+                    "Targets a discovery config currently finds (config: file:line of its entry), before sharding.",
+                ),
+                &["config"],
+            )?,
+            sd_lookups_total: IntCounterVec::new(
+                opts(
+                    "sd_lookups_total",
+                    "Discovery lookups made, by mechanism (dns).",
+                ),
+                &["mechanism"],
+            )?,
+            sd_refresh_failures_total: IntCounterVec::new(
+                opts(
+                    "sd_refresh_failures_total",
+                    "Discovery lookups that failed (their config's last targets stay), by mechanism.",
+                ),
+                &["mechanism"],
+            )?,
+            targets: IntGaugeVec::new(
+                opts(
+                    "targets",
+                    "Known targets: scraped here (state=active) or left to another --shard (state=other_shard).",
+                ),
+                &["state"],
+            )?,
         };
         registry.register(Box::new(m.up.clone()))?;
         registry.register(Box::new(m.scrape_duration_seconds.clone()))?;
@@ -174,6 +206,10 @@ impl SelfMetrics {
         registry.register(Box::new(m.scrape_to_export_seconds.clone()))?;
         registry.register(Box::new(m.outbox_dropped_total.clone()))?;
         registry.register(Box::new(m.llm_requests_total.clone()))?;
+        registry.register(Box::new(m.sd_discovered_targets.clone()))?;
+        registry.register(Box::new(m.sd_lookups_total.clone()))?;
+        registry.register(Box::new(m.sd_refresh_failures_total.clone()))?;
+        registry.register(Box::new(m.targets.clone()))?;
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",

@@ -214,7 +214,9 @@ impl Notifier {
 
     /// Stages an event for every receiver: the outbox writes that make it durable, for the
     /// caller's transaction; delivered once `publish`ed. A resolution also leaves the
-    /// Alertmanagers' waiting re-send batches, so a stale batch never reopens it.
+    /// Alertmanagers' waiting re-send batches, so a stale batch never reopens it. A hand-off
+    /// to another shard is not sent to Alertmanagers: a resolution from here would close
+    /// the alert the new owner keeps firing (Alertmanager keeps the one it got last).
     pub fn stage(&self, ev: &AlertEvent) -> Vec<Op> {
         let id = payload::event_id(ev);
         // The event itself is queued and the body rendered at delivery, so an explanation
@@ -231,6 +233,9 @@ impl Notifier {
         for r in &self.receivers {
             if let Some(labels) = &labels {
                 r.batch().alerts.retain(|a| a.labels() != *labels);
+            }
+            if r.kind == Kind::Alertmanager && ev.handed_off() {
+                continue;
             }
             let record = Record {
                 id: id.clone(),

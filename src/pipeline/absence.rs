@@ -13,7 +13,9 @@ impl Pipeline {
     /// Its alerts stay active (and re-sent) for the grace; then they resolve as Prometheus'
     /// stale series do, unless `keep_firing_for` holds them longer.
     pub(super) fn scrape_failed(&mut self, t: usize, e: &crate::scrape::ScrapeError, now: i64) {
-        let target = &self.targets[t];
+        let Some(target) = self.targets[t].as_ref() else {
+            return;
+        };
         self.exporter
             .metrics
             .up
@@ -64,13 +66,21 @@ impl Pipeline {
         }
         self.exporter.apply(&mut changes);
         if ended > 0 {
-            let target = &self.targets[t].name;
+            let target = self.targets[t].as_ref().map_or("", |t| &t.name);
             tracing::warn!(target = %target, alerts = ended, down_for_s = down_for / 1000, "Target down past the grace: its alerts resolve (reason=target_down)");
         }
     }
 
-    /// A series left its target: its alerts resolve (`reason=series_gone`) and its gauges go.
-    pub(super) fn end_series(&mut self, slot: Slot, id: SeriesId, now: i64, b: &mut Batch) {
+    /// A series left its target (or its target went): its alerts resolve with `reason` and
+    /// its gauges go.
+    pub(super) fn end_series(
+        &mut self,
+        slot: Slot,
+        id: SeriesId,
+        now: i64,
+        b: &mut Batch,
+        reason: Reason,
+    ) {
         let Some(series) = self.states.get_mut(slot, id) else {
             return;
         };
@@ -82,8 +92,7 @@ impl Pipeline {
                     .store
                     .get(id)
                     .and_then(|e| rule_series::last_value(rule, e));
-                self.book
-                    .end(id, &rule.name, now, value, Reason::SeriesGone);
+                self.book.end(id, &rule.name, now, value, reason);
             }
             b.export.removals.push((self.ids[ri], id));
             state.exported = false;
@@ -99,13 +108,20 @@ impl Pipeline {
         let cutoff = now - self.settings.retention.as_millis() as i64;
         let gone = self.store.expire(cutoff);
         for &(id, slot) in &gone {
-            self.end_series(slot, id, now, b);
+            self.end_series(slot, id, now, b, Reason::SeriesGone);
             self.states.clear(slot);
             self.matches.remove(&id);
         }
         let gone: crate::store::IdSet = gone.into_iter().map(|(id, _)| id).collect();
         for index in &mut self.index {
             index.forget(&gone);
+        }
+        for t in self.targets.iter().flatten() {
+            self.exporter
+                .metrics
+                .series
+                .with_label_values(&[&t.name])
+                .set(self.store.target_series(&t.name) as i64);
         }
     }
 }

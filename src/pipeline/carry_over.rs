@@ -62,14 +62,16 @@ impl Pipeline {
             let profile = stored_profile(&rule, || self.store.profile(id, &rule.profile_key));
             let samples = entry.samples().iter();
             let state = new_state(&rule, &identity, samples, alert, &profile);
-            if let Some(t) = self
+            let at = self
                 .targets
                 .iter()
-                .position(|t| *t.name == *identity.target)
-            {
-                if !self.seen[t].contains(&(slot, id)) {
-                    self.seen[t].push((slot, id));
-                }
+                .position(|t| t.as_ref().is_some_and(|t| *t.name == *identity.target));
+            let seen = match at {
+                Some(t) => &mut self.seen[t],
+                None => self.orphans.entry(identity.target.to_string()).or_default(),
+            };
+            if !seen.contains(&(slot, id)) {
+                seen.push((slot, id));
             }
             let rules = &mut self.states.at(slot, id).rules;
             if rules.get_mut(ri).is_none() {

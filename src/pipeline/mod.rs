@@ -9,15 +9,17 @@ mod persist;
 mod rule_series;
 pub mod scan;
 mod slots;
+mod targets;
 mod warm;
 
-use crate::alert::book::AlertBook;
+use crate::alert::book::{AlertBook, Reason};
 use crate::alert::{AlertEvent, AlertState, Transition};
 use crate::config::{Rule, RuleSet};
 use crate::detect::Verdict;
 use crate::export::{
     AlertView, AnomalyRow, ExportChanges, Exporter, RowKey, RowUpdate, RowValues, RuleId,
 };
+use crate::scrape::manager::TargetChange;
 use crate::scrape::{Sample, ScrapeResult, Target};
 use crate::store::{series_id, IdMap, SeriesEntry, SeriesId, SeriesIdentity, Slot, Store};
 use rule_series::{event, rule_names, stored_profile};
@@ -47,7 +49,11 @@ pub struct PipelineSettings {
 
 /// Owns the store and all rule state; driven by `run`.
 pub struct Pipeline {
-    targets: Vec<Target>,
+    /// Per slot: the target scraped into it (None: free, its target gone).
+    targets: Vec<Option<Target>>,
+    /// Series with an alert restored at start whose target is not known yet (a discovered
+    /// one): handed to the target when it comes, so they end if they do not come back.
+    orphans: HashMap<String, Vec<(Slot, SeriesId)>>,
     settings: PipelineSettings,
     rules: Arc<RuleSet>,
     /// Per stored series: when it was last scraped, its rules' windows and alerts.
@@ -115,7 +121,8 @@ impl Pipeline {
                 .set(store.target_series(&t.name) as i64);
         }
         let mut p = Self {
-            targets,
+            targets: targets.into_iter().map(Some).collect(),
+            orphans: HashMap::new(),
             settings,
             rules,
             states: SlotStates::default(),
@@ -151,9 +158,11 @@ impl Pipeline {
         p
     }
 
-    /// Processes scrape results and rule changes until shutdown, then flushes the store.
+    /// Processes target changes, scrape results and rule changes until shutdown, then
+    /// flushes the store.
     pub async fn run(
         mut self,
+        mut changes: mpsc::UnboundedReceiver<TargetChange>,
         mut results: mpsc::Receiver<ScrapeResult>,
         mut rules: watch::Receiver<Arc<RuleSet>>,
         mut shutdown: watch::Receiver<bool>,
@@ -167,6 +176,11 @@ impl Pipeline {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                // Before results: a target is known before its first result is read.
+                Some(change) = changes.recv() => {
+                    self.target_change(change);
+                    self.persist().await;
+                }
                 Ok(()) = rules.changed() => {
                     let new = rules.borrow_and_update().clone();
                     self.set_rules(new);
@@ -175,10 +189,12 @@ impl Pipeline {
                     self.take_history(&target, asked, fetched, false);
                 }
                 Some(reply) = warm_firsts.recv() => {
-                    let r = self.first_history(reply);
-                    self.handle(r).await;
+                    if let Some(r) = self.first_history(reply) {
+                        self.handle(r).await;
+                    }
                 }
                 r = results.recv() => match r {
+                    Some(r) if self.live(&r).is_none() => {}
                     Some(r) => {
                         if let Some(r) = self.warm_first_scrape(r) {
                             self.handle(r).await;
@@ -211,7 +227,7 @@ impl Pipeline {
     /// Evaluates one scrape.
     pub fn process(&mut self, result: ScrapeResult) {
         let t = result.target;
-        let Some(target) = self.targets.get(t).cloned() else {
+        let Some(target) = self.live(&result).cloned() else {
             return;
         };
         let m = self.exporter.metrics.clone();
@@ -326,7 +342,7 @@ impl Pipeline {
                 .collect()
         };
         for (slot, id) in gone {
-            self.end_series(slot, id, now, batch);
+            self.end_series(slot, id, now, batch, Reason::SeriesGone);
         }
         // Expire at most once a minute, but often enough that a series outlives the retention
         // by a tenth of it at most (by half, vanished series held ~1.5 retentions of churn on
@@ -353,11 +369,10 @@ impl Pipeline {
                 .with_label_values(&[target])
                 .inc_by(batch.dropped);
         }
-        for tgt in &self.targets {
-            m.series
-                .with_label_values(&[&tgt.name])
-                .set(self.store.target_series(&tgt.name) as i64);
-        }
+        // The others' counts change only when series expire (`expire` sets them).
+        m.series
+            .with_label_values(&[target])
+            .set(self.store.target_series(target) as i64);
         for (id, key, bucket, bytes) in batch.profiles.drain(..) {
             self.store.set_profile_bucket(id, &key, bucket, &bytes);
         }

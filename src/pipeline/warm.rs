@@ -60,6 +60,16 @@ impl WarmStart {
     }
 }
 
+impl WarmStart {
+    /// A target came into `slot`: its first scrape asks for history.
+    pub(super) fn new_target(&mut self, slot: usize) {
+        if self.warmed.len() <= slot {
+            self.warmed.resize(slot + 1, false);
+        }
+        self.warmed[slot] = false;
+    }
+}
+
 impl Pipeline {
     /// Before `result` is processed: at its target's first scrape, ask for the history its
     /// series lack in the background and park the scrape with the request (None: it comes
@@ -95,19 +105,22 @@ impl Pipeline {
     }
 
     /// A parked first scrape's history arrived: taken in, and the scrape is due now.
-    pub(super) fn first_history(&mut self, reply: FirstReply) -> ScrapeResult {
+    /// (None: its target went meanwhile.)
+    pub(super) fn first_history(&mut self, reply: FirstReply) -> Option<ScrapeResult> {
         let (result, asked, fetched) = reply;
-        let target = self.targets[result.target].name.clone();
+        let target = self.live(&result)?.name.clone();
         self.take_history(&target, asked, fetched, true);
         if let Some(w) = &mut self.warm {
             w.first_scrape = true;
         }
-        result
+        Some(result)
     }
 
     /// The series of `body` that a rule selects and whose stored window is short.
     fn wanted_in(&mut self, t: usize, body: &ScrapeBody) -> Vec<Wanted> {
-        let target = self.targets[t].name.clone();
+        let Some(target) = self.targets[t].as_ref().map(|t| t.name.clone()) else {
+            return Vec::new();
+        };
         let Some(step) = self.warm.as_ref().map(|w| w.warmup.step_ms()) else {
             return Vec::new();
         };
@@ -227,6 +240,7 @@ impl Pipeline {
         let name = self
             .targets
             .get(target)
+            .and_then(|t| t.as_ref())
             .map(|t| t.name.clone())
             .unwrap_or_default();
         tokio::spawn(async move {

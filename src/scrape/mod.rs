@@ -1,6 +1,8 @@
 //! Fetching targets: one loop per target, scrapes never overlap, each result (samples or why
-//! the scrape failed) goes to the pipeline over a channel. Never touches the store.
+//! the scrape failed) goes to the pipeline over a channel. Never touches the store. The
+//! manager owns the loops as targets come and go.
 
+pub mod manager;
 pub mod parse;
 pub mod warmup;
 
@@ -23,6 +25,9 @@ pub struct Target {
     pub tls: Option<ClientTls>,
     /// What one scrape may hold; a scrape past any of them fails whole.
     pub limits: Limits,
+    /// Which coming of the target this is (0 for those known at start): results of a loop
+    /// that was stopped are told from those of a later target in the same slot.
+    pub epoch: u64,
 }
 
 /// Scrape limits, as Prometheus' scrape config has them (0: none). A hostile or broken
@@ -141,7 +146,16 @@ impl Target {
             auth: None,
             tls: None,
             limits: Limits::default(),
+            epoch: 0,
         })
+    }
+
+    /// `host:port` without the path: what `--shard` hashes, as Prometheus' `__address__`.
+    pub fn address(&self) -> &str {
+        match self.name.find('/') {
+            Some(i) => &self.name[..i],
+            None => &self.name,
+        }
     }
 
     /// The URL with any password in it masked, for logs.
@@ -217,8 +231,10 @@ impl ScrapeBody {
 /// The outcome of one scrape.
 #[derive(Debug)]
 pub struct ScrapeResult {
-    /// Index of the target in the configured list.
+    /// The target's slot in the pipeline's list.
     pub target: usize,
+    /// The target's `epoch`: a result of a target since removed is dropped.
+    pub epoch: u64,
     /// When the scrape started, in milliseconds since the epoch: the samples' timestamp.
     pub at_ms: i64,
     pub duration: Duration,
@@ -327,6 +343,7 @@ pub async fn run_target(
         };
         let result = ScrapeResult {
             target: index,
+            epoch: target.epoch,
             at_ms,
             duration: started.elapsed(),
             outcome,

@@ -32,25 +32,37 @@ pub struct Exporter {
     reply: Arc<Mutex<Reply>>,
     /// Requests being answered now, and the most ever at once.
     pub concurrency: Arc<(AtomicUsize, AtomicUsize)>,
+    /// Requests answered so far.
+    pub served: Arc<AtomicUsize>,
 }
 
 impl Exporter {
     pub fn start(reply: Reply) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::on(TcpListener::bind("127.0.0.1:0").unwrap(), reply)
+    }
+
+    /// An exporter on a listener the test bound (another loopback address, a given port).
+    pub fn on(listener: TcpListener, reply: Reply) -> Self {
         let addr = listener.local_addr().unwrap();
         let reply = Arc::new(Mutex::new(reply));
         let concurrency = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
-        let (r, c) = (reply.clone(), concurrency.clone());
+        let served = Arc::new(AtomicUsize::new(0));
+        let (r, c, n) = (reply.clone(), concurrency.clone(), served.clone());
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (r, c) = (r.clone(), c.clone());
-                thread::spawn(move || serve(stream, r, &c));
+                let (r, c, n) = (r.clone(), c.clone(), n.clone());
+                thread::spawn(move || {
+                    if serve(stream, r, &c) {
+                        n.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
             }
         });
         Self {
             addr,
             reply,
             concurrency,
+            served,
         }
     }
 
@@ -74,12 +86,13 @@ impl Exporter {
 /// Counts a request as in flight from its arrival until its answer starts: a request that
 /// arrives before the previous answer was sent is a real overlap, one that arrives while
 /// this thread is still closing the previous connection is not.
-fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>, c: &(AtomicUsize, AtomicUsize)) {
+/// Whether a request was read.
+fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>, c: &(AtomicUsize, AtomicUsize)) -> bool {
     let mut buf = [0u8; 4096];
     let mut req = Vec::new();
     while !req.windows(4).any(|w| w == b"\r\n\r\n") {
         match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return false,
             Ok(n) => req.extend_from_slice(&buf[..n]),
         }
     }
@@ -88,7 +101,7 @@ fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>, c: &(AtomicUsize, Atom
     let answer = answer(&req, &reply);
     c.0.fetch_sub(1, Ordering::SeqCst);
     let Some((status, body)) = answer else {
-        return;
+        return true;
     };
     let head = format!(
         "HTTP/1.1 {status} X\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -96,6 +109,7 @@ fn serve(mut stream: TcpStream, reply: Arc<Mutex<Reply>>, c: &(AtomicUsize, Atom
     );
     let _ = stream.write_all(head.as_bytes());
     let _ = stream.write_all(&body);
+    true
 }
 
 /// The status and body for one request (None: hang up), after any delay the reply asks for.

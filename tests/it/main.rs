@@ -8,6 +8,7 @@ mod check;
 mod crash;
 mod deploy;
 mod detection;
+mod discovery;
 mod disk;
 mod failures;
 mod faults;
