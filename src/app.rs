@@ -40,6 +40,8 @@ pub enum StartError {
     TargetsFile(crate::config::targets::TargetsFileError),
     #[error("{0}")]
     Shard(String),
+    #[error("invalid --targets-file: {0}")]
+    Discovery(String),
     #[error("no targets: give --target URL or --targets-file")]
     NoTargets,
     #[error("invalid --web.config.file: {0}")]
@@ -103,6 +105,13 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
             })
         })
         .collect::<Result<Vec<_>, scrape::TargetError>>()?;
+    let mut providers = Vec::with_capacity(file.discovery.len());
+    for spec in &file.discovery {
+        let p = crate::discover::Provider::prepare(spec)
+            .await
+            .map_err(|e| StartError::Discovery(format!("{}: {e}", spec.config)))?;
+        providers.push(p);
+    }
     let rules = Arc::new(rules::load_file(&args.rules).map_err(StartError::Rules)?);
     crate::notify::check_urls(&args.webhooks, &args.alertmanagers)?;
     let web =
@@ -212,13 +221,10 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
     );
     let initial = manager.initial();
     let mut tasks = vec![tokio::spawn(manager.run(updates_rx, shutdown_rx.clone()))];
-    for (i, spec) in file.discovery.into_iter().enumerate() {
-        let crate::config::targets::Mechanism::Dns(sd) = spec.mechanism;
-        tracing::info!(config = %spec.config, names = ?sd.names, "DNS discovery");
-        tasks.push(tokio::spawn(crate::discover::dns::run(
+    for (i, (spec, provider)) in file.discovery.into_iter().zip(providers).enumerate() {
+        tasks.push(tokio::spawn(provider.run(
             i,
             spec.config,
-            sd,
             updates_tx.clone(),
             exporter.metrics.clone(),
             shutdown_rx.clone(),

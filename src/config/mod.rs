@@ -3,6 +3,7 @@
 
 pub mod flags;
 pub mod glob;
+pub mod kube_sd;
 pub mod rules;
 pub mod selector;
 pub mod targets;

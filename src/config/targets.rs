@@ -56,6 +56,7 @@ pub struct DiscoverySpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mechanism {
     Dns(DnsSd),
+    Kubernetes(super::kube_sd::KubernetesSd),
 }
 
 /// `dns_sd`: Prometheus' `dns_sd_configs`, plus the servers to ask.
@@ -116,6 +117,7 @@ struct RawFile {
 struct RawTarget {
     url: Option<String>,
     dns_sd: Option<RawDnsSd>,
+    kubernetes_sd: Option<super::kube_sd::RawKubernetesSd>,
     scheme: Option<String>,
     metrics_path: Option<String>,
     authorization: Option<RawAuthorization>,
@@ -192,8 +194,9 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<TargetsFile, TargetsF
             message,
         };
         let mut t = t.value;
-        match (t.url.take(), t.dns_sd.take()) {
-            (Some(url), None) => {
+        let config = format!("{file}:{line}");
+        match (t.url.take(), t.dns_sd.take(), t.kubernetes_sd.take()) {
+            (Some(url), None, None) => {
                 if t.scheme.is_some() || t.metrics_path.is_some() {
                     return Err(fail(format!(
                         "target {url}: scheme and metrics_path are for discovered targets; the url says both"
@@ -201,17 +204,24 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<TargetsFile, TargetsF
                 }
                 out.statics.push(spec(url, t, dir).map_err(fail)?);
             }
-            (None, Some(dns)) => {
-                let config = format!("{file}:{line}");
+            (None, Some(dns), None) => {
                 let d = discovery(config, Mechanism::Dns(dns_sd(dns).map_err(fail)?), t, dir);
                 out.discovery.push(d.map_err(fail)?);
             }
-            (None, None) => return Err(fail("a target needs url or dns_sd".into())),
-            (Some(_), Some(_)) => {
+            (None, None, Some(k)) => {
+                let k = super::kube_sd::parse(k, dir).map_err(fail)?;
+                let d = discovery(config, Mechanism::Kubernetes(k), t, dir);
+                out.discovery.push(d.map_err(fail)?);
+            }
+            (None, None, None) => {
                 return Err(fail(
-                    "a target has url or dns_sd, not both: put them in two entries".into(),
+                    "a target needs one of url, dns_sd and kubernetes_sd".into(),
                 ))
             }
+            _ => return Err(fail(
+                "a target has one of url, dns_sd and kubernetes_sd: put them in separate entries"
+                    .into(),
+            )),
         }
     }
     Ok(out)
@@ -386,7 +396,9 @@ mod tests {
             (d[0].scheme.as_str(), d[0].path.as_str()),
             ("http", "/stats")
         );
-        let Mechanism::Dns(a) = &d[0].mechanism;
+        let Mechanism::Dns(a) = &d[0].mechanism else {
+            panic!()
+        };
         assert_eq!((a.kind, a.port), (DnsKind::A, Some(8080)));
         assert_eq!(a.refresh_interval, Duration::from_secs(10));
         assert_eq!(
@@ -396,7 +408,9 @@ mod tests {
                 "[::1]:53".parse().unwrap()
             ]
         );
-        let Mechanism::Dns(srv) = &d[1].mechanism;
+        let Mechanism::Dns(srv) = &d[1].mechanism else {
+            panic!()
+        };
         assert_eq!((srv.kind, srv.port), (DnsKind::Srv, None));
         assert_eq!(srv.refresh_interval, Duration::from_secs(30));
         assert_eq!(d[1].scheme, "https");
@@ -468,9 +482,9 @@ mod tests {
             (
                 "targets:\n  - url: http://a:1/metrics\n    dns_sd: {names: [a.test]}\n",
                 2,
-                "not both",
+                "separate entries",
             ),
-            ("targets:\n  - sample_limit: 5\n", 2, "url or dns_sd"),
+            ("targets:\n  - sample_limit: 5\n", 2, "one of url, dns_sd"),
         ] {
             let e = parse("targets.yml", text, Path::new("/")).unwrap_err();
             assert_eq!(e.line, line, "{text}: {e}");

@@ -271,7 +271,7 @@ pub async fn run(
                 .iter()
                 .map(|a| Discovered {
                     address: a.clone(),
-                    labels: Vec::new(),
+                    ..Discovered::default()
                 })
                 .collect();
             if updates.send(Update { provider, targets }).await.is_err() {

@@ -24,11 +24,12 @@ use crate::scrape::{Sample, ScrapeResult, Target};
 use crate::store::{series_id, IdMap, SeriesEntry, SeriesId, SeriesIdentity, Slot, Store};
 use rule_series::{event, rule_names, stored_profile};
 pub(crate) use rule_series::{new_state, RuleSeries};
-use scan::SeriesIndex;
+use scan::{NewSample, SeriesIndex};
 use slots::SlotStates;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use targets::with_target_labels;
 use tokio::sync::{mpsc, watch};
 
 /// How many samples ahead of the one evaluated its series' memory is fetched.
@@ -287,7 +288,8 @@ impl Pipeline {
         }
         let mut learnt = Vec::new();
         for new in scanned.new_samples(&index) {
-            let sample = &new.sample;
+            let NewSample { sample, text } = new;
+            let sample = &with_target_labels(sample, &target.labels);
             let id = series_id(&target_name, &sample.name, &sample.labels);
             let source = Source::Parsed(sample);
             self.sample(
@@ -303,7 +305,7 @@ impl Pipeline {
             if let Some(rules) = self.matches.get(&id) {
                 let slot = self.store.slot(id);
                 if rules.is_empty() || slot.is_some() {
-                    learnt.push((new.text, id, slot, rules.clone()));
+                    learnt.push((text, id, slot, rules.clone()));
                 }
             }
             self.export_slice(&mut batch);

@@ -5,7 +5,7 @@
 use super::{scan::SeriesIndex, Batch, Pipeline};
 use crate::alert::book::Reason;
 use crate::scrape::manager::TargetChange;
-use crate::scrape::{ScrapeResult, Target};
+use crate::scrape::{Sample, ScrapeResult, Target};
 use std::collections::HashSet;
 
 impl Pipeline {
@@ -109,5 +109,73 @@ impl Pipeline {
             .scrape_duration_seconds
             .remove_label_values(&[&target.name]);
         let _ = m.dropped_series_total.remove_label_values(&[&target.name]);
+    }
+}
+
+/// `sample` with its target's labels: a label of its own of the same name is kept as
+/// `exported_<name>` (as Prometheus does without `honor_labels`), prefixed again while that
+/// name is taken too.
+pub(super) fn with_target_labels(mut sample: Sample, labels: &[(String, String)]) -> Sample {
+    if labels.is_empty() {
+        return sample;
+    }
+    for (k, v) in labels {
+        if let Some(i) = sample.labels.iter().position(|(n, _)| n == k) {
+            let mut renamed = format!("exported_{k}");
+            while sample.labels.iter().any(|(n, _)| *n == renamed) {
+                renamed.insert_str(0, "exported_");
+            }
+            sample.labels[i].0 = renamed;
+        }
+        sample.labels.push((k.clone(), v.clone()));
+    }
+    sample.labels.sort_by(|a, b| a.0.cmp(&b.0));
+    sample
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(labels: &[(&str, &str)]) -> Sample {
+        Sample {
+            name: "http_requests_total".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            value: 1.0,
+            timestamp_ms: None,
+            counter_like: true,
+        }
+    }
+
+    #[test]
+    fn target_labels_join_and_collisions_are_exported() {
+        let target = [
+            ("namespace".to_string(), "shop".to_string()),
+            ("pod".to_string(), "api-1".to_string()),
+        ];
+        let s = with_target_labels(
+            sample(&[("code", "200"), ("pod", "x"), ("exported_pod", "y")]),
+            &target,
+        );
+        let got: Vec<(&str, &str)> = s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("code", "200"),
+                ("exported_exported_pod", "x"),
+                ("exported_pod", "y"),
+                ("namespace", "shop"),
+                ("pod", "api-1"),
+            ]
+        );
+        let plain = sample(&[("code", "200")]);
+        assert_eq!(with_target_labels(plain.clone(), &[]), plain);
     }
 }

@@ -35,6 +35,9 @@ pub struct Template {
 struct Running {
     slot: usize,
     epoch: u64,
+    /// The target labels it was started with: a new pod at an old pod's address is a new
+    /// target.
+    labels: Vec<(String, String)>,
     loop_: JoinHandle<()>,
 }
 
@@ -114,7 +117,16 @@ impl TargetManager {
             tracing::info!(target = %target.name, url = %target.display_url(), "Scraping target");
             let loop_ = self.spawn(slot, target.clone(), client.clone(), &shutdown);
             let (name, epoch) = (target.name.clone(), target.epoch);
-            self.running.insert(name, Running { slot, epoch, loop_ });
+            let labels = Vec::new();
+            self.running.insert(
+                name,
+                Running {
+                    slot,
+                    epoch,
+                    labels,
+                    loop_,
+                },
+            );
         }
         let static_names: HashSet<String> = statics.iter().map(|(t, _)| t.name.clone()).collect();
         self.set_active_gauge();
@@ -183,7 +195,9 @@ impl TargetManager {
         for (p, set) in self.sets.iter().enumerate() {
             let t = &self.templates[p];
             for d in set {
-                let url = format!("{}://{}{}", t.spec.scheme, d.address, t.spec.path);
+                let scheme = d.scheme.as_deref().unwrap_or(&t.spec.scheme);
+                let path = d.path.as_deref().unwrap_or(&t.spec.path);
+                let url = format!("{scheme}://{}{path}", d.address);
                 let mut target = match Target::parse(&url) {
                     Ok(target) => target,
                     Err(e) => {
@@ -201,6 +215,7 @@ impl TargetManager {
                 target.auth = t.spec.settings.auth.clone();
                 target.tls = t.spec.settings.tls.clone();
                 target.limits = t.limits;
+                target.labels.clone_from(&d.labels);
                 out.push((target, p));
             }
         }
@@ -210,12 +225,17 @@ impl TargetManager {
     /// Stops the loops of targets no longer wanted, then starts those of new ones.
     fn reconcile(&mut self, statics: &HashSet<String>, shutdown: &watch::Receiver<bool>) {
         let (wanted, others) = self.wanted(statics);
-        let names: HashSet<&str> = wanted.iter().map(|(t, _)| t.name.as_str()).collect();
+        let names: HashMap<&str, &[(String, String)]> = wanted
+            .iter()
+            .map(|(t, _)| (t.name.as_str(), &t.labels[..]))
+            .collect();
         let gone: Vec<String> = self
             .running
-            .keys()
-            .filter(|n| !statics.contains(*n) && !names.contains(n.as_str()))
-            .cloned()
+            .iter()
+            .filter(|(n, r)| {
+                !statics.contains(*n) && names.get(n.as_str()).is_none_or(|l| *l != r.labels)
+            })
+            .map(|(n, _)| n.clone())
             .collect();
         for name in gone {
             if let Some(r) = self.running.remove(&name) {
@@ -241,9 +261,17 @@ impl TargetManager {
                 .changes
                 .send(TargetChange::Added(slot, Box::new(target.clone())));
             let client = self.templates[p].client.clone();
-            let (name, epoch) = (target.name.clone(), target.epoch);
+            let (name, epoch, labels) = (target.name.clone(), target.epoch, target.labels.clone());
             let loop_ = self.spawn(slot, target, client, shutdown);
-            self.running.insert(name, Running { slot, epoch, loop_ });
+            self.running.insert(
+                name,
+                Running {
+                    slot,
+                    epoch,
+                    labels,
+                    loop_,
+                },
+            );
         }
         self.metrics
             .targets

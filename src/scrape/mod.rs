@@ -25,6 +25,9 @@ pub struct Target {
     pub tls: Option<ClientTls>,
     /// What one scrape may hold; a scrape past any of them fails whole.
     pub limits: Limits,
+    /// Labels discovery gave the target (`namespace`, `pod`, ...), sorted by name: added to
+    /// each of its series, the series' own of the same name kept as `exported_<name>`.
+    pub labels: Vec<(String, String)>,
     /// Which coming of the target this is (0 for those known at start): results of a loop
     /// that was stopped are told from those of a later target in the same slot.
     pub epoch: u64,
@@ -146,6 +149,7 @@ impl Target {
             auth: None,
             tls: None,
             limits: Limits::default(),
+            labels: Vec::new(),
             epoch: 0,
         })
     }

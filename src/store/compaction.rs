@@ -46,7 +46,7 @@ impl Store {
                         continue;
                     };
                     // Noisy values rarely compress; retry each such series every 8th time.
-                    let try_xor = !e.values_raw || (compaction + e.id) % 8 == 0;
+                    let try_xor = !e.values_raw || (compaction + e.id).is_multiple_of(8);
                     let mut xor = false;
                     out.push(e.id, |entry| {
                         let (identity, samples) = (&e.identity, e.samples.iter());

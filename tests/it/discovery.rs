@@ -87,7 +87,7 @@ impl Dns {
 }
 
 /// Exporters on 127.0.0.`first`.. that share one port, as a headless Service's pods do.
-fn pods(first: u8, n: u8, reply: &Reply) -> (u16, Vec<Exporter>) {
+pub fn pods(first: u8, n: u8, reply: &Reply) -> (u16, Vec<Exporter>) {
     'again: for _ in 0..20 {
         let l = TcpListener::bind((format!("127.0.0.{first}").as_str(), 0)).unwrap();
         let port = l.local_addr().unwrap().port();
@@ -103,7 +103,7 @@ fn pods(first: u8, n: u8, reply: &Reply) -> (u16, Vec<Exporter>) {
     panic!("no port free on every address");
 }
 
-fn up_targets(s: &Sidecar) -> BTreeSet<String> {
+pub fn up_targets(s: &Sidecar) -> BTreeSet<String> {
     s.metrics()
         .lines()
         .filter_map(|l| l.strip_prefix("anomaly_sidecar_up{target=\""))

@@ -12,6 +12,7 @@ mod discovery;
 mod disk;
 mod failures;
 mod faults;
+mod kubernetes;
 mod lifecycle;
 mod llm;
 mod node_exporter;

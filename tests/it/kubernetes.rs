@@ -1,0 +1,493 @@
+//! `kubernetes_sd` against a Kubernetes API served by the test (no kube-apiserver installs
+//! here): the pods list and watch stream in the API's JSON (`tests/data/k8s/pod.json` is a
+//! pod as the API returns it, and kubectl reads the fixture), with a watch that ends, a
+//! `410 Gone` that forces a relist, and pods that are Pending, Running without an IP and
+//! Terminating.
+
+use crate::common::*;
+use crate::detection::T;
+use crate::discovery::{pods, up_targets};
+use crate::notify::Webhook;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+
+const TOO_HIGH: &str =
+    "rules:\n  - name: too_high\n    match: g\n    method: threshold\n    threshold: 100\n";
+
+/// What the fake API server holds.
+#[derive(Default)]
+struct State {
+    /// Pods by name, as stored (namespace `shop` and `other`).
+    pods: Vec<Value>,
+    rv: u64,
+    /// Every event sent, with its resourceVersion, for watches that resume.
+    history: Vec<(u64, String)>,
+    /// Watches resuming from below this get `410 Gone`.
+    expired_below: u64,
+    watchers: Vec<Sender<Option<String>>>,
+    /// Requests as `GET path?query`.
+    requests: Vec<String>,
+}
+
+/// A Kubernetes API server for pods: list, watch (chunked JSON lines), and the discovery
+/// documents kubectl asks for.
+struct FakeApi {
+    addr: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeApi {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let state = Arc::new(Mutex::new(State {
+            rv: 1000,
+            ..State::default()
+        }));
+        let s = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let s = s.clone();
+                std::thread::spawn(move || serve(stream, &s));
+            }
+        });
+        Self { addr, state }
+    }
+
+    /// A kubeconfig for this server, context namespace `shop`.
+    fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        write(
+            dir,
+            "kubeconfig",
+            &format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: test\n    namespace: shop\ncurrent-context: fake\nusers:\n- name: test\n  user:\n    token: fixture-token\n",
+                self.addr
+            ),
+        )
+    }
+
+    /// Stores a pod and tells the watches (`ADDED`, or `MODIFIED` when it exists).
+    fn put(&self, mut pod: Value) {
+        let mut s = self.state.lock().unwrap();
+        s.rv += 1;
+        pod["metadata"]["resourceVersion"] = s.rv.to_string().into();
+        let name = pod["metadata"]["name"].clone();
+        let kind = match s.pods.iter().position(|p| p["metadata"]["name"] == name) {
+            Some(i) => {
+                s.pods[i] = pod.clone();
+                "MODIFIED"
+            }
+            None => {
+                s.pods.push(pod.clone());
+                "ADDED"
+            }
+        };
+        notify(&mut s, kind, pod);
+    }
+
+    /// Deletes a pod; `tell`: with a `DELETED` event (else the watches miss it, as across a
+    /// compaction of the API's history).
+    fn delete(&self, name: &str, tell: bool) {
+        let mut s = self.state.lock().unwrap();
+        let i = s
+            .pods
+            .iter()
+            .position(|p| p["metadata"]["name"] == name)
+            .unwrap();
+        let mut pod = s.pods.remove(i);
+        s.rv += 1;
+        pod["metadata"]["resourceVersion"] = s.rv.to_string().into();
+        if tell {
+            notify(&mut s, "DELETED", pod);
+        }
+    }
+
+    /// Ends every open watch (the API server's timeout does this every few minutes).
+    fn end_watches(&self) {
+        for w in self.state.lock().unwrap().watchers.drain(..) {
+            let _ = w.send(None);
+        }
+    }
+
+    /// From now on a watch resuming from an older resourceVersion gets 410 Gone.
+    fn expire_history(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.expired_below = s.rv + 1;
+        s.history.clear();
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().requests.clone()
+    }
+}
+
+fn notify(s: &mut State, kind: &str, object: Value) {
+    let line = json!({"type": kind, "object": object}).to_string();
+    let rv = s.rv;
+    s.history.push((rv, line.clone()));
+    s.watchers.retain(|w| w.send(Some(line.clone())).is_ok());
+}
+
+/// A pod from the fixture, renamed, with its phase and IP (None: not assigned yet).
+fn pod(name: &str, phase: &str, ip: Option<&str>) -> Value {
+    let text = std::fs::read_to_string("tests/data/k8s/pod.json").unwrap();
+    let mut p: Value = serde_json::from_str(&text).unwrap();
+    p["metadata"]["name"] = name.into();
+    p["metadata"]["uid"] = format!("uid-{name}").into();
+    p["status"]["phase"] = phase.into();
+    let status = p["status"].as_object_mut().unwrap();
+    match ip {
+        Some(ip) => {
+            status.insert("podIP".into(), ip.into());
+            status.insert("podIPs".into(), json!([{"ip": ip}]));
+        }
+        None => {
+            status.remove("podIP");
+            status.remove("podIPs");
+        }
+    }
+    p
+}
+
+fn serve(mut stream: TcpStream, state: &Mutex<State>) {
+    let Some((head, _)) = read_request(&mut stream) else {
+        return;
+    };
+    let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+    state.lock().unwrap().requests.push(format!("GET {target}"));
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let param = |k: &str| {
+        query.split('&').find_map(|kv| {
+            let (key, v) = kv.split_once('=')?;
+            (key == k).then(|| v.replace("%3D", "=").replace("%2C", ","))
+        })
+    };
+    let reply = |stream: &mut TcpStream, status: u16, body: Value| {
+        let body = body.to_string();
+        let _ = write!(
+            stream,
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    };
+    match path {
+        "/api" => reply(
+            &mut stream,
+            200,
+            json!({"kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:443"}]}),
+        ),
+        "/apis" => reply(
+            &mut stream,
+            200,
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": []}),
+        ),
+        "/api/v1" => reply(
+            &mut stream,
+            200,
+            json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                {"name": "pods", "singularName": "pod", "namespaced": true, "kind": "Pod",
+                 "verbs": ["get", "list", "watch"], "shortNames": ["po"]}]}),
+        ),
+        _ => {
+            let Some(ns) = path
+                .strip_prefix("/api/v1/namespaces/")
+                .and_then(|p| p.strip_suffix("/pods"))
+            else {
+                return reply(
+                    &mut stream,
+                    404,
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": format!("the server could not find the requested resource ({path})"),
+                        "reason": "NotFound", "code": 404}),
+                );
+            };
+            let selector = param("labelSelector");
+            let selected = |p: &Value| {
+                p["metadata"]["namespace"] == ns
+                    && selector.as_deref().is_none_or(|s| {
+                        s.split(',').all(|kv| match kv.split_once('=') {
+                            Some((k, v)) => p["metadata"]["labels"][k] == v,
+                            None => true,
+                        })
+                    })
+            };
+            if param("watch").as_deref() == Some("true") || param("watch").as_deref() == Some("1") {
+                let from: u64 = param("resourceVersion")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                watch(stream, state, from, &selected);
+            } else {
+                let s = state.lock().unwrap();
+                let items: Vec<Value> = s.pods.iter().filter(|p| selected(p)).cloned().collect();
+                reply(
+                    &mut stream,
+                    200,
+                    json!({"kind": "PodList", "apiVersion": "v1",
+                        "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
+                );
+            }
+        }
+    }
+}
+
+/// A watch: events after `from`, then live ones, as chunks of one JSON line each, until the
+/// test ends it; from an expired resourceVersion, one ERROR event with a 410 Status.
+fn watch(
+    mut stream: TcpStream,
+    state: &Mutex<State>,
+    from: u64,
+    selected: &dyn Fn(&Value) -> bool,
+) {
+    let (tx, rx): (Sender<Option<String>>, Receiver<Option<String>>) = channel();
+    let backlog = {
+        let mut s = state.lock().unwrap();
+        if from < s.expired_below {
+            let status = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                "metadata": {}, "status": "Failure",
+                "message": format!("too old resource version: {from} ({})", s.expired_below),
+                "reason": "Expired", "code": 410}});
+            vec![Some(status.to_string()), None]
+        } else {
+            s.watchers.push(tx);
+            s.history
+                .iter()
+                .filter(|(rv, _)| *rv > from)
+                .map(|(_, l)| Some(l.clone()))
+                .collect()
+        }
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let chunk = |stream: &mut TcpStream, line: &str| {
+        let data = format!("{line}\n");
+        write!(stream, "{:x}\r\n{data}\r\n", data.len()).and_then(|_| stream.flush())
+    };
+    for item in backlog.into_iter().chain(rx) {
+        let Some(line) = item else {
+            break;
+        };
+        let v: Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["type"] != "ERROR" && !selected(&v["object"]) {
+            continue;
+        }
+        if chunk(&mut stream, &line).is_err() {
+            return;
+        }
+    }
+    let _ = write!(stream, "0\r\n\r\n");
+}
+
+fn targets_file(dir: &Path, kubeconfig: &Path) -> PathBuf {
+    write(
+        dir,
+        "targets.yml",
+        &format!(
+            "targets:\n  - kubernetes_sd:\n      role: pod\n      namespaces: [shop]\n      selector: 'app=api'\n      port: metrics\n      kubeconfig: {}\n",
+            kubeconfig.display()
+        ),
+    )
+}
+
+/// The fixture's pods, on exporters at 127.0.0.2.. and one shared port.
+fn with_port(mut p: Value, port: u16) -> Value {
+    p["spec"]["containers"][0]["ports"][1]["containerPort"] = port.into();
+    p
+}
+
+#[test]
+fn pods_are_followed_through_list_watch_an_ended_watch_and_410_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start();
+    let (port, exporters) = pods(2, 4, &Reply::Body("g 5\n".into()));
+    exporters[0].set_body("g 500\n");
+    let addr = |i: u8| format!("127.0.0.{i}:{port}");
+    api.put(with_port(pod("api-1", "Running", Some("127.0.0.2")), port));
+    api.put(with_port(pod("api-2", "Running", Some("127.0.0.3")), port));
+    // Not scraped: Pending without an IP, Running without an IP (yet), Terminating, and a pod
+    // the selector leaves out.
+    api.put(with_port(pod("api-3", "Pending", None), port));
+    api.put(with_port(pod("api-4", "Running", None), port));
+    let mut terminating = with_port(pod("api-5", "Running", Some("127.0.0.5")), port);
+    terminating["metadata"]["deletionTimestamp"] = "2026-12-06T04:00:00Z".into();
+    terminating["metadata"]["deletionGracePeriodSeconds"] = 30.into();
+    api.put(terminating);
+    let mut other = with_port(pod("web-1", "Running", Some("127.0.0.4")), port);
+    other["metadata"]["labels"]["app"] = "web".into();
+    api.put(other);
+
+    let kubeconfig = api.kubeconfig(dir.path());
+    let targets = targets_file(dir.path(), &kubeconfig);
+    let rules = write(dir.path(), "rules.yaml", TOO_HIGH);
+    let hook = Webhook::start_on(0, vec![]);
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[],
+        &[
+            "--targets-file",
+            targets.to_str().unwrap(),
+            "--webhook",
+            &hook.url(),
+        ],
+    );
+    wait_for("the two running pods scraped", T, || {
+        (up_targets(&s) == BTreeSet::from([addr(2), addr(3)])).then_some(())
+    });
+    // Each pod's series carry its target labels.
+    let firing = wait_for("api-1's alert", T, || {
+        s.metrics()
+            .lines()
+            .find(|l| l.starts_with("anomaly_active{") && l.ends_with(" 1.0"))
+            .map(str::to_string)
+    });
+    for label in [
+        "namespace=\"shop\"",
+        "pod=\"api-1\"",
+        "container=\"api\"",
+        "node=\"node-a\"",
+        "workload=\"api\"",
+        &format!("target=\"{}\"", addr(2)),
+    ] {
+        assert!(firing.contains(label), "{label} missing: {firing}");
+    }
+
+    // api-4 gets its IP: scraped from its next interval.
+    api.put(with_port(pod("api-4", "Running", Some("127.0.0.4")), port));
+    wait_for("api-4 scraped", T, || {
+        up_targets(&s).contains(&addr(4)).then_some(())
+    });
+
+    // The watch ends; the watcher resumes from the last resourceVersion it saw and misses
+    // nothing sent meanwhile.
+    let watches = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.contains("watch=true"))
+            .count()
+    };
+    let before = watches(&api);
+    api.end_watches();
+    api.delete("api-2", true);
+    wait_for("api-2 retired after the resumed watch", T, || {
+        (up_targets(&s) == BTreeSet::from([addr(2), addr(4)])).then_some(())
+    });
+    assert!(watches(&api) > before, "{:?}", api.requests());
+    let resumed = api
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.contains("watch=true"))
+        .unwrap();
+    assert!(
+        !resumed.contains("resourceVersion=0&") && resumed.contains("resourceVersion="),
+        "{resumed}"
+    );
+
+    // History compacted and api-1 deleted without an event: the resumed watch gets 410 Gone,
+    // the watcher relists, and api-1's alert resolves with the reason.
+    let lists = |api: &FakeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.contains("/pods") && !r.contains("watch=true"))
+            .count()
+    };
+    let lists_before = lists(&api);
+    api.delete("api-1", false);
+    api.expire_history();
+    api.end_watches();
+    wait_for("api-1 gone after the relist", T, || {
+        (up_targets(&s) == BTreeSet::from([addr(4)])).then_some(())
+    });
+    assert!(lists(&api) > lists_before, "{:?}", api.requests());
+    let events = hook.wait_distinct(2);
+    assert_eq!(events[1].body["status"], "resolved");
+    assert_eq!(events[1].body["alerts"][0]["labels"]["pod"], "api-1");
+    assert_eq!(
+        events[1].body["alerts"][0]["annotations"]["reason"],
+        "target_gone"
+    );
+    let m = s.metrics();
+    let found = metric_value(&m, "anomaly_sidecar_sd_discovered_targets{config=");
+    assert_eq!(found.as_deref(), Some("1"), "{m}");
+}
+
+#[test]
+fn the_fixture_is_what_kubectl_reads() {
+    let Some(kubectl) = tool("kubectl") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start();
+    api.put(pod("api-1", "Running", Some("10.244.0.17")));
+    api.put(pod("api-2", "Pending", None));
+    let kubeconfig = api.kubeconfig(dir.path());
+    let out = std::process::Command::new(kubectl)
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args(["get", "pods", "-n", "shop", "-l", "app=api", "-o", "json"])
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["api-1", "api-2"]);
+    assert_eq!(list["items"][0]["status"]["podIP"], "10.244.0.17");
+}
+
+#[test]
+fn a_kubeconfig_that_cannot_be_used_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", TOO_HIGH);
+    let missing = dir.path().join("no-such-kubeconfig");
+    let garbage = write(dir.path(), "garbage", "clusters: [[[\n");
+    for (kubeconfig, needle) in [(&missing, "no-such-kubeconfig"), (&garbage, "garbage")] {
+        let targets = targets_file(dir.path(), kubeconfig);
+        let out = run(&[
+            "run",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--targets-file",
+            targets.to_str().unwrap(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("targets.yml:2: kubeconfig"), "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert!(!dir.path().join("data").exists());
+    }
+    let targets = write(
+        dir.path(),
+        "targets.yml",
+        "targets:\n  - kubernetes_sd:\n      role: pod\n      selector: 'app in prod'\n      port: metrics\n",
+    );
+    let out = run(&[
+        "run",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--targets-file",
+        targets.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("targets.yml:2: kubernetes_sd: selector"),
+        "{err}"
+    );
+}
