@@ -16,12 +16,16 @@ peak RSS, bytes on disk, and for the sidecar scrape-to-gauge latency p50/p99.
     python3 bench/load.py --series 100000 --against /tmp/old/anomaly-sidecar --rounds 5
         # the release build and another one at the same time, each on its own exporter: both
         # see the same machine noise (one after the other, runs differed by up to 20 %)
+    python3 bench/load.py --discovery 1000 --pod-series 100 --interval 15
+        # kubernetes_sd over one watch of a Kubernetes API served here: 1,000 pods of 100
+        # series, CPU and RSS, then pods created one at a time: creation to first scrape
 
 Needs a release build (target/release/anomaly-sidecar) and Debian's `prometheus`.
 """
 
 import argparse
 import http.server
+import json
 import os
 import random
 import shutil
@@ -391,6 +395,192 @@ def soak(n, interval, seconds, churn_every, churn_frac, out_prefix):
         print("no matplotlib: CSV only (pip install matplotlib for the PNG)")
 
 
+class PodExporters:
+    """One asyncio loop serving `n` loopback exporters (a port per pod) of the same body, and
+    recording when each port was first scraped."""
+
+    def __init__(self, body):
+        import asyncio
+        self.body = body
+        self.first = {}
+        self.ports = []
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+
+    def add(self, n):
+        import asyncio
+        head = (f"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                f"Content-Length: {len(self.body)}\r\nConnection: close\r\n\r\n").encode()
+
+        async def start():
+            out = []
+            for _ in range(n):
+                box = {}
+
+                async def handle(reader, writer, box=box):
+                    try:
+                        await reader.readuntil(b"\r\n\r\n")
+                        self.first.setdefault(box["port"], time.time())
+                        writer.write(head + self.body)
+                        await writer.drain()
+                    except (asyncio.IncompleteReadError, ConnectionError):
+                        pass
+                    finally:
+                        writer.close()
+
+                server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=64)
+                box["port"] = server.sockets[0].getsockname()[1]
+                out.append(box["port"])
+            return out
+
+        ports = asyncio.run_coroutine_threadsafe(start(), self.loop).result()
+        self.ports.extend(ports)
+        return ports
+
+
+class FakeKubernetes:
+    """The pods list and one watch stream of namespace `bench`, in the API's JSON."""
+
+    def __init__(self):
+        self.pods = []
+        self.rv = 1000
+        self.watchers = []
+        self.lock = threading.Lock()
+        api = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                if "watch=true" in self.path or "watch=1" in self.path:
+                    return self.watch()
+                with api.lock:
+                    body = json.dumps({"kind": "PodList", "apiVersion": "v1",
+                                       "metadata": {"resourceVersion": str(api.rv)},
+                                       "items": api.pods}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def watch(self):
+                import queue
+                q = queue.Queue()
+                with api.lock:
+                    api.watchers.append(q)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    while True:
+                        line = (q.get() + "\n").encode()
+                        self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.port = free_port()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def pod(self, i, port):
+        with self.lock:
+            self.rv += 1
+            rv = self.rv
+        return {"kind": "Pod", "apiVersion": "v1",
+                "metadata": {"name": f"api-{i}", "namespace": "bench", "uid": f"uid-{i}",
+                             "resourceVersion": str(rv), "labels": {"app": "api"},
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                                                  "name": "api", "uid": "sts", "controller": True}]},
+                "spec": {"nodeName": f"node-{i % 10}", "containers": [
+                    {"name": "api", "ports": [{"name": "metrics", "containerPort": port}]}]},
+                "status": {"phase": "Running", "podIP": "127.0.0.1"}}
+
+    def add(self, pod):
+        """Adds a pod and tells the watches; returns when it was sent."""
+        line = json.dumps({"type": "ADDED", "object": pod})
+        with self.lock:
+            self.pods.append(pod)
+            for q in self.watchers:
+                q.put(line)
+        return time.time()
+
+    def kubeconfig(self, work):
+        path = os.path.join(work, "kubeconfig")
+        with open(path, "w") as f:
+            f.write(f"apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n"
+                    f"    server: http://127.0.0.1:{self.port}\ncontexts:\n- name: b\n"
+                    f"  context:\n    cluster: b\n    user: b\n    namespace: bench\n"
+                    f"current-context: b\nusers:\n- name: b\n  user:\n    token: t\n")
+        return path
+
+
+def discovery(pods, per_pod, interval, warmup, duration, created):
+    """kubernetes_sd over `pods` pods of `per_pod` series each, then `created` more pods one
+    at a time: CPU, RSS and the time from each creation to its first scrape."""
+    body = render_bodies(per_pod, variants=1)[0]
+    exporters = PodExporters(body)
+    api = FakeKubernetes()
+    for i, port in enumerate(exporters.add(pods)):
+        api.pods.append(api.pod(i, port))
+    with tempfile.TemporaryDirectory() as work:
+        targets = os.path.join(work, "targets.yml")
+        with open(targets, "w") as f:
+            f.write("targets:\n  - kubernetes_sd:\n      role: pod\n      namespaces: [bench]\n"
+                    f"      selector: app=api\n      port: metrics\n      kubeconfig: {api.kubeconfig(work)}\n")
+        rules = os.path.join(work, "rules.yaml")
+        with open(rules, "w") as f:
+            f.write("rules:\n  - name: z\n    match: '{__name__=~\".+\"}'\n    method: zscore\n    window: 60\n")
+        port = free_port()
+        t0 = time.time()
+        proc = subprocess.Popen(
+            [SIDECAR, "run", "--rules", rules, "--targets-file", targets, "--listen", f"127.0.0.1:{port}",
+             "--data-dir", os.path.join(work, "data"), "--scrape-interval", f"{interval}s",
+             "--max-series", str(per_pod * 2)],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "sidecar.log"), "w"))
+        try:
+            wait_port(port)
+            while len(exporters.first) < pods and time.time() - t0 < 300:
+                time.sleep(0.1)
+            all_scraped = time.time() - t0
+            time.sleep(warmup)
+            ev = "anomaly_sidecar_rule_evaluations_total"
+            lat = "anomaly_sidecar_scrape_to_export_seconds"
+            m0 = metrics(port)
+            c0, w0 = cpu_seconds(proc.pid), time.time()
+            time.sleep(duration)
+            c1, w1 = cpu_seconds(proc.pid), time.time()
+            m1 = metrics(port)
+            lags = []
+            for j, p in enumerate(exporters.add(created)):
+                at = api.add(api.pod(pods + j, p))
+                while p not in exporters.first and time.time() - at < 3 * interval + 30:
+                    time.sleep(0.005)
+                lags.append(exporters.first.get(p, float("inf")) - at)
+                time.sleep(0.5)
+            rss = peak_rss_mb(proc.pid)
+        finally:
+            stop(proc)
+    lags.sort()
+    evaluated = (value(m1, ev) or 0) - (value(m0, ev) or 0)
+    cores = (c1 - c0) / (w1 - w0)
+    print(f"\nkubernetes_sd: {pods:,} pods x {per_pod} series = {pods * per_pod:,} series over one "
+          f"watch, scraped every {interval}s, one zscore rule (window 60)")
+    print(f"  all {pods:,} pods scraped {all_scraped:.1f} s after start")
+    print(f"  {duration:.0f} s measured: {evaluated / (w1 - w0):,.0f} samples/s on {cores:.3f} cores "
+          f"({evaluated / (w1 - w0) / max(cores, 1e-9):,.0f} samples per CPU-s), peak RSS {rss:.0f} MB")
+    print(f"  scrape to gauges: p50 {quantile(buckets(m0, lat), buckets(m1, lat), 0.5)} s, "
+          f"p99 {quantile(buckets(m0, lat), buckets(m1, lat), 0.99)} s")
+    print(f"  {created} pods created one at a time: creation to first scrape (whose evaluation "
+          f"follows within the scrape-to-gauges time) median {lags[len(lags) // 2] * 1000:.0f} ms, "
+          f"max {lags[-1] * 1000:.0f} ms")
+
+
 def fmt(v):
     if v is None:
         return "-"
@@ -421,6 +611,11 @@ def main():
                     help="another build: run it and the release build (or --bin) at once, "
                          "each on its own exporter, and print their ratio")
     ap.add_argument("--rounds", type=int, default=3, help="with --against")
+    ap.add_argument("--discovery", type=int, default=0,
+                    help="instead: this many pods found by kubernetes_sd over one watch")
+    ap.add_argument("--pod-series", type=int, default=100, help="with --discovery")
+    ap.add_argument("--created", type=int, default=20,
+                    help="with --discovery: pods created one at a time after the measurement")
     args = ap.parse_args()
     if args.bin:
         global SIDECAR
@@ -432,6 +627,11 @@ def main():
         interval = int(args.interval.split(",")[0])
         warmup = args.warmup if args.warmup is not None else max(20, 2 * interval)
         against(n, interval, warmup, args.duration, args.against, args.rounds)
+        return
+    if args.discovery:
+        interval = int(args.interval.split(",")[0])
+        warmup = args.warmup if args.warmup is not None else max(20, 2 * interval)
+        discovery(args.discovery, args.pod_series, interval, warmup, args.duration, args.created)
         return
     if args.soak:
         n = int(args.series.split(",")[0])

@@ -78,7 +78,7 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         return Err(StartError::NoTargets);
     }
     let shard =
-        crate::discover::Shard::parse(&args.shard, &hostname()).map_err(StartError::Shard)?;
+        crate::discover::Shard::parse(&args.shard, &pod_name()).map_err(StartError::Shard)?;
     let client = scrape::client().map_err(|e| StartError::Setup(e.to_string()))?;
     // TLS files of targets are read here, before the store is opened or the port bound, so
     // a missing CA is what the error says (not a busy port).
@@ -329,6 +329,15 @@ pub async fn termination() {
 }
 
 /// The host's name for default URLs; Kubernetes sets it to the pod name.
+/// The pod's name, for `--shard auto/N`: `$POD_NAME` (the chart sets it from the downward
+/// API; a pod on the host network has the node's hostname), else the hostname.
+fn pod_name() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(hostname)
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()

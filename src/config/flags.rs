@@ -142,7 +142,7 @@ pub struct RunArgs {
     pub targets_file: Option<PathBuf>,
     /// This replica's share of the targets, for a StatefulSet of N: `I/N` scrapes the
     /// targets whose address hashes (Prometheus' hashmod) to I; `auto/N` takes I from the pod
-    /// name's ordinal (`anomaly-sidecar-2`).
+    /// name's ordinal (`anomaly-sidecar-2`: `$POD_NAME`, else the hostname).
     #[arg(long, env = "ANOMALY_SIDECAR_SHARD", default_value = "0/1")]
     pub shard: String,
     /// Address to serve /metrics, /-/healthy, /-/ready and /-/reload on.

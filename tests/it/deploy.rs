@@ -163,18 +163,25 @@ fn default_and_standalone_example_render_and_validate() {
         &chart(),
         &["-f", example.to_str().unwrap()],
     ));
-    let pod = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
-    assert!(pod["volumes"]
+    // Sharded: a StatefulSet whose replicas each get a claim of their own.
+    let sts = kind(&docs, "StatefulSet").expect("a StatefulSet");
+    assert!(kind(&docs, "Deployment").is_none());
+    assert_eq!(
+        sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"],
+        "anomaly-sidecar-data"
+    );
+    let pod = &sts["spec"]["template"]["spec"];
+    assert!(!pod["volumes"]
         .as_array()
         .unwrap()
         .iter()
-        .any(|v| v["persistentVolumeClaim"].is_object()));
+        .any(|v| v["name"] == "anomaly-sidecar-data"));
     assert!(pod["volumes"]
         .as_array()
         .unwrap()
         .iter()
         .any(|v| v["secret"]["secretName"] == "anomaly-webhook"));
-    assert!(kind(&docs, "PersistentVolumeClaim").is_some());
+    assert!(kind(&docs, "PersistentVolumeClaim").is_none());
     // The signing secret is read from where its volume is mounted, outside the ConfigMap's.
     let c = &pod["containers"][0];
     let mount = c["volumeMounts"]
@@ -385,4 +392,134 @@ fn warm_start_values_set_the_flags_and_the_pod_name() {
     let docs = documents(&render(&helm, &validate, &chart(), &[]));
     let c = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0];
     assert!(c["env"].is_null());
+}
+
+/// The container args a manifest's first pod template renders.
+fn args_of(pod: &serde_json::Value) -> Vec<String> {
+    pod["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn discovery_renders_rbac_that_validates_and_the_binary_runs_its_args() {
+    let (Some(helm), Some(validate)) = (tool("helm"), tool("kubernetes-validate")) else {
+        return;
+    };
+    let example = chart().join("examples/standalone-values.yaml");
+    let docs = documents(&render(
+        &helm,
+        &validate,
+        &chart(),
+        &["-f", example.to_str().unwrap()],
+    ));
+    // A ServiceAccount, and in each watched namespace only get/list/watch on pods.
+    let sa = kind(&docs, "ServiceAccount").expect("ServiceAccount");
+    let sa_name = sa["metadata"]["name"].as_str().unwrap();
+    let roles: Vec<&serde_json::Value> = docs.iter().filter(|d| d["kind"] == "Role").collect();
+    let namespaces: Vec<&str> = roles
+        .iter()
+        .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(namespaces, ["monitoring", "shop"]);
+    for r in &roles {
+        assert_eq!(
+            r["rules"],
+            serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
+        );
+    }
+    let bindings: Vec<&serde_json::Value> =
+        docs.iter().filter(|d| d["kind"] == "RoleBinding").collect();
+    assert_eq!(bindings.len(), 2);
+    assert!(bindings.iter().all(|b| b["subjects"][0]["name"] == sa_name));
+    assert!(kind(&docs, "ClusterRole").is_none());
+    let sts = kind(&docs, "StatefulSet").unwrap();
+    let pod = &sts["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], sa_name);
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    let args = args_of(pod);
+    assert!(args.contains(&"--shard=auto/2".to_string()), "{args:?}");
+    let targets_cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["data"]["targets.yml"].is_string())
+        .expect("the discovery ConfigMap");
+
+    // Cluster-wide: one ClusterRole and its binding instead.
+    let wide = documents(&render(
+        &helm,
+        &validate,
+        &chart(),
+        &[
+            "-f",
+            example.to_str().unwrap(),
+            "--set",
+            "rbac.clusterWide=true",
+        ],
+    ));
+    assert!(wide.iter().all(|d| d["kind"] != "Role"));
+    assert_eq!(
+        kind(&wide, "ClusterRole").unwrap()["rules"][0]["verbs"],
+        serde_json::json!(["get", "list", "watch"])
+    );
+    assert!(kind(&wide, "ClusterRoleBinding").is_some());
+
+    // The binary runs with exactly those args, its targets file the rendered one, talking to
+    // an API served by the test through $KUBECONFIG (as outside a cluster), as replica 1.
+    let work = tempfile::tempdir().unwrap();
+    let api = crate::kubernetes::FakeApi::start();
+    let kubeconfig = api.kubeconfig(work.path());
+    let targets = write(
+        work.path(),
+        "targets.yml",
+        targets_cm["data"]["targets.yml"].as_str().unwrap(),
+    );
+    let secret = write(work.path(), "webhook-secret", "s3cret");
+    let rules = Path::new(ROOT).join("rules.yaml");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| {
+            a.replace("/etc/anomaly-sidecar/rules.yaml", rules.to_str().unwrap())
+                .replace(
+                    "/etc/anomaly-sidecar-targets/targets.yml",
+                    targets.to_str().unwrap(),
+                )
+                .replace(
+                    "/var/run/secrets/anomaly-sidecar/webhook-secret",
+                    secret.to_str().unwrap(),
+                )
+                .replace(
+                    "/var/lib/anomaly-sidecar",
+                    work.path().join("data").to_str().unwrap(),
+                )
+                .replace("0.0.0.0:9477", &listen)
+        })
+        .collect();
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAME", "t-anomaly-sidecar-1")
+        .env("ANOMALY_SIDECAR_WEBHOOK", "http://127.0.0.1:9/hook")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("rendered args run", T, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("binary refused the chart's args {args:?}: {status}");
+        }
+        http("GET", &listen, "/-/ready").filter(|(s, _)| *s == 200)
+    });
+    // Both entries list their namespace's pods with their selector.
+    wait_for("both namespaces listed", T, || {
+        let r = api.requests();
+        (r.iter()
+            .any(|q| q.contains("/namespaces/shop/pods") && q.contains("app%3Dapi"))
+            && r.iter().any(|q| q.contains("/namespaces/monitoring/pods")))
+        .then_some(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
 }

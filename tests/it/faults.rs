@@ -636,10 +636,12 @@ fn stalled_metrics_readers_are_cut_off_and_free_their_slots() {
         waited < Duration::from_secs(30),
         "answered after {waited:?} behind stalled readers"
     );
-    assert!(
-        s.log().contains("did not read its response in time"),
-        "{}",
+    // Under load the 17th request may be read before the last stalled one took its slot:
+    // the stalled ones are cut off 3 s after they began, whatever came first.
+    wait_for("stalled readers cut off", Duration::from_secs(20), || {
         s.log()
-    );
+            .contains("did not read its response in time")
+            .then_some(())
+    });
     drop(stalled);
 }

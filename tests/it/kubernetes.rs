@@ -36,13 +36,13 @@ struct State {
 
 /// A Kubernetes API server for pods: list, watch (chunked JSON lines), and the discovery
 /// documents kubectl asks for.
-struct FakeApi {
+pub struct FakeApi {
     addr: String,
     state: Arc<Mutex<State>>,
 }
 
 impl FakeApi {
-    fn start() -> Self {
+    pub fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let state = Arc::new(Mutex::new(State {
@@ -60,7 +60,7 @@ impl FakeApi {
     }
 
     /// A kubeconfig for this server, context namespace `shop`.
-    fn kubeconfig(&self, dir: &Path) -> PathBuf {
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
         write(
             dir,
             "kubeconfig",
@@ -121,7 +121,7 @@ impl FakeApi {
         s.history.clear();
     }
 
-    fn requests(&self) -> Vec<String> {
+    pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
     }
 }

@@ -27,6 +27,79 @@ app.kubernetes.io/name: {{ include "anomaly-sidecar.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* "true" when the standalone pods are a sharded StatefulSet. */}}
+{{- define "anomaly-sidecar.sharded" -}}
+{{- if and .Values.standalone.enabled (gt (int .Values.standalone.shards) 1) }}true{{ end }}
+{{- end }}
+
+{{/* "true" when a discovery entry reads the Kubernetes API. */}}
+{{- define "anomaly-sidecar.kubernetesSd" -}}
+{{- range .Values.discovery }}{{ if .kubernetes_sd }}true{{ end }}{{ end }}
+{{- end }}
+
+{{/* "true" when the chart makes the ServiceAccount and RBAC kubernetes_sd needs. */}}
+{{- define "anomaly-sidecar.rbac" -}}
+{{- if and .Values.standalone.enabled .Values.rbac.create (include "anomaly-sidecar.kubernetesSd" .) }}true{{ end }}
+{{- end }}
+
+{{/* The namespaces kubernetes_sd entries watch, comma-separated (the release's for an entry
+naming none, as the sidecar defaults to its own). */}}
+{{- define "anomaly-sidecar.watchedNamespaces" -}}
+{{- $ns := dict }}
+{{- range .Values.discovery }}
+{{- with .kubernetes_sd }}
+{{- range (.namespaces | default (list $.Release.Namespace)) }}
+{{- $_ := set $ns . "" }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- keys $ns | sortAlpha | join "," }}
+{{- end }}
+
+{{/* The standalone pods' template: the Deployment's and the sharded StatefulSet's. */}}
+{{- define "anomaly-sidecar.podTemplate" -}}
+metadata:
+  labels:
+    {{- include "anomaly-sidecar.selectorLabels" . | nindent 4 }}
+    {{- with .Values.standalone.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with .Values.standalone.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- if include "anomaly-sidecar.rbac" . }}
+  serviceAccountName: {{ include "anomaly-sidecar.fullname" . }}
+  # The token is what kubernetes_sd reads the API with.
+  automountServiceAccountToken: true
+  {{- else }}
+  {{- with .Values.standalone.serviceAccountName }}
+  serviceAccountName: {{ . }}
+  {{- end }}
+  {{- /* Your own account for kubernetes_sd (rbac.create off) needs its token mounted. */}}
+  automountServiceAccountToken: {{ if and .Values.standalone.serviceAccountName (include "anomaly-sidecar.kubernetesSd" .) }}true{{ else }}false{{ end }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.podSecurityContext | nindent 4 }}
+  containers:
+    {{- include "anomaly-sidecar.container" . | nindent 4 }}
+  volumes:
+    {{- include "anomaly-sidecar.volumes" . | nindent 4 }}
+  {{- with .Values.standalone.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.standalone.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.standalone.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
 {{/*
 The anomaly-sidecar container. A service's own chart includes it in its pod spec:
   containers:
@@ -72,8 +145,16 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
     {{- if .Values.webConfig.existingSecret }}
     - --web.config.file=/etc/anomaly-sidecar-web/{{ .Values.webConfig.key }}
     {{- end }}
+    {{- if and .Values.discovery .Values.targetsFile.existingSecret }}
+    {{- fail "discovery and targetsFile.existingSecret: put the discovery entries in the Secret's targets file" }}
+    {{- end }}
     {{- if .Values.targetsFile.existingSecret }}
     - --targets-file=/etc/anomaly-sidecar-targets/{{ .Values.targetsFile.key }}
+    {{- else if .Values.discovery }}
+    - --targets-file=/etc/anomaly-sidecar-targets/targets.yml
+    {{- end }}
+    {{- if include "anomaly-sidecar.sharded" . }}
+    - --shard=auto/{{ .Values.standalone.shards }}
     {{- end }}
     {{- with .Values.notify.llmUrl }}
     - --llm-url={{ . }}
@@ -88,10 +169,12 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
     - {{ . }}
     {{- end }}
   {{- $webhooks := or .Values.notify.webhooks .Values.notify.webhooksSecret.existingSecret }}
-  {{- if or .Values.warmup.from $webhooks }}
+  {{- $podName := or .Values.warmup.from (include "anomaly-sidecar.sharded" .) }}
+  {{- if or $podName $webhooks }}
   env:
-    {{- if .Values.warmup.from }}
-    # $(POD_NAME) in --warmup-selector: this pod's copy of each series in Prometheus.
+    {{- if $podName }}
+    # $(POD_NAME) in --warmup-selector: this pod's copy of each series in Prometheus; and
+    # the StatefulSet ordinal --shard auto/N reads.
     - name: POD_NAME
       valueFrom:
         fieldRef:
@@ -162,7 +245,7 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
       mountPath: /etc/anomaly-sidecar-web
       readOnly: true
     {{- end }}
-    {{- if .Values.targetsFile.existingSecret }}
+    {{- if or .Values.targetsFile.existingSecret .Values.discovery }}
     - name: anomaly-sidecar-targets
       mountPath: /etc/anomaly-sidecar-targets
       readOnly: true
@@ -174,6 +257,8 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
 - name: anomaly-sidecar-rules
   configMap:
     name: {{ include "anomaly-sidecar.fullname" . }}-rules
+{{- if not (and (include "anomaly-sidecar.sharded" .) .Values.persistence.enabled) }}
+{{- /* A sharded StatefulSet's claims come from its volumeClaimTemplates, one per replica. */}}
 - name: anomaly-sidecar-data
   {{- if .Values.persistence.enabled }}
   persistentVolumeClaim:
@@ -182,6 +267,7 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
   emptyDir:
     sizeLimit: {{ .Values.persistence.emptyDirSizeLimit }}
   {{- end }}
+{{- end }}
 {{- if .Values.notify.webhookSecret.existingSecret }}
 - name: anomaly-sidecar-secret
   secret:
@@ -199,5 +285,11 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
 - name: anomaly-sidecar-targets
   secret:
     secretName: {{ . }}
+{{- else }}
+{{- if .Values.discovery }}
+- name: anomaly-sidecar-targets
+  configMap:
+    name: {{ include "anomaly-sidecar.fullname" . }}-targets
+{{- end }}
 {{- end }}
 {{- end }}
