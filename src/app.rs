@@ -238,6 +238,7 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
             retention: args.retention,
             warmup,
             target_down_grace: TARGET_DOWN_INTERVALS * args.scrape_interval,
+            scrape_interval: args.scrape_interval,
         },
         rules,
         store,

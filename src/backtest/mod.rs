@@ -105,7 +105,7 @@ pub fn replay(rules: &RuleSet, series: &Recorded) -> Replay {
                     new_state(rule, &identity, std::iter::empty(), Default::default(), &[])
                 });
                 let mut verdict = crate::detect::Verdict::default();
-                if let Some(step) = state.step(rule, false, &ring, &mut verdict) {
+                if let Some(step) = state.step(rule, false, &ring, &mut verdict, None) {
                     score = score.max(squash(verdict.score));
                     fired |= step.transition == Some(crate::alert::Transition::Firing);
                 }

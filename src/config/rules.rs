@@ -110,6 +110,9 @@ pub struct Rule {
     pub severity: Severity,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, Template>,
+    /// peers: the labels (target or series) whose values make a group of pods judged against
+    /// each other; empty: every target of the rule is one group.
+    pub by: Vec<String>,
     /// Name plus a hash of what the detector learns with (method, transform, window,
     /// min_samples): stored seasonal profiles belong to it, so an annotation edit keeps them
     /// and a detector change starts them afresh. Alerts belong to the name alone.

@@ -23,6 +23,11 @@
 //! threshold 1 + signed distance past the threshold / max(|threshold|, 1) (0 when far inside);
 //! trend (relative change in % / deviation_pct) when the run is monotone, else 0;
 //! mad |x − median| / (k · scale); ewma |z| / z_threshold.
+//!
+//! - peers: not the series' history but the same series on the other pods of its group at
+//!   the same round: median ± k · 1.4826 · MAD of the group's values, the series' own among
+//!   them (Datadog's `outliers(..., 'MAD')`), given by the caller (`judge_peers_into`); at
+//!   least `min_peers` values or no verdict. Score |x − median| / (k · scale), as mad.
 
 pub mod auto;
 pub mod calibrate;
@@ -93,6 +98,12 @@ pub enum Method {
         z_threshold: f64,
         memory: u32,
     },
+    /// Judged against the same series on the other pods of its group (`judge_peers_into`).
+    Peers {
+        mad_threshold: f64,
+        /// Values needed in the group, the series' own included.
+        min_peers: usize,
+    },
 }
 
 impl Method {
@@ -106,6 +117,7 @@ impl Method {
             Method::Mad { .. } => "mad",
             Method::Ewma { .. } => "ewma",
             Method::Seasonal { .. } | Method::AutoSeasonal { .. } => "seasonal",
+            Method::Peers { .. } => "peers",
         }
     }
 
@@ -242,7 +254,7 @@ fn baseline_ready(
 ) -> bool {
     let min = min_samples.max(2);
     match (method, state, profile) {
-        (Method::Threshold { .. } | Method::Trend { .. }, _, _) => false,
+        (Method::Threshold { .. } | Method::Trend { .. } | Method::Peers { .. }, _, _) => false,
         (Method::Ewma { .. }, State::Ewma(e), _) => e.count() >= min as u64,
         (Method::Seasonal { .. } | Method::AutoSeasonal { .. }, _, Some((p, i))) => {
             p.seasoned(i, min)
@@ -418,6 +430,8 @@ pub fn judge_into(
                 None => zscore(v, history, x, min_samples, z_threshold),
             }
         }
+        // Alone, a series has no peers to be judged against (`judge_peers_into`).
+        Method::Peers { .. } => *v = Verdict::default(),
     }
     Some((
         baseline_ready(method, history, state, profile, min_samples),
@@ -426,6 +440,40 @@ pub fn judge_into(
             _ => None,
         },
     ))
+}
+
+/// A peers rule's verdict on `x` against `others`, the same series' values on the other pods
+/// of its group at this round: the group (x among them) is judged as mad judges a window.
+/// None: fewer than `min_peers` values in all, nothing to judge.
+pub fn judge_peers_into(
+    v: &mut Verdict,
+    x: f64,
+    others: &[f64],
+    mad_threshold: f64,
+    min_peers: usize,
+) -> Option<()> {
+    *v = Verdict::default();
+    if !x.is_finite() || others.len() + 1 < min_peers.max(2) {
+        return None;
+    }
+    let mut group: Vec<f64> = others.iter().copied().filter(|v| v.is_finite()).collect();
+    group.push(x);
+    if group.len() < min_peers.max(2) {
+        return None;
+    }
+    group.sort_by(f64::total_cmp);
+    robust::mad_of_sorted(v, &group, x, mad_threshold);
+    let median = robust::median_of(&group);
+    v.baseline_mean = Some(median);
+    // How far the pod stands out, in robust standard deviations of its group.
+    if let (Some(lo), Some(hi)) = (v.lower_bound, v.upper_bound) {
+        let scale = (hi - lo) / (2.0 * mad_threshold);
+        if scale > 0.0 {
+            v.baseline_stddev = Some(scale);
+            v.zscore = Some((x - median) / scale);
+        }
+    }
+    Some(())
 }
 
 fn zscore(v: &mut Verdict, history: &Window, x: f64, min_samples: usize, z_threshold: f64) {

@@ -16,6 +16,11 @@ pub(super) fn mad(v: &mut Verdict, history: &Window, x: f64, min_samples: usize,
     let Some(s) = history.sorted().filter(|s| !s.is_empty()) else {
         return;
     };
+    mad_of_sorted(v, s, x, k);
+}
+
+/// `x` against the median and MAD of the sorted values `s` (a window's, or a peer group's).
+pub(super) fn mad_of_sorted(v: &mut Verdict, s: &[f64], x: f64, k: f64) {
     let median = median_of(s);
     let mut scale = MAD_SCALE * median_deviation(s, median);
     if scale <= 0.0 {
@@ -48,7 +53,7 @@ pub(super) fn mad(v: &mut Verdict, history: &Window, x: f64, min_samples: usize,
     }
 }
 
-fn median_of(s: &[f64]) -> f64 {
+pub(super) fn median_of(s: &[f64]) -> f64 {
     let n = s.len();
     if n % 2 == 1 {
         s[n / 2]

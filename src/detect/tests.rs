@@ -443,3 +443,63 @@ fn seasonal_knows_the_busy_hour_and_still_sees_a_spike_in_it() {
     let v = evaluate_with(&m, &window, &fresh, t, 100.0, 3).unwrap();
     assert_eq!(v.baseline_mean, window.mean());
 }
+
+#[test]
+fn peers_worked_numbers() {
+    // Five pods, one drifting: the group's median 100, MAD 1 (|99-100|, |100-100|, ...).
+    let mut v = Verdict::default();
+    judge_peers_into(&mut v, 130.0, &[99.0, 100.0, 101.0, 100.5], 3.0, 3).unwrap();
+    assert_eq!(v.baseline_mean, Some(100.5));
+    // Group sorted: 99, 100, 100.5, 101, 130; median 100.5; deviations 1.5, 0.5, 0, 0.5,
+    // 29.5 → MAD 0.5; scale 1.4826 · 0.5 = 0.7413; z = 29.5 / 0.7413 = 39.8.
+    let scale = 1.4826 * 0.5;
+    assert!((v.baseline_stddev.unwrap() - scale).abs() < 1e-9);
+    assert!((v.zscore.unwrap() - 29.5 / scale).abs() < 1e-9);
+    assert!((v.score - 29.5 / (3.0 * scale)).abs() < 1e-9);
+    assert!(v.anomalous);
+    assert_eq!(v.direction, Some(Direction::Rising));
+    assert!((v.upper_bound.unwrap() - (100.5 + 3.0 * scale)).abs() < 1e-9);
+    // A pod in the middle of its peers is not.
+    judge_peers_into(&mut v, 100.0, &[99.0, 101.0, 130.0, 100.5], 3.0, 3).unwrap();
+    assert!(!v.anomalous && v.score < 1.0);
+    // Too few pods: no verdict at all.
+    assert!(judge_peers_into(&mut v, 130.0, &[100.0], 3.0, 3).is_none());
+    assert!(!v.anomalous);
+    // Every peer alike: any other value is off the plateau.
+    judge_peers_into(&mut v, 7.0, &[5.0, 5.0, 5.0], 3.0, 3).unwrap();
+    assert!(v.anomalous);
+    judge_peers_into(&mut v, 5.0, &[5.0, 5.0, 5.0], 3.0, 3).unwrap();
+    assert!(!v.anomalous);
+    // Alone, a peers rule judges nothing.
+    let m = Method::Peers {
+        mad_threshold: 3.0,
+        min_peers: 3,
+    };
+    let w = Window::new(10, false);
+    let (ready, _) = judge_into(&mut v, &m, &w, &State::None, 0, 1e9, 0, 1.0).unwrap();
+    assert!(!ready && !v.anomalous);
+}
+
+proptest::proptest! {
+    /// The verdict of a pod does not depend on the order its peers come in, and a pod equal
+    /// to its group's median is never anomalous.
+    #[test]
+    fn peers_verdict_ignores_order_and_the_median_is_normal(
+        mut others in proptest::collection::vec(-1e6f64..1e6, 2..20),
+        x in -1e6f64..1e6,
+    ) {
+        let mut a = Verdict::default();
+        let mut b = Verdict::default();
+        judge_peers_into(&mut a, x, &others, 3.0, 3).unwrap();
+        others.reverse();
+        judge_peers_into(&mut b, x, &others, 3.0, 3).unwrap();
+        proptest::prop_assert_eq!(a.anomalous, b.anomalous);
+        proptest::prop_assert_eq!(a.baseline_mean, b.baseline_mean);
+        let mut all = others.clone();
+        all.push(x);
+        all.sort_by(f64::total_cmp);
+        if all.len() % 2 == 1 && all[all.len() / 2] == x {
+            proptest::prop_assert!(!a.anomalous);
+        }
+    }
+}

@@ -32,6 +32,7 @@ pub struct SelfMetrics {
     pub sd_lookups_total: IntCounterVec,
     pub sd_refresh_failures_total: IntCounterVec,
     pub targets: IntGaugeVec,
+    pub seeded_series_total: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -184,6 +185,10 @@ impl SelfMetrics {
                 ),
                 &["state"],
             )?,
+            seeded_series_total: IntCounter::with_opts(opts(
+                "seeded_series_total",
+                "New series of a discovered pod that started from another pod of its workload's history.",
+            ))?,
         };
         registry.register(Box::new(m.up.clone()))?;
         registry.register(Box::new(m.scrape_duration_seconds.clone()))?;
@@ -210,6 +215,7 @@ impl SelfMetrics {
         registry.register(Box::new(m.sd_lookups_total.clone()))?;
         registry.register(Box::new(m.sd_refresh_failures_total.clone()))?;
         registry.register(Box::new(m.targets.clone()))?;
+        registry.register(Box::new(m.seeded_series_total.clone()))?;
         let build_info = IntGaugeVec::new(
             opts(
                 "build_info",

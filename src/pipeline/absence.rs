@@ -86,6 +86,7 @@ impl Pipeline {
         };
         for (ri, state) in series.rules.iter_mut() {
             let rule = &self.rules.rules[ri];
+            self.peers.forget(ri, id);
             if let Some(tr) = state.alert.end() {
                 super::count(&self.exporter, &rule.name, tr);
                 let value = self
@@ -107,6 +108,8 @@ impl Pipeline {
             .set(self.store.size_on_disk() as i64);
         let cutoff = now - self.settings.retention.as_millis() as i64;
         let gone = self.store.expire(cutoff);
+        self.peers.expire(cutoff);
+        self.siblings.forget(&gone);
         for &(id, slot) in &gone {
             self.end_series(slot, id, now, b, Reason::SeriesGone);
             self.states.clear(slot);

@@ -189,6 +189,7 @@ impl Pipeline {
         (self.names, self.heads, self.ids) = super::rule_series::rule_names(&new, &self.exporter);
         self.matches.clear();
         self.match_lists.clear();
+        self.peers.clear();
         // Index entries carry rule indices of the old set.
         for index in &mut self.index {
             index.clear();

@@ -5,9 +5,11 @@
 
 mod absence;
 mod carry_over;
+mod peers;
 mod persist;
 mod rule_series;
 pub mod scan;
+mod siblings;
 mod slots;
 mod targets;
 mod warm;
@@ -22,7 +24,7 @@ use crate::export::{
 use crate::scrape::manager::TargetChange;
 use crate::scrape::{Sample, ScrapeResult, Target};
 use crate::store::{series_id, IdMap, SeriesEntry, SeriesId, SeriesIdentity, Slot, Store};
-use rule_series::{event, rule_names, stored_profile};
+use rule_series::{event, rule_names, shares_store_window, stored_profile};
 pub(crate) use rule_series::{new_state, RuleSeries};
 use scan::{NewSample, SeriesIndex};
 use slots::SlotStates;
@@ -46,6 +48,8 @@ pub struct PipelineSettings {
     pub warmup: Option<Arc<crate::scrape::warmup::Warmup>>,
     /// How long a target's scrapes may fail before its alerts resolve (`reason=target_down`).
     pub target_down_grace: Duration,
+    /// How often targets are scraped: a peers rule's round.
+    pub scrape_interval: Duration,
 }
 
 /// Owns the store and all rule state; driven by `run`.
@@ -86,6 +90,10 @@ pub struct Pipeline {
     exporter: Arc<Exporter>,
     /// Every active alert's state, events and re-sends.
     book: AlertBook,
+    /// The groups `method: peers` rules judge each pod against.
+    peers: peers::PeerGroups,
+    /// Where a new pod's series find their workload's history.
+    siblings: siblings::Siblings,
     last_expiry_ms: i64,
     /// While the store is failing: when to try reopening it next, and the backoff.
     store_retry: Option<(std::time::Instant, std::time::Duration)>,
@@ -141,6 +149,8 @@ impl Pipeline {
             last_ok_ms: vec![crate::util::now_ms(); n],
             exporter,
             book,
+            peers: peers::PeerGroups::default(),
+            siblings: siblings::Siblings::default(),
             last_expiry_ms: 0,
             store_retry: None,
             warm,
@@ -449,6 +459,8 @@ impl Pipeline {
         b: &mut Batch,
     ) {
         let parsed_rules;
+        // A new series of a discovered pod: its workload's history to start from.
+        let mut seed = None;
         let (rules, slot, fresh) = match source {
             Source::Known(rules, slot) => (rules, slot, None),
             Source::Parsed(s) => {
@@ -480,7 +492,12 @@ impl Pipeline {
                         self.admitted(slot, id, &s.name, &s.labels, window);
                         slot
                     }
-                    Ok(slot) => slot,
+                    Ok(slot) => {
+                        if self.store.at(slot).is_some_and(|e| e.samples().is_empty()) {
+                            seed = self.seed_from_sibling(slot, id, s, rules, now);
+                        }
+                        slot
+                    }
                     Err(_) => {
                         b.dropped += 1;
                         return;
@@ -523,13 +540,49 @@ impl Pipeline {
                     // and from the alert's state if the book holds one.
                     let alert = self.book.state(id, &rule.name);
                     let before = ring.iter().take(ring.len().saturating_sub(1));
-                    let profile = stored_profile(rule, || appended.profile(&rule.profile_key));
-                    let state = new_state(rule, identity, before, alert, &profile);
+                    let mut profile = stored_profile(rule, || appended.profile(&rule.profile_key));
+                    let seed = seed.as_ref();
+                    if let Some((_, p)) = seed
+                        .and_then(|s| s.profiles.iter().find(|(r, _)| *r == ri))
+                        .filter(|_| profile.is_empty())
+                    {
+                        profile.clone_from(p);
+                    }
+                    // A counter's rules start from the donor's rates (its samples are not
+                    // this pod's count); a gauge's history was copied into its own.
+                    let from_donor =
+                        seed.filter(|_| identity.counter_like && !shares_store_window(rule, true));
+                    let state = match from_donor {
+                        Some(s) => {
+                            new_state(rule, identity, s.samples.iter().copied(), alert, &profile)
+                        }
+                        None => new_state(rule, identity, before, alert, &profile),
+                    };
                     series.rules.insert(ri, state)
                 }
             };
             let key = (self.ids[ri], id);
-            evaluate_rule(rule, ri, state, &self.heads[ri], key, appended.entry, b);
+            if !matches!(rule.method, crate::detect::Method::Peers { .. }) {
+                evaluate_rule(
+                    rule,
+                    ri,
+                    state,
+                    &self.heads[ri],
+                    key,
+                    appended.entry,
+                    b,
+                    None,
+                );
+                continue;
+            }
+            // Its peers' values of this round; then its own, for theirs.
+            let fresh = 2 * self.settings.scrape_interval.as_millis() as i64;
+            let others = self.peers.others(ri, rule, id, identity, now, fresh);
+            let head = &self.heads[ri];
+            let x = evaluate_rule(rule, ri, state, head, key, appended.entry, b, Some(&others));
+            if let Some(x) = x {
+                self.peers.set(ri, id, x, now);
+            }
         }
     }
 }
@@ -552,7 +605,8 @@ enum Source<'s> {
 }
 
 /// Runs one rule's detector on the newest sample of a series (the last of `ring`) and steps
-/// its alert.
+/// its alert; `peers`: a peers rule's group values. The value judged (None: nothing was).
+#[allow(clippy::too_many_arguments)]
 fn evaluate_rule(
     rule: &Rule,
     ri: usize,
@@ -561,13 +615,12 @@ fn evaluate_rule(
     key: RowKey,
     series: &SeriesEntry,
     b: &mut Batch,
-) {
+    peers: Option<&[f64]>,
+) -> Option<f64> {
     let (identity, ring) = (&series.identity, series.samples());
     let mut verdict = Verdict::default();
     let before = state.alert;
-    let Some(step) = state.step(rule, series.counter_like, ring, &mut verdict) else {
-        return;
-    };
+    let step = state.step(rule, series.counter_like, ring, &mut verdict, peers)?;
     let (x, transition) = (step.x, step.transition);
     if step.relearned {
         b.relearned.push(ri);
@@ -577,9 +630,7 @@ fn evaluate_rule(
             b.profiles.push((key.1, rule.profile_key.clone(), i, bytes));
         }
     }
-    let Some((now, _)) = ring.back() else {
-        return;
-    };
+    let (now, _) = ring.back()?;
     b.evaluations[ri] += 1;
     let id = key.1;
     let since = state
@@ -625,6 +676,7 @@ fn evaluate_rule(
             b,
         );
     }
+    Some(x)
 }
 
 /// A transition of an alert, for the counters and the book (out of line: most evaluations

@@ -73,12 +73,15 @@ impl RuleSeries {
     /// verdict goes into `verdict`. The live pipeline and `backtest` both run exactly this.
     /// None when there is nothing to judge (a rate's first sample, a non-finite value).
     #[inline]
+    /// `peers`: for a peers rule, the values of the same series on the other pods of its
+    /// group this round (None: judged alone, as `backtest` does, which finds nothing).
     pub(crate) fn step(
         &mut self,
         rule: &Rule,
         counter_like: bool,
         ring: &SampleRing,
         verdict: &mut Verdict,
+        peers: Option<&[f64]>,
     ) -> Option<Step> {
         let (now, value) = ring.back()?;
         let prev = ring.len().checked_sub(2).and_then(|i| ring.get(i));
@@ -91,16 +94,28 @@ impl RuleSeries {
             .alerts_per_day
             .and_then(|per_day| self.extra.as_deref()?.spot.as_deref()?.level(per_day))
             .unwrap_or(1.0);
-        let (ready, bucket) = detect::judge_into(
-            verdict,
-            &rule.method,
-            &self.window,
-            detector,
-            now,
-            x,
-            rule.min_samples,
-            scale,
-        )?;
+        let (ready, bucket) = match rule.method {
+            // Judged against the group, not a baseline of its own: nothing to keep out. Too few
+            // pods this round is no verdict, and so no condition.
+            detect::Method::Peers {
+                mad_threshold,
+                min_peers,
+            } => {
+                let others = peers.unwrap_or(&[]);
+                let _ = detect::judge_peers_into(verdict, x, others, mad_threshold, min_peers);
+                (false, None)
+            }
+            _ => detect::judge_into(
+                verdict,
+                &rule.method,
+                &self.window,
+                detector,
+                now,
+                x,
+                rule.min_samples,
+                scale,
+            )?,
+        };
         // The score at the method's own threshold, for the calibration to learn.
         let judged_score = rule
             .guard
@@ -355,7 +370,7 @@ pub(super) fn stored_profile(
 /// Whether a rule's window can be a view of the store's samples instead of a copy: it judges
 /// the raw values (every stored sample is one of its values, the store keeps one more than
 /// the longest window), and its detector needs only the statistics (trend walks the values).
-fn shares_store_window(rule: &Rule, counter_like: bool) -> bool {
+pub(super) fn shares_store_window(rule: &Rule, counter_like: bool) -> bool {
     let raw = matches!(
         (rule.transform, counter_like),
         (Transform::Raw, _) | (Transform::Auto, false)

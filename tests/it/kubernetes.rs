@@ -296,6 +296,20 @@ fn targets_file(dir: &Path, kubeconfig: &Path) -> PathBuf {
     )
 }
 
+/// A sidecar with `rules` watching the API's pods (namespace shop, app=api, port metrics),
+/// sending to a webhook receiver of its own.
+fn watching(dir: &Path, api: &FakeApi, rules: &str, extra: &[&str]) -> (Sidecar, Webhook) {
+    let rules = write(dir, "rules.yaml", rules);
+    let kubeconfig = api.kubeconfig(dir);
+    let targets = targets_file(dir, &kubeconfig);
+    let hook = Webhook::start_on(0, vec![]);
+    let mut args = vec!["--targets-file", targets.to_str().unwrap(), "--webhook"];
+    let url = hook.url();
+    args.push(&url);
+    args.extend_from_slice(extra);
+    (Sidecar::start(dir, &rules, &[], &args), hook)
+}
+
 /// The fixture's pods, on exporters at 127.0.0.2.. and one shared port.
 fn with_port(mut p: Value, port: u16) -> Value {
     p["spec"]["containers"][0]["ports"][1]["containerPort"] = port.into();
@@ -323,21 +337,7 @@ fn pods_are_followed_through_list_watch_an_ended_watch_and_410_gone() {
     other["metadata"]["labels"]["app"] = "web".into();
     api.put(other);
 
-    let kubeconfig = api.kubeconfig(dir.path());
-    let targets = targets_file(dir.path(), &kubeconfig);
-    let rules = write(dir.path(), "rules.yaml", TOO_HIGH);
-    let hook = Webhook::start_on(0, vec![]);
-    let s = Sidecar::start(
-        dir.path(),
-        &rules,
-        &[],
-        &[
-            "--targets-file",
-            targets.to_str().unwrap(),
-            "--webhook",
-            &hook.url(),
-        ],
-    );
+    let (s, hook) = watching(dir.path(), &api, TOO_HIGH, &[]);
     wait_for("the two running pods scraped", T, || {
         (up_targets(&s) == BTreeSet::from([addr(2), addr(3)])).then_some(())
     });
@@ -490,4 +490,163 @@ fn a_kubeconfig_that_cannot_be_used_stops_the_start() {
         err.contains("targets.yml:2: kubernetes_sd: selector"),
         "{err}"
     );
+}
+
+/// The series of `anomaly_zscore` / `anomaly_active` rows by pod.
+fn by_pod(metrics: &str, family: &str) -> std::collections::BTreeMap<String, f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .filter_map(|l| {
+            let pod = l.split("pod=\"").nth(1)?.split('"').next()?.to_string();
+            Some((pod, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn peers_fire_only_for_the_pod_that_drifts_from_its_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start();
+    let (port, exporters) = pods(2, 8, &Reply::Body("g 0\n".into()));
+    // Five pods of the api Deployment around 100, three of the worker StatefulSet around
+    // 500: judged against all eight, every worker would stand out.
+    let levels = [100.0, 101.0, 99.0, 100.5, 99.5, 500.0, 505.0, 495.0];
+    for (i, (e, level)) in exporters.iter().zip(levels).enumerate() {
+        e.set_body(format!("# TYPE g gauge\ng{{handler=\"/cart\"}} {level}\n"));
+        let ip = format!("127.0.0.{}", i + 2);
+        let mut p = with_port(pod(&format!("pod-{i}"), "Running", Some(&ip)), port);
+        if i >= 5 {
+            p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1",
+                "kind": "StatefulSet", "name": "worker", "uid": "u-w", "controller": true}]);
+            p["metadata"]["labels"] = json!({"app": "api"});
+        }
+        api.put(p);
+    }
+    let rules = "rules:\n  - name: pod_outlier\n    match: g\n    method: peers\n    by: [workload]\n    min_anomalous: {count: 3, of: 3}\n";
+    let (s, hook) = watching(dir.path(), &api, rules, &[]);
+    wait_for("eight pods judged", T, || {
+        (by_pod(&s.metrics(), "anomaly_zscore").len() == 8).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let quiet = by_pod(&s.metrics(), "anomaly_active");
+    assert!(quiet.values().all(|v| *v == 0.0), "{quiet:?}");
+
+    // pod-3 drifts: only its alert fires, with its group's median.
+    exporters[3].set_body("# TYPE g gauge\ng{handler=\"/cart\"} 140\n");
+    let ev = hook.wait_distinct(1)[0].body.clone();
+    let alert = &ev["alerts"][0];
+    assert_eq!(ev["status"], "firing");
+    assert_eq!(alert["labels"]["pod"], "pod-3", "{ev}");
+    assert_eq!(alert["labels"]["workload"], "api");
+    let median: f64 = alert["annotations"]["baseline_mean"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(median, 100.0, "the api pods' median: {ev}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let m = s.metrics();
+    let active = by_pod(&m, "anomaly_active");
+    assert_eq!(active.get("pod-3"), Some(&1.0), "{active:?}");
+    assert_eq!(
+        active.values().filter(|v| **v == 1.0).count(),
+        1,
+        "{active:?}"
+    );
+    let z = by_pod(&m, "anomaly_zscore");
+    assert!(z["pod-3"] > 3.0, "{z:?}");
+    assert_eq!(hook.distinct().len(), 1);
+
+    // Back in line: it resolves, once.
+    exporters[3].set_body("# TYPE g gauge\ng{handler=\"/cart\"} 100.2\n");
+    let events = hook.wait_distinct(2);
+    assert_eq!(events[1].body["status"], "resolved");
+    assert_eq!(events[1].body["alerts"][0]["labels"]["pod"], "pod-3");
+}
+
+/// Feeds `g` (100..104 in turn) and the counter `c_total` (+10 a tick, from `start`) to an
+/// exporter until `stop`; `spike` puts g at 500.
+fn feed(
+    e: Arc<Exporter>,
+    start: u64,
+    spike: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    std::thread::spawn(move || {
+        let mut t = 0u64;
+        while !stop.load(Relaxed) {
+            let g = if spike.load(Relaxed) {
+                500.0
+            } else {
+                100.0 + (t % 5) as f64
+            };
+            e.set_body(format!(
+                "# TYPE g gauge\ng{{handler=\"/cart\"}} {g}\n# TYPE c_total counter\nc_total {}\n",
+                start + 10 * t
+            ));
+            t += 1;
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+}
+
+/// Whether `family` has a row of `rule` for `pod`.
+fn has_row(metrics: &str, family: &str, rule: &str, pod: &str) -> bool {
+    metrics.lines().any(|l| {
+        l.starts_with(&format!("{family}{{rule=\"{rule}\""))
+            && l.contains(&format!("pod=\"{pod}\""))
+    })
+}
+
+#[test]
+fn a_pod_that_replaces_another_starts_from_its_workloads_history() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start();
+    let (port, exporters) = pods(2, 2, &Reply::Body("g 0\n".into()));
+    let exporters: Vec<Arc<Exporter>> = exporters.into_iter().map(Arc::new).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let spike = Arc::new(AtomicBool::new(false));
+    feed(
+        exporters[0].clone(),
+        1_000_000,
+        Arc::new(AtomicBool::new(false)),
+        stop.clone(),
+    );
+    // The new pod's counter starts from zero, as a restarted process' does.
+    feed(exporters[1].clone(), 0, spike.clone(), stop.clone());
+    let old = "api-7d4b9c8f6d-old11";
+    let new = "api-7d4b9c8f6d-new22";
+    api.put(with_port(pod(old, "Running", Some("127.0.0.2")), port));
+    // A zscore rule blind for its first 20 samples, on the gauge and on the counter's rate.
+    let rules = "defaults: {window: 40, min_samples: 20}\nrules:\n  - name: g_z\n    match: g\n    method: zscore\n    z_threshold: 4\n  - name: c_rate\n    match: c_total\n    method: zscore\n    z_threshold: 1000\n";
+    let (s, hook) = watching(dir.path(), &api, rules, &["--scrape-interval", "250ms"]);
+    wait_for("the old pod's baseline ready", T, || {
+        let m = s.metrics();
+        (has_row(&m, "anomaly_upper_bound", "g_z", old)
+            && has_row(&m, "anomaly_upper_bound", "c_rate", old))
+        .then_some(())
+    });
+
+    // A rolling restart: the old pod goes, its replacement comes with a new name and IP.
+    api.delete(old, true);
+    api.put(with_port(pod(new, "Running", Some("127.0.0.3")), port));
+    let scrapes = wait_for("the new pod judged against a baseline", T, || {
+        let m = s.metrics();
+        (has_row(&m, "anomaly_upper_bound", "g_z", new)
+            && has_row(&m, "anomaly_upper_bound", "c_rate", new))
+        .then(|| exporters[1].served.load(Ordering::SeqCst))
+    });
+    // From its first scrapes (a counter's rate needs two), not after 20.
+    assert!(scrapes <= 4, "judged only after {scrapes} scrapes");
+    assert!(s.number("anomaly_sidecar_seeded_series_total") >= 2);
+    // And it judges: a spike on the new pod fires at once.
+    spike.store(true, Ordering::SeqCst);
+    let ev = hook.wait_distinct(1)[0].body.clone();
+    assert_eq!(ev["status"], "firing", "{ev}");
+    assert_eq!(ev["alerts"][0]["labels"]["pod"], new, "{ev}");
+    assert_eq!(ev["alerts"][0]["labels"]["alertname"], "g_z", "{ev}");
+    stop.store(true, Ordering::SeqCst);
 }

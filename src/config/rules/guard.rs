@@ -67,7 +67,9 @@ impl Validator<'_> {
     ) -> Guard {
         let n = Some(r.name.value.as_str());
         let threshold = matches!(method, Method::Threshold { .. });
-        let baseline = !threshold && !matches!(method, Method::Trend { .. });
+        // A peers rule's baseline is its group at each round: nothing to relearn or calibrate.
+        let peers = matches!(method, Method::Peers { .. });
+        let baseline = !threshold && !peers && !matches!(method, Method::Trend { .. });
         let m = method.name();
         // A threshold's op is its side and its threshold the deviation; a trend has no
         // baseline to relearn.
@@ -94,12 +96,12 @@ impl Validator<'_> {
             ),
             (
                 "threshold_mode",
-                threshold,
+                threshold || peers,
                 r.threshold_mode.as_ref().map(|s| s.referenced),
             ),
             (
                 "alerts_per_day",
-                threshold,
+                threshold || peers,
                 r.alerts_per_day.as_ref().map(|s| s.referenced),
             ),
         ];
@@ -272,7 +274,7 @@ fn default_relearn(method: &Method, window: usize) -> Relearn {
         Method::Seasonal { season, .. } => Relearn::After(season.ms()),
         // (whichever profile judges, a day has shown the new level at every hour of it)
         Method::AutoSeasonal { day, .. } => Relearn::After(day.ms()),
-        Method::Threshold { .. } | Method::Trend { .. } => Relearn::Never,
+        Method::Threshold { .. } | Method::Trend { .. } | Method::Peers { .. } => Relearn::Never,
         _ => Relearn::Samples(window.min(u32::MAX as usize) as u32),
     }
 }

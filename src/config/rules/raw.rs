@@ -59,6 +59,9 @@ pub(super) struct RawRule {
     pub(super) trend_window: Option<Spanned<i64>>,
     pub(super) deviation_pct: Option<Spanned<f64>>,
     pub(super) mad_threshold: Option<Spanned<f64>>,
+    /// peers: the labels whose values make a group (empty: one group).
+    pub(super) by: Option<Spanned<Vec<String>>>,
+    pub(super) min_peers: Option<Spanned<i64>>,
     pub(super) alpha: Option<Spanned<f64>>,
     pub(super) season: Option<Spanned<String>>,
     pub(super) buckets: Option<Spanned<i64>>,

@@ -491,3 +491,59 @@ rules:
         assert!(msgs.iter().any(|m| m == want), "{want}\n{msgs:?}");
     }
 }
+
+#[test]
+fn peers_rules_and_their_mistakes() {
+    let set = parse(
+        "rules.yaml",
+        "rules:\n  - name: outlier\n    match: http_requests_total\n    method: peers\n    by: [workload, handler]\n  - name: strict\n    match: g\n    method: peers\n    mad_threshold: 5\n    min_peers: 4\n    min_anomalous: {count: 1, of: 1}\n",
+    )
+    .unwrap();
+    let r = &set.rules[0];
+    assert_eq!(
+        r.method,
+        Method::Peers {
+            mad_threshold: 3.0,
+            min_peers: 3
+        }
+    );
+    assert_eq!(r.by, ["workload", "handler"]);
+    // Three rounds in a row by default: one noisy scrape of one pod is not an outlier.
+    assert_eq!(r.min_anomalous, (3, 3));
+    let s = &set.rules[1];
+    assert_eq!(
+        s.method,
+        Method::Peers {
+            mad_threshold: 5.0,
+            min_peers: 4
+        }
+    );
+    assert_eq!(s.min_anomalous, (1, 1));
+    // A default min_anomalous written in `defaults` applies to peers rules too.
+    let d = parse(
+        "rules.yaml",
+        "defaults:\n  min_anomalous: {count: 2, of: 4}\nrules:\n  - name: o\n    match: g\n    method: peers\n",
+    )
+    .unwrap();
+    assert_eq!(d.rules[0].min_anomalous, (2, 4));
+
+    let e = errors(
+        "rules:\n  - name: a\n    match: g\n    method: zscore\n    by: [pod]\n  - name: b\n    match: g\n    method: peers\n    min_peers: 1\n  - name: c\n    match: g\n    method: peers\n    by: [pod, pod]\n  - name: d\n    match: g\n    method: peers\n    relearn_after: 1h\n  - name: e\n    match: g\n    method: mad\n    min_peers: 3\n",
+    );
+    let msgs: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+    let has = |needle: &str| msgs.iter().any(|m| m.contains(needle));
+    assert!(
+        has("rules.yaml:5:9: rule \"a\": by does not apply to method zscore"),
+        "{msgs:?}"
+    );
+    assert!(has("rule \"b\": min_peers must be at least 2"), "{msgs:?}");
+    assert!(has("rule \"c\": by: \"pod\" is named twice"), "{msgs:?}");
+    assert!(
+        has("rule \"d\": relearn_after does not apply to method peers"),
+        "{msgs:?}"
+    );
+    assert!(
+        has("rule \"e\": min_peers does not apply to method mad"),
+        "{msgs:?}"
+    );
+}

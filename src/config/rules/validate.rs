@@ -20,6 +20,11 @@ const DEFAULT_WINDOW: i64 = 240;
 const ZSCORE_THRESHOLD: f64 = 4.5;
 const IQR_FACTOR: f64 = 3.0;
 const MAD_THRESHOLD: f64 = 5.0;
+/// A pod stands out from its peers past 3 robust standard deviations (Datadog's MAD outlier
+/// tolerance), for `PEERS_ROUNDS` rounds in a row unless min_anomalous says otherwise.
+const PEERS_THRESHOLD: f64 = 3.0;
+const PEERS_ROUNDS: (u32, u32) = (3, 3);
+const MIN_PEERS: i64 = 3;
 const EWMA_THRESHOLD: f64 = 5.0;
 const SEASONAL_THRESHOLD: f64 = 5.5;
 const TREND_WINDOW: usize = 7;
@@ -39,6 +44,8 @@ struct Defaults {
     for_duration: Duration,
     keep_firing_for: Duration,
     min_anomalous: (u32, u32),
+    /// Whether `min_anomalous` was written (else a peers rule takes `PEERS_ROUNDS`).
+    min_anomalous_set: bool,
     severity: Severity,
     guard: super::guard::GuardDefaults,
     /// The zone of seasonal rules that name none (None: UTC).
@@ -75,6 +82,7 @@ impl Validator<'_> {
             keep_firing_for: d
                 .keep_firing_for
                 .map_or(Duration::ZERO, |f| self.duration(&f, None)),
+            min_anomalous_set: d.min_anomalous.is_some(),
             min_anomalous: d
                 .min_anomalous
                 .map_or((1, 1), |m| self.min_anomalous(&m, None)),
@@ -163,9 +171,13 @@ impl Validator<'_> {
         let keep_firing_for = r
             .keep_firing_for
             .map_or(d.keep_firing_for, |f| self.duration(&f, n));
-        let min_anomalous = r
-            .min_anomalous
-            .map_or(d.min_anomalous, |m| self.min_anomalous(&m, n));
+        let peers = matches!(method, Method::Peers { .. });
+        let min_anomalous = match r.min_anomalous {
+            Some(m) => self.min_anomalous(&m, n),
+            None if peers && !d.min_anomalous_set => PEERS_ROUNDS,
+            None => d.min_anomalous,
+        };
+        let by = self.by(r.by.take(), n);
         let severity = r.severity.map_or(d.severity, |s| self.severity(&s, n));
         let labels = self.labels(r.labels, n);
         let annotations = self.annotations(r.annotations, n);
@@ -183,10 +195,29 @@ impl Validator<'_> {
             severity,
             labels,
             annotations,
+            by,
             profile_key: String::new(),
             guard,
             policy: Rule::policy_of(for_duration, keep_firing_for, min_anomalous),
         }
+    }
+
+    /// `by`: label names (checked as labels are), each once.
+    fn by(&mut self, by: Option<Spanned<Vec<String>>>, n: Option<&str>) -> Vec<String> {
+        let Some(by) = by else {
+            return Vec::new();
+        };
+        let mut out: Vec<String> = Vec::new();
+        for l in by.value {
+            if !valid_name(&l) {
+                self.err(&by.referenced, n, format!("by: {l:?} is not a label name"));
+            } else if out.contains(&l) {
+                self.err(&by.referenced, n, format!("by: {l:?} is named twice"));
+            } else {
+                out.push(l);
+            }
+        }
+        out
     }
 
     fn transform(&mut self, t: &Spanned<String>, n: Option<&str>) -> Transform {
@@ -252,6 +283,19 @@ impl Validator<'_> {
             "mad" => Method::Mad {
                 mad_threshold: self.pos_f64(&r.mad_threshold, MAD_THRESHOLD, n, "mad_threshold"),
             },
+            "peers" => Method::Peers {
+                mad_threshold: self.pos_f64(&r.mad_threshold, PEERS_THRESHOLD, n, "mad_threshold"),
+                min_peers: r.min_peers.as_ref().map_or(MIN_PEERS, |m| {
+                    if m.value < 2 {
+                        self.err(
+                            &m.referenced,
+                            n,
+                            "min_peers must be at least 2: one pod has no peers",
+                        );
+                    }
+                    m.value.max(2)
+                }) as usize,
+            },
             "ewma" => {
                 let alpha = match &r.alpha {
                     Some(a) if !(a.value > 0.0 && a.value <= 1.0) => {
@@ -287,7 +331,7 @@ impl Validator<'_> {
             }
             other => {
                 let msg = format!(
-                    "unknown method {other:?}: use zscore, iqr, threshold, trend, mad, ewma or seasonal"
+                    "unknown method {other:?}: use zscore, iqr, threshold, trend, mad, ewma, seasonal or peers"
                 );
                 self.err(&r.method.referenced, n, msg);
                 Method::ZScore { z_threshold: 3.0 }
@@ -298,7 +342,7 @@ impl Validator<'_> {
     /// Parameters of another method are mistakes, not silently ignored values.
     fn foreign_params(&mut self, r: &RawRule, n: Option<&str>) {
         let m = r.method.value.as_str();
-        let params: [(&str, Option<Location>, &[&str]); 11] = [
+        let params: [(&str, Option<Location>, &[&str]); 13] = [
             (
                 "z_threshold",
                 (r.z_threshold.as_ref().map(|s| s.referenced)),
@@ -343,7 +387,13 @@ impl Validator<'_> {
             (
                 "mad_threshold",
                 (r.mad_threshold.as_ref().map(|s| s.referenced)),
-                &["mad"],
+                &["mad", "peers"],
+            ),
+            ("by", (r.by.as_ref().map(|s| s.referenced)), &["peers"]),
+            (
+                "min_peers",
+                (r.min_peers.as_ref().map(|s| s.referenced)),
+                &["peers"],
             ),
             ("alpha", (r.alpha.as_ref().map(|s| s.referenced)), &["ewma"]),
         ];
@@ -355,6 +405,7 @@ impl Validator<'_> {
             "mad",
             "ewma",
             "seasonal",
+            "peers",
         ]
         .contains(&m)
         {
