@@ -25,7 +25,12 @@ pub struct KubernetesSd {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// Every running pod.
     Pod,
+    /// Every endpoint of the selected Services' EndpointSlices.
+    EndpointSlice,
+    /// The same from the older Endpoints objects.
+    Endpoints,
 }
 
 /// A container port by name or number.
@@ -60,15 +65,20 @@ enum RawPort {
 pub(super) fn parse(raw: RawKubernetesSd, dir: &Path) -> Result<KubernetesSd, String> {
     let role = match raw.role.as_str() {
         "pod" => Role::Pod,
-        // Said plainly rather than half-done: the Service roles need the pod join too.
-        "endpoints" | "endpointslice" => {
+        "endpointslice" => Role::EndpointSlice,
+        "endpoints" => Role::Endpoints,
+        other => {
             return Err(format!(
-                "kubernetes_sd: role {} is not supported yet; use role: pod with the Service's selector",
-                raw.role
+                "kubernetes_sd: role {other:?}: pod, endpointslice or endpoints"
             ))
         }
-        other => return Err(format!("kubernetes_sd: role {other:?}: pod")),
     };
+    if role != Role::Pod && raw.annotations {
+        return Err(format!(
+            "kubernetes_sd: annotations are read from pods: role {} takes the Service's port",
+            raw.role
+        ));
+    }
     for ns in &raw.namespaces {
         if !is_dns_label(ns) {
             return Err(format!(
@@ -97,6 +107,12 @@ pub(super) fn parse(raw: RawKubernetesSd, dir: &Path) -> Result<KubernetesSd, St
             }
         },
     };
+    if port.is_none() && role != Role::Pod {
+        return Err(format!(
+            "kubernetes_sd: role {} needs the Service port to scrape (name or number)",
+            raw.role
+        ));
+    }
     if port.is_none() && !raw.annotations {
         return Err(
             "kubernetes_sd: give the port to scrape (name or number), or annotations: true to take it from prometheus.io/port".into(),
@@ -309,5 +325,26 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("container port's name"), "{e}");
+        // The Service roles take the Service's port, never annotations.
+        let role = |r: &str, port: Option<RawPort>, annotations| {
+            let mut x = raw(port, annotations);
+            x.role = r.into();
+            parse(x, Path::new("/"))
+        };
+        let sd = role(
+            "endpointslice",
+            Some(RawPort::Name("metrics".into())),
+            false,
+        )
+        .unwrap();
+        assert_eq!(sd.role, Role::EndpointSlice);
+        let sd = role("endpoints", Some(RawPort::Number(9100)), false).unwrap();
+        assert_eq!(sd.role, Role::Endpoints);
+        let e = role("endpointslice", None, true).unwrap_err();
+        assert!(e.contains("annotations are read from pods"), "{e}");
+        let e = role("endpoints", None, false).unwrap_err();
+        assert!(e.contains("needs the Service port"), "{e}");
+        let e = role("service", None, false).unwrap_err();
+        assert!(e.contains("pod, endpointslice or endpoints"), "{e}");
     }
 }

@@ -465,6 +465,25 @@ fn discovery_renders_rbac_that_validates_and_the_binary_runs_its_args() {
         serde_json::json!(["get", "list", "watch"])
     );
     assert!(kind(&wide, "ClusterRoleBinding").is_some());
+    // The Service role reads EndpointSlices too (and pods, for their workload).
+    let slices = documents(&render(
+        &helm,
+        &validate,
+        &chart(),
+        &[
+            "--set",
+            "discovery[0].kubernetes_sd.role=endpointslice",
+            "--set",
+            "discovery[0].kubernetes_sd.port=metrics",
+        ],
+    ));
+    assert_eq!(
+        kind(&slices, "Role").unwrap()["rules"],
+        serde_json::json!([
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
+        ])
+    );
 
     // The binary runs with exactly those args, its targets file the rendered one, talking to
     // an API served by the test through $KUBECONFIG (as outside a cluster), as replica 1.

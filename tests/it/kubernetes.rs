@@ -22,8 +22,8 @@ const TOO_HIGH: &str =
 /// What the fake API server holds.
 #[derive(Default)]
 struct State {
-    /// Pods by name, as stored (namespace `shop` and `other`).
-    pods: Vec<Value>,
+    /// Pods and EndpointSlices, as stored.
+    objects: Vec<Value>,
     rv: u64,
     /// Every event sent, with its resourceVersion, for watches that resume.
     history: Vec<(u64, String)>,
@@ -34,8 +34,8 @@ struct State {
     requests: Vec<String>,
 }
 
-/// A Kubernetes API server for pods: list, watch (chunked JSON lines), and the discovery
-/// documents kubectl asks for.
+/// A Kubernetes API server for pods and EndpointSlices: list, watch (chunked JSON lines),
+/// and the discovery documents kubectl asks for.
 pub struct FakeApi {
     addr: String,
     state: Arc<Mutex<State>>,
@@ -71,35 +71,38 @@ impl FakeApi {
         )
     }
 
-    /// Stores a pod and tells the watches (`ADDED`, or `MODIFIED` when it exists).
-    fn put(&self, mut pod: Value) {
+    /// Stores an object and tells the watches (`ADDED`, or `MODIFIED` when one of its kind
+    /// and name exists).
+    fn put(&self, mut obj: Value) {
         let mut s = self.state.lock().unwrap();
         s.rv += 1;
-        pod["metadata"]["resourceVersion"] = s.rv.to_string().into();
-        let name = pod["metadata"]["name"].clone();
-        let kind = match s.pods.iter().position(|p| p["metadata"]["name"] == name) {
+        obj["metadata"]["resourceVersion"] = s.rv.to_string().into();
+        let same = |o: &Value| {
+            o["kind"] == obj["kind"] && o["metadata"]["name"] == obj["metadata"]["name"]
+        };
+        let kind = match s.objects.iter().position(same) {
             Some(i) => {
-                s.pods[i] = pod.clone();
+                s.objects[i] = obj.clone();
                 "MODIFIED"
             }
             None => {
-                s.pods.push(pod.clone());
+                s.objects.push(obj.clone());
                 "ADDED"
             }
         };
-        notify(&mut s, kind, pod);
+        notify(&mut s, kind, obj);
     }
 
-    /// Deletes a pod; `tell`: with a `DELETED` event (else the watches miss it, as across a
-    /// compaction of the API's history).
+    /// Deletes an object; `tell`: with a `DELETED` event (else the watches miss it, as across
+    /// a compaction of the API's history).
     fn delete(&self, name: &str, tell: bool) {
         let mut s = self.state.lock().unwrap();
         let i = s
-            .pods
+            .objects
             .iter()
             .position(|p| p["metadata"]["name"] == name)
             .unwrap();
-        let mut pod = s.pods.remove(i);
+        let mut pod = s.objects.remove(i);
         s.rv += 1;
         pod["metadata"]["resourceVersion"] = s.rv.to_string().into();
         if tell {
@@ -164,7 +167,11 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) {
     let param = |k: &str| {
         query.split('&').find_map(|kv| {
             let (key, v) = kv.split_once('=')?;
-            (key == k).then(|| v.replace("%3D", "=").replace("%2C", ","))
+            (key == k).then(|| {
+                v.replace("%3D", "=")
+                    .replace("%2C", ",")
+                    .replace("%2F", "/")
+            })
         })
     };
     let reply = |stream: &mut TcpStream, status: u16, body: Value| {
@@ -195,10 +202,14 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) {
                  "verbs": ["get", "list", "watch"], "shortNames": ["po"]}]}),
         ),
         _ => {
-            let Some(ns) = path
+            let resource = path
                 .strip_prefix("/api/v1/namespaces/")
-                .and_then(|p| p.strip_suffix("/pods"))
-            else {
+                .and_then(|p| Some((p.strip_suffix("/pods")?, "Pod")))
+                .or_else(|| {
+                    let p = path.strip_prefix("/apis/discovery.k8s.io/v1/namespaces/")?;
+                    Some((p.strip_suffix("/endpointslices")?, "EndpointSlice"))
+                });
+            let Some((ns, kind)) = resource else {
                 return reply(
                     &mut stream,
                     404,
@@ -209,7 +220,8 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) {
             };
             let selector = param("labelSelector");
             let selected = |p: &Value| {
-                p["metadata"]["namespace"] == ns
+                p["kind"] == kind
+                    && p["metadata"]["namespace"] == ns
                     && selector.as_deref().is_none_or(|s| {
                         s.split(',').all(|kv| match kv.split_once('=') {
                             Some((k, v)) => p["metadata"]["labels"][k] == v,
@@ -224,11 +236,15 @@ fn serve(mut stream: TcpStream, state: &Mutex<State>) {
                 watch(stream, state, from, &selected);
             } else {
                 let s = state.lock().unwrap();
-                let items: Vec<Value> = s.pods.iter().filter(|p| selected(p)).cloned().collect();
+                let items: Vec<Value> = s.objects.iter().filter(|p| selected(p)).cloned().collect();
+                let (list, api_version) = match kind {
+                    "Pod" => ("PodList", "v1"),
+                    _ => ("EndpointSliceList", "discovery.k8s.io/v1"),
+                };
                 reply(
                     &mut stream,
                     200,
-                    json!({"kind": "PodList", "apiVersion": "v1",
+                    json!({"kind": list, "apiVersion": api_version,
                         "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
                 );
             }
@@ -649,4 +665,93 @@ fn a_pod_that_replaces_another_starts_from_its_workloads_history() {
     assert_eq!(ev["alerts"][0]["labels"]["pod"], new, "{ev}");
     assert_eq!(ev["alerts"][0]["labels"]["alertname"], "g_z", "{ev}");
     stop.store(true, Ordering::SeqCst);
+}
+
+/// An EndpointSlice of Service `api` with an endpoint per (pod, ip, terminating).
+fn slice(port: u16, endpoints: &[(&str, &str, bool)]) -> Value {
+    let eps: Vec<Value> = endpoints
+        .iter()
+        .map(|(pod, ip, terminating)| {
+            json!({"addresses": [ip],
+                "conditions": {"ready": !terminating, "serving": true, "terminating": terminating},
+                "nodeName": "node-a",
+                "targetRef": {"kind": "Pod", "namespace": "shop", "name": pod, "uid": format!("uid-{pod}")}})
+        })
+        .collect();
+    json!({"kind": "EndpointSlice", "apiVersion": "discovery.k8s.io/v1",
+        "metadata": {"name": "api-x7k2p", "namespace": "shop", "generateName": "api-",
+            "labels": {"kubernetes.io/service-name": "api",
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "api",
+                "uid": "svc-uid", "controller": true, "blockOwnerDeletion": true}]},
+        "addressType": "IPv4",
+        "ports": [{"name": "metrics", "port": port, "protocol": "TCP"}],
+        "endpoints": eps})
+}
+
+#[test]
+fn endpointslices_of_a_service_are_its_pods_with_their_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start();
+    let (port, _exporters) = pods(2, 2, &Reply::Body("g 5\n".into()));
+    let addr = |i: u8| format!("127.0.0.{i}:{port}");
+    api.put(with_port(pod("api-1", "Running", Some("127.0.0.2")), port));
+    api.put(with_port(pod("api-2", "Running", Some("127.0.0.3")), port));
+    api.put(slice(
+        port,
+        &[("api-1", "127.0.0.2", false), ("api-2", "127.0.0.3", false)],
+    ));
+    let targets = write(
+        dir.path(),
+        "targets.yml",
+        &format!(
+            "targets:\n  - kubernetes_sd:\n      role: endpointslice\n      namespaces: [shop]\n      selector: 'kubernetes.io/service-name=api'\n      port: metrics\n      kubeconfig: {}\n",
+            api.kubeconfig(dir.path()).display()
+        ),
+    );
+    let rules = write(dir.path(), "rules.yaml", TOO_HIGH);
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[],
+        &["--targets-file", targets.to_str().unwrap()],
+    );
+    wait_for("both endpoints scraped", T, || {
+        (up_targets(&s) == BTreeSet::from([addr(2), addr(3)])).then_some(())
+    });
+    let row = wait_for("api-1's series with its labels", T, || {
+        s.metrics()
+            .lines()
+            .find(|l| l.starts_with("anomaly_value{") && l.contains("pod=\"api-1\""))
+            .map(str::to_string)
+    });
+    for label in [
+        "service=\"api\"",
+        "workload=\"api\"",
+        "container=\"api\"",
+        "namespace=\"shop\"",
+        "node=\"node-a\"",
+    ] {
+        assert!(row.contains(label), "{label} missing: {row}");
+    }
+    // api-2 is terminating: its endpoint says so and it is no longer scraped.
+    api.put(slice(
+        port,
+        &[("api-1", "127.0.0.2", false), ("api-2", "127.0.0.3", true)],
+    ));
+    wait_for("the terminating endpoint retired", T, || {
+        (up_targets(&s) == BTreeSet::from([addr(2)])).then_some(())
+    });
+    // Both watches listed with their own selectors: the slices by Service, the pods all.
+    let r = api.requests();
+    assert!(
+        r.iter().any(|q| q.contains("/endpointslices")
+            && q.contains("labelSelector=kubernetes.io%2Fservice-name%3Dapi")),
+        "{r:?}"
+    );
+    assert!(
+        r.iter()
+            .any(|q| q.contains("/pods") && !q.contains("labelSelector")),
+        "{r:?}"
+    );
 }

@@ -56,6 +56,26 @@ naming none, as the sidecar defaults to its own). */}}
 {{- keys $ns | sortAlpha | join "," }}
 {{- end }}
 
+{{/* What kubernetes_sd reads, and nothing else: pods (the pod role, and the Service roles'
+join), and the endpoints or EndpointSlices of the roles in use. */}}
+{{- define "anomaly-sidecar.discoveryRules" -}}
+{{- $roles := list }}
+{{- range .Values.discovery }}{{- with .kubernetes_sd }}{{- $roles = append $roles .role }}{{- end }}{{- end -}}
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+{{- if has "endpoints" $roles }}
+- apiGroups: [""]
+  resources: [endpoints]
+  verbs: [get, list, watch]
+{{- end }}
+{{- if has "endpointslice" $roles }}
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+{{- end }}
+{{- end }}
+
 {{/* The standalone pods' template: the Deployment's and the sharded StatefulSet's. */}}
 {{- define "anomaly-sidecar.podTemplate" -}}
 metadata:

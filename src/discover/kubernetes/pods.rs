@@ -1,73 +1,10 @@
-//! `kubernetes_sd`: one target per running pod, found by kube-rs' watcher (list, then watch
-//! from its resourceVersion; a watch that ends is resumed, a 410 Gone relists, errors back
-//! off), with the pod's namespace, name, container, node and workload as target labels.
-//! Which pods and ports is decided by `pod_targets`, a pure function of the pod.
+//! The pod role: which pods are targets and with which labels, a pure function of the pod;
+//! and what the Service roles need of a pod (its workload and containers' ports).
 
-use super::{Discovered, Update};
+use super::super::Discovered;
 use crate::config::kube_sd::{KubernetesSd, PortRef};
-use crate::export::self_metrics::SelfMetrics;
-use futures_util::stream::{self, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
-use kube::{Api, Client, Config};
-use std::collections::HashMap;
-use tokio::sync::{mpsc, watch};
-
-/// Why the API cannot be reached with the configuration given (at start, before the store is
-/// opened or the port bound).
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("kubeconfig {path}: {message}")]
-    Kubeconfig { path: String, message: String },
-    #[error("no Kubernetes API to watch: not in a cluster ({in_cluster}) and no kubeconfig ({kubeconfig}); set kubeconfig in the entry or $KUBECONFIG")]
-    NoConfig {
-        in_cluster: String,
-        kubeconfig: String,
-    },
-    #[error("Kubernetes client: {0}")]
-    Client(String),
-}
-
-/// A client for the entry's API server, and the namespace watched when the entry names none.
-pub struct Connection {
-    client: Client,
-    default_namespace: String,
-}
-
-/// The entry's kubeconfig; else the in-cluster service account; else `$KUBECONFIG` (or
-/// `~/.kube/config`).
-pub async fn connect(sd: &KubernetesSd) -> Result<Connection, ConnectError> {
-    let config = match &sd.kubeconfig {
-        Some(path) => {
-            let bad = |e: &dyn std::fmt::Display| ConnectError::Kubeconfig {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            };
-            let kc = Kubeconfig::read_from(path).map_err(|e| bad(&e))?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| bad(&e))?
-        }
-        None => match Config::incluster() {
-            Ok(c) => c,
-            Err(in_cluster) => Config::from_kubeconfig(&KubeConfigOptions::default())
-                .await
-                .map_err(|e| ConnectError::NoConfig {
-                    in_cluster: in_cluster.to_string(),
-                    kubeconfig: e.to_string(),
-                })?,
-        },
-    };
-    let default_namespace = config.default_namespace.clone();
-    let client = Client::try_from(config).map_err(|e| ConnectError::Client(e.to_string()))?;
-    Ok(Connection {
-        client,
-        default_namespace,
-    })
-}
 
 /// The targets of one pod: none unless it runs, has an IP and is not terminating; one per
 /// container port that matches the entry's port (by name or number), or, for a number no
@@ -173,7 +110,7 @@ pub fn pod_targets(pod: &Pod, sd: &KubernetesSd) -> Vec<Discovered> {
 
 /// The name of the workload that owns the pod: its controller, a Deployment for a ReplicaSet
 /// named `<deployment>-<pod-template-hash>`.
-fn workload(meta: &ObjectMeta) -> Option<String> {
+pub(super) fn workload(meta: &ObjectMeta) -> Option<String> {
     let owner = meta
         .owner_references
         .as_ref()?
@@ -196,163 +133,60 @@ fn workload(meta: &ObjectMeta) -> Option<String> {
     Some(owner.name.clone())
 }
 
-/// The pods of every watched namespace that have targets, as the watcher last told them.
-struct PodSet {
-    /// Per namespace: pod name → its targets (pods without any are not kept).
-    live: Vec<HashMap<String, Vec<Discovered>>>,
-    /// Per namespace: a relist in progress (Init .. InitDone).
-    relist: Vec<Option<HashMap<String, Vec<Discovered>>>>,
-    /// Per namespace: listed at least once.
-    listed: Vec<bool>,
+/// A container's declared ports: number and name.
+type Ports = Vec<(u16, Option<String>)>;
+
+/// What an endpoint's labels need of its pod.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct PodInfo {
+    pub(super) workload: Option<String>,
+    pub(super) node: Option<String>,
+    /// Per container: its name and its declared ports (number, name).
+    pub(super) containers: Vec<(String, Ports)>,
 }
 
-impl PodSet {
-    fn new(namespaces: usize) -> Self {
+impl PodInfo {
+    pub(super) fn of(pod: &Pod) -> Self {
+        let spec = pod.spec.as_ref();
         Self {
-            live: vec![HashMap::new(); namespaces],
-            relist: vec![None; namespaces],
-            listed: vec![false; namespaces],
+            workload: workload(&pod.metadata),
+            node: spec.and_then(|s| s.node_name.clone()),
+            containers: spec.map_or_else(Vec::new, |s| {
+                s.containers
+                    .iter()
+                    .map(|c| {
+                        let ports = c
+                            .ports
+                            .iter()
+                            .flatten()
+                            .filter_map(|p| {
+                                Some((u16::try_from(p.container_port).ok()?, p.name.clone()))
+                            })
+                            .collect();
+                        (c.name.clone(), ports)
+                    })
+                    .collect()
+            }),
         }
     }
 
-    /// Takes one event of namespace `ns` in; whether the targets changed.
-    fn apply(&mut self, ns: usize, event: Event<Pod>, sd: &KubernetesSd) -> bool {
-        let name = |p: &Pod| p.metadata.name.clone().unwrap_or_default();
-        match event {
-            Event::Init => {
-                self.relist[ns] = Some(HashMap::new());
-                false
-            }
-            Event::InitApply(p) => {
-                let targets = pod_targets(&p, sd);
-                if let Some(buffer) = &mut self.relist[ns] {
-                    if !targets.is_empty() {
-                        buffer.insert(name(&p), targets);
-                    }
-                }
-                false
-            }
-            Event::InitDone => {
-                let listed = self.relist[ns].take().unwrap_or_default();
-                let first = !self.listed[ns];
-                self.listed[ns] = true;
-                let changed = listed != self.live[ns];
-                self.live[ns] = listed;
-                changed || first
-            }
-            Event::Apply(p) => {
-                let targets = pod_targets(&p, sd);
-                let live = &mut self.live[ns];
-                if targets.is_empty() {
-                    live.remove(&name(&p)).is_some()
-                } else {
-                    live.insert(name(&p), targets.clone()).as_ref() != Some(&targets)
-                }
-            }
-            Event::Delete(p) => self.live[ns].remove(&name(&p)).is_some(),
-        }
-    }
-
-    fn all_listed(&self) -> bool {
-        self.listed.iter().all(|&l| l)
-    }
-
-    /// Every target, sorted by address.
-    fn targets(&self) -> Vec<Discovered> {
-        let mut out: Vec<Discovered> = self
-            .live
+    /// The container that declares port `number`.
+    pub(super) fn container_of(&self, number: u16) -> Option<&str> {
+        self.containers
             .iter()
-            .flat_map(|ns| ns.values().flatten().cloned())
-            .collect();
-        out.sort_by(|a, b| a.address.cmp(&b.address));
-        out
-    }
-}
-
-/// Watches the entry's pods in each of its namespaces and sends the whole set when it
-/// changes, first once every namespace has been listed. A failing API keeps the last set
-/// (the watcher retries with backoff, logged once per outage).
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    provider: usize,
-    config: String,
-    sd: KubernetesSd,
-    conn: Connection,
-    updates: mpsc::Sender<Update>,
-    metrics: SelfMetrics,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let namespaces = if sd.namespaces.is_empty() {
-        vec![conn.default_namespace.clone()]
-    } else {
-        sd.namespaces.clone()
-    };
-    let mut wc = watcher::Config::default();
-    if let Some(s) = &sd.selector {
-        wc = wc.labels(s);
-    }
-    if let Some(f) = &sd.field_selector {
-        wc = wc.fields(f);
-    }
-    let streams = namespaces.iter().enumerate().map(|(i, ns)| {
-        let api: Api<Pod> = Api::namespaced(conn.client.clone(), ns);
-        watcher::watcher(api, wc.clone())
-            .default_backoff()
-            .map(move |e| (i, e))
-            .boxed()
-    });
-    let mut events = stream::select_all(streams);
-    let mut pods = PodSet::new(namespaces.len());
-    let mut failing = false;
-    loop {
-        let (ns, event) = tokio::select! {
-            _ = shutdown.changed() => return,
-            e = events.next() => match e {
-                Some(e) => e,
-                None => return,
-            },
-        };
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                metrics
-                    .sd_refresh_failures_total
-                    .with_label_values(&["kubernetes"])
-                    .inc();
-                if !failing {
-                    tracing::warn!(config = %config, namespace = %namespaces[ns], error = %e, "Kubernetes watch failed; its last targets stay, retrying with backoff");
-                }
-                failing = true;
-                continue;
-            }
-        };
-        if failing && matches!(event, Event::InitDone | Event::Apply(_) | Event::Delete(_)) {
-            tracing::info!(config = %config, "Kubernetes watch recovered");
-            failing = false;
-        }
-        metrics
-            .sd_lookups_total
-            .with_label_values(&["kubernetes"])
-            .inc();
-        if !pods.apply(ns, event, &sd) || !pods.all_listed() {
-            continue;
-        }
-        let targets = pods.targets();
-        metrics
-            .sd_discovered_targets
-            .with_label_values(&[&config])
-            .set(targets.len() as i64);
-        if updates.send(Update { provider, targets }).await.is_err() {
-            return;
-        }
+            .find(|(_, ports)| ports.iter().any(|(n, _)| *n == number))
+            .map(|(c, _)| c.as_str())
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn sd(port: Option<PortRef>, annotations: bool) -> KubernetesSd {
+    pub(in crate::discover::kubernetes) fn sd(
+        port: Option<PortRef>,
+        annotations: bool,
+    ) -> KubernetesSd {
         KubernetesSd {
             role: crate::config::kube_sd::Role::Pod,
             namespaces: vec!["shop".into()],
@@ -365,7 +199,12 @@ mod tests {
     }
 
     /// A pod as the API serves it (trimmed to the fields read).
-    fn pod(name: &str, phase: &str, ip: Option<&str>, extra: serde_json::Value) -> Pod {
+    pub(in crate::discover::kubernetes) fn pod(
+        name: &str,
+        phase: &str,
+        ip: Option<&str>,
+        extra: serde_json::Value,
+    ) -> Pod {
         let mut v = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Pod",
@@ -416,7 +255,7 @@ mod tests {
         }
     }
 
-    fn addresses(t: &[Discovered]) -> Vec<&str> {
+    pub(in crate::discover::kubernetes) fn addresses(t: &[Discovered]) -> Vec<&str> {
         t.iter().map(|d| d.address.as_str()).collect()
     }
 
@@ -520,28 +359,5 @@ mod tests {
         let t = pod_targets(&off, &sd(Some(PortRef::Name("metrics".into())), false));
         assert_eq!(addresses(&t), ["10.0.0.2:9090"]);
         assert_eq!(t[0].path, None);
-    }
-
-    #[test]
-    fn the_set_follows_list_watch_and_relist() {
-        let s = sd(Some(PortRef::Name("metrics".into())), false);
-        let mut set = PodSet::new(1);
-        let running = |n: &str, ip: &str| pod(n, "Running", Some(ip), serde_json::json!({}));
-        assert!(!set.apply(0, Event::Init, &s));
-        assert!(!set.apply(0, Event::InitApply(running("a", "10.0.0.1")), &s));
-        assert!(!set.all_listed());
-        // The first listing is news even when empty of targets.
-        assert!(set.apply(0, Event::InitDone, &s));
-        assert_eq!(addresses(&set.targets()), ["10.0.0.1:9090"]);
-        assert!(set.apply(0, Event::Apply(running("b", "10.0.0.2")), &s));
-        // A status update that changes nothing scraped is not news.
-        assert!(!set.apply(0, Event::Apply(running("b", "10.0.0.2")), &s));
-        assert!(set.apply(0, Event::Delete(running("a", "10.0.0.1")), &s));
-        // A relist (after a 410 Gone) replaces the set whole: pods deleted meanwhile go.
-        set.apply(0, Event::Init, &s);
-        set.apply(0, Event::InitApply(running("c", "10.0.0.3")), &s);
-        assert_eq!(addresses(&set.targets()), ["10.0.0.2:9090"]);
-        assert!(set.apply(0, Event::InitDone, &s));
-        assert_eq!(addresses(&set.targets()), ["10.0.0.3:9090"]);
     }
 }
