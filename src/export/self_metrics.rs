@@ -167,7 +167,7 @@ impl SelfMetrics {
             sd_lookups_total: IntCounterVec::new(
                 opts(
                     "sd_lookups_total",
-                    "Discovery lookups made, by mechanism (dns).",
+                    "Discovery lookups made (dns) and watch events taken in (kubernetes), by mechanism.",
                 ),
                 &["mechanism"],
             )?,

@@ -18,15 +18,17 @@ const TOO_HIGH: &str =
 
 /// A real dnsmasq answering from a hosts directory it watches, on a free loopback port.
 struct Dns {
-    child: Child,
+    child: Option<Child>,
     port: u16,
     hosts: PathBuf,
+    bin: PathBuf,
+    dir: PathBuf,
+    extra: Vec<String>,
 }
 
 impl Drop for Dns {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -36,41 +38,68 @@ impl Dns {
         let bin = tool("dnsmasq")?;
         let hosts = dir.join("hosts.d");
         std::fs::create_dir_all(&hosts).unwrap();
+        let mut dns = Self {
+            child: None,
+            port: 0,
+            hosts,
+            bin,
+            dir: dir.to_path_buf(),
+            extra: extra.to_vec(),
+        };
         for _ in 0..5 {
-            let port = free_port();
-            let log = std::fs::File::create(dir.join("dnsmasq.log")).unwrap();
-            let mut child = Command::new(&bin)
-                .args([
-                    "--keep-in-foreground",
-                    "--conf-file=/dev/null",
-                    "--listen-address=127.0.0.1",
-                    "--bind-interfaces",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--pid-file=",
-                    "--log-queries",
-                ])
-                .arg(format!("--port={port}"))
-                .arg(format!("--hostsdir={}", hosts.display()))
-                // As root dnsmasq drops to `nobody`, who may not read a temp dir.
-                .arg(format!(
-                    "--user={}",
-                    std::env::var("USER").unwrap_or("root".into())
-                ))
-                .args(extra)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap();
-            std::thread::sleep(Duration::from_millis(300));
-            if child.try_wait().unwrap().is_none() {
-                return Some(Self { child, port, hosts });
+            dns.port = free_port();
+            if dns.spawn() {
+                return Some(dns);
             }
         }
         panic!(
             "dnsmasq did not start: {}",
             std::fs::read_to_string(dir.join("dnsmasq.log")).unwrap_or_default()
         );
+    }
+
+    /// Starts dnsmasq on `self.port`; whether it runs.
+    fn spawn(&mut self) -> bool {
+        let log = std::fs::File::create(self.dir.join("dnsmasq.log")).unwrap();
+        let mut child = Command::new(&self.bin)
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--pid-file=",
+                "--log-queries",
+            ])
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--hostsdir={}", self.hosts.display()))
+            // As root dnsmasq drops to `nobody`, who may not read a temp dir.
+            .arg(format!(
+                "--user={}",
+                std::env::var("USER").unwrap_or("root".into())
+            ))
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let running = child.try_wait().unwrap().is_none();
+        self.child = Some(child);
+        running
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Back on the same port (an outage that ends).
+    fn resume(&mut self) {
+        assert!(self.spawn(), "dnsmasq did not come back on {}", self.port);
     }
 
     fn server(&self) -> String {
@@ -206,7 +235,8 @@ fn dns_sd_follows_a_records_and_retires_pods_that_go() {
 
     // The DNS server stops: the last targets stay and are still scraped.
     let before = pods[2].served.load(Ordering::SeqCst);
-    drop(dns);
+    let mut dns = dns;
+    dns.stop();
     wait_for("a failed refresh counted", T, || {
         (s.number("anomaly_sidecar_sd_refresh_failures_total{mechanism=\"dns\"}") > 0).then_some(())
     });
@@ -215,6 +245,55 @@ fn dns_sd_follows_a_records_and_retires_pods_that_go() {
     });
     assert_eq!(up_targets(&s), BTreeSet::from([b, c]));
     assert!(s.log().contains("DNS lookup failed; its last targets stay"));
+}
+
+#[test]
+fn a_restart_during_a_dns_outage_keeps_its_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut dns) = Dns::start(dir.path(), &[]) else {
+        return;
+    };
+    let (port, _pods) = pods(2, 1, &Reply::Body("g 500\n".into()));
+    dns.set_hosts("127.0.0.2 api.test\n");
+    let targets = write(
+        dir.path(),
+        "targets.yml",
+        &format!(
+            "targets:\n  - dns_sd:\n      names: [api.test]\n      type: A\n      port: {port}\n      refresh_interval: 2s\n      nameservers: ['{}']\n",
+            dns.server()
+        ),
+    );
+    let rules = write(dir.path(), "rules.yaml", TOO_HIGH);
+    let hook = Webhook::start_on(0, vec![]);
+    let url = hook.url();
+    let args = [
+        "--targets-file",
+        targets.to_str().unwrap(),
+        "--webhook",
+        &url,
+    ];
+    let s = Sidecar::start(dir.path(), &rules, &[], &args);
+    let target = format!("127.0.0.2:{port}");
+    let fired = wait_for("the alert", T, || {
+        alerts(&s, "firing").get(&target).cloned()
+    });
+    hook.wait_distinct(1);
+    assert!(s.stop().success());
+    // Restarted while DNS is down: the alert restored from before is not resolved (an empty
+    // first answer would have resolved it as target_gone) and is the same alert once DNS
+    // is back.
+    dns.stop();
+    let s = Sidecar::start(dir.path(), &rules, &[], &args);
+    // (the first set waits up to three rounds of 2 s for an answer)
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(hook.distinct().len(), 1, "{:?}", hook.distinct());
+    dns.resume();
+    wait_for("the restored alert evaluated again", T, || {
+        (alerts(&s, "firing").get(&target) == Some(&fired)).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(hook.distinct().len(), 1, "{:?}", hook.distinct());
+    assert!(!s.log().contains("reason=target_gone"), "{}", s.log());
 }
 
 #[test]
