@@ -755,3 +755,41 @@ fn endpointslices_of_a_service_are_its_pods_with_their_workload() {
         "{r:?}"
     );
 }
+
+#[test]
+fn prometheus_io_annotations_are_honoured_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start();
+    let (port, _exporters) = pods(2, 2, &Reply::Body("g 5\n".into()));
+    let annotated = |name: &str, ip: &str, scrape: &str| {
+        let mut p = pod(name, "Running", Some(ip));
+        p["metadata"]["annotations"] = json!({"prometheus.io/scrape": scrape,
+            "prometheus.io/port": port.to_string(), "prometheus.io/path": "/stats"});
+        p
+    };
+    api.put(annotated("api-1", "127.0.0.2", "true"));
+    api.put(annotated("api-2", "127.0.0.3", "false"));
+    let targets = write(
+        dir.path(),
+        "targets.yml",
+        &format!(
+            "targets:\n  - kubernetes_sd:\n      role: pod\n      namespaces: [shop]\n      annotations: true\n      kubeconfig: {}\n",
+            api.kubeconfig(dir.path()).display()
+        ),
+    );
+    let rules = write(dir.path(), "rules.yaml", TOO_HIGH);
+    let s = Sidecar::start(
+        dir.path(),
+        &rules,
+        &[],
+        &["--targets-file", targets.to_str().unwrap()],
+    );
+    // Only the pod that asks, on the port and path its annotations give (the fixture's
+    // containers declare 9090; the path shows in the target's name).
+    let want = BTreeSet::from([format!("127.0.0.2:{port}/stats")]);
+    wait_for("the annotated pod scraped", T, || {
+        (up_targets(&s) == want).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(up_targets(&s), want);
+}
