@@ -24,7 +24,7 @@ use crate::export::{
 use crate::scrape::manager::TargetChange;
 use crate::scrape::{Sample, ScrapeResult, Target};
 use crate::store::{series_id, IdMap, SeriesEntry, SeriesId, SeriesIdentity, Slot, Store};
-use rule_series::{event, rule_names, shares_store_window, stored_profile};
+use rule_series::{event, rule_names, seeded_state, shares_store_window, stored_profile};
 pub(crate) use rule_series::{new_state, RuleSeries};
 use scan::{NewSample, SeriesIndex};
 use slots::SlotStates;
@@ -548,14 +548,12 @@ impl Pipeline {
                     {
                         profile.clone_from(p);
                     }
-                    // A counter's rules start from the donor's rates (its samples are not
-                    // this pod's count); a gauge's history was copied into its own.
+                    // A counter's rules start from the donor's rates (its count is not this
+                    // pod's); a gauge's history is in its own store already.
                     let from_donor =
                         seed.filter(|_| identity.counter_like && !shares_store_window(rule, true));
                     let state = match from_donor {
-                        Some(s) => {
-                            new_state(rule, identity, s.samples.iter().copied(), alert, &profile)
-                        }
+                        Some(s) => seeded_state(rule, identity, &s.samples, alert, &profile),
                         None => new_state(rule, identity, before, alert, &profile),
                     };
                     series.rules.insert(ri, state)

@@ -255,7 +255,7 @@ impl RuleSeries {
     #[cold]
     fn relearn(&mut self, rule: &Rule, counter_like: bool, ring: &SampleRing) {
         let samples: Vec<(i64, f64)> = ring.iter().collect();
-        let (window, detector) = baseline(rule, counter_like, &samples, &[]);
+        let (window, detector) = baseline(rule, counter_like, &samples, &[], false);
         self.window = window;
         let e = self.extra.get_or_insert_with(Box::default);
         e.detector = detector;
@@ -304,7 +304,7 @@ pub(crate) fn new_state(
     profile: &[(u32, Vec<u8>)],
 ) -> RuleSeries {
     let samples: Vec<(i64, f64)> = samples.collect();
-    let (window, detector) = baseline(rule, identity.counter_like, &samples, profile);
+    let (window, detector) = baseline(rule, identity.counter_like, &samples, profile, false);
     RuleSeries {
         window,
         alert,
@@ -318,13 +318,41 @@ pub(crate) fn new_state(
     }
 }
 
+/// A rule's state on a new series from another series' raw samples (a sibling pod's
+/// counter: see `siblings`), which are not in this series' store: its window is its own
+/// until it holds only this series' values, then it shares the store's again if it can.
+pub(crate) fn seeded_state(
+    rule: &Rule,
+    identity: &SeriesIdentity,
+    donor: &[(i64, f64)],
+    alert: AlertState,
+    profile: &[(u32, Vec<u8>)],
+) -> RuleSeries {
+    let (window, detector) = baseline(rule, identity.counter_like, donor, profile, true);
+    // (the count of own values that lets the window share again lives in `Extra`)
+    let may_share = shares_store_window(rule, identity.counter_like);
+    RuleSeries {
+        window,
+        alert,
+        extra: (may_share || detector != detect::State::None).then(|| {
+            Box::new(Extra {
+                detector,
+                ..Extra::default()
+            })
+        }),
+        exported: false,
+    }
+}
+
 /// A rule's window and detector state from raw `samples` (oldest first) and a seasonal
-/// profile's stored buckets.
+/// profile's stored buckets; `own`: a window of its own even where it could share the store's
+/// (the samples are not the store's).
 fn baseline(
     rule: &Rule,
     counter_like: bool,
     samples: &[(i64, f64)],
     profile: &[(u32, Vec<u8>)],
+    own: bool,
 ) -> (Window, detect::State) {
     let sorted = rule.method.needs_sorted();
     let mut detector = rule.method.new_state();
@@ -337,7 +365,7 @@ fn baseline(
             x.map(|x| (s.0, x))
         })
     };
-    let window = if shares_store_window(rule, counter_like) {
+    let window = if !own && shares_store_window(rule, counter_like) {
         Window::shared(rule.window, sorted, samples.iter().map(|s| s.1))
     } else {
         let mut window = Window::new(rule.window, sorted);

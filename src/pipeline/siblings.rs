@@ -2,9 +2,10 @@
 //! target label) starts from the history of the same series on another pod of its workload
 //! (the pod it replaces, still in the store until `--retention`, or a running sibling)
 //! instead of from nothing, so a rolling restart does not blind every rule for
-//! `min_samples` scrapes. A gauge's samples are copied into its own history; a counter's
-//! cannot be (another pod's counter is another count), so its rules' windows are built
-//! from the donor's rates instead. Seasonal profiles come along.
+//! `min_samples` scrapes. A gauge's samples are put before its own in the store (without
+//! the compaction a warm start's backfill forces: a thousand new pods were a thousand
+//! compactions of the whole store); a counter's cannot be (another pod's count is not this
+//! one's), so its rules' windows start from the donor's rates. Seasonal profiles come along.
 
 use super::Pipeline;
 use crate::store::{SeriesId, Slot};
@@ -24,8 +25,8 @@ pub(super) struct Siblings {
 /// A seasonal profile's stored buckets.
 type Profile = Vec<(u32, Vec<u8>)>;
 
-/// What a new series starts from: the donor's raw samples before now (a counter's, for its
-/// rules' windows only) and its stored seasonal profiles by rule index.
+/// What a new series starts from: the donor's raw samples before now, for its rules'
+/// windows, and its stored seasonal profiles by rule index.
 pub(super) struct Seed {
     pub(super) samples: Vec<(i64, f64)>,
     pub(super) profiles: Vec<(usize, Profile)>,
@@ -78,7 +79,7 @@ impl Siblings {
 
 impl Pipeline {
     /// A series just admitted in `slot`: seeded from a sibling pod's copy if it has one. A
-    /// gauge's history is written into its own; the seed is returned for its rules' states.
+    /// gauge's history goes into its own; the seed is returned for its rules' states.
     pub(super) fn seed_from_sibling(
         &mut self,
         slot: Slot,
@@ -111,7 +112,7 @@ impl Pipeline {
             })
             .collect();
         if !sample.counter_like {
-            self.store.backfill(slot, &samples);
+            self.store.seed(slot, &samples);
         }
         self.exporter.metrics.seeded_series_total.inc();
         Some(Seed { samples, profiles })

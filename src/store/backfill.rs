@@ -1,6 +1,7 @@
-//! History from elsewhere (warm start): samples older than a series' own, put before them.
-//! The journal only appends in time order, so a backfilled window reaches the disk with the
-//! next compaction, which a backfill makes due at once.
+//! History from elsewhere (warm start, a sibling pod): samples older than a series' own, put
+//! before them. The journal only appends in time order, so a backfilled window reaches the
+//! disk with the next compaction, which a backfill makes due at once; a seed waits for the
+//! next one that is due anyway.
 
 use super::{SampleRing, Slot, Store};
 
@@ -8,6 +9,22 @@ impl Store {
     /// Puts `samples` (oldest first) that are older than the series' oldest before its
     /// window, keeping its capacity; returns how many were added.
     pub fn backfill(&mut self, slot: Slot, samples: &[(i64, f64)]) -> usize {
+        let added = self.put_before(slot, samples);
+        if added > 0 {
+            self.backfilled = true;
+        }
+        added
+    }
+
+    /// `backfill` without making a compaction due: another series' history that a new one
+    /// starts from (a sibling pod's). Killed before the next compaction, the series only has
+    /// less history; forcing one per new series made a thousand new pods a thousand
+    /// compactions of the whole store.
+    pub fn seed(&mut self, slot: Slot, samples: &[(i64, f64)]) -> usize {
+        self.put_before(slot, samples)
+    }
+
+    fn put_before(&mut self, slot: Slot, samples: &[(i64, f64)]) -> usize {
         let Some(entry) = self.entries.get_mut(slot.index()).and_then(Option::as_mut) else {
             return 0;
         };
@@ -31,7 +48,6 @@ impl Store {
         entry.samples = SampleRing::from_samples(capacity, merged);
         let added = entry.samples.len() as u64 - before.min(entry.samples.len() as u64);
         self.held_samples += added;
-        self.backfilled = true;
         self.pending.empty = false;
         added as usize
     }
