@@ -503,13 +503,13 @@ fn peers_rules_and_their_mistakes() {
     assert_eq!(
         r.method,
         Method::Peers {
-            mad_threshold: 3.0,
+            mad_threshold: 5.0,
             min_peers: 3
         }
     );
     assert_eq!(r.by, ["workload", "handler"]);
-    // Three rounds in a row by default: one noisy scrape of one pod is not an outlier.
-    assert_eq!(r.min_anomalous, (3, 3));
+    // 8 of the last 10 rounds by default: one noisy scrape of one pod is not an outlier.
+    assert_eq!(r.min_anomalous, (8, 10));
     let s = &set.rules[1];
     assert_eq!(
         s.method,
