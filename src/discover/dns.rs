@@ -274,10 +274,6 @@ pub async fn run(
         all.sort();
         all.dedup();
         if sent.as_ref() != Some(&all) {
-            metrics
-                .sd_discovered_targets
-                .with_label_values(&[&config])
-                .set(all.len() as i64);
             let targets = all
                 .iter()
                 .map(|a| Discovered {

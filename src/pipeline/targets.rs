@@ -6,6 +6,7 @@ use super::{scan::SeriesIndex, Batch, Pipeline};
 use crate::alert::book::Reason;
 use crate::scrape::manager::TargetChange;
 use crate::scrape::{Sample, ScrapeResult, Target};
+use crate::store::{SeriesId, Slot};
 use std::collections::HashSet;
 
 impl Pipeline {
@@ -31,12 +32,7 @@ impl Pipeline {
         if self.orphans.is_empty() {
             return;
         }
-        let now = crate::util::now_ms();
         for (target, series) in std::mem::take(&mut self.orphans) {
-            let mut batch = Batch {
-                evaluations: vec![0; self.rules.rules.len()],
-                ..Batch::default()
-            };
             let reason = if elsewhere.contains(&target) {
                 tracing::info!(target = %target, series = series.len(), "Target with alerts from before the restart is another shard's now: handed off (reason=target_moved; not resolved in Alertmanager)");
                 Reason::TargetMoved
@@ -44,12 +40,28 @@ impl Pipeline {
                 tracing::info!(target = %target, series = series.len(), "Target with alerts from before the restart is gone: they resolve (reason=target_gone)");
                 Reason::TargetGone
             };
-            for (s, id) in series {
-                self.end_series(s, id, now, &mut batch, reason);
-            }
-            self.apply(&target, batch);
-            let _ = self.exporter.metrics.series.remove_label_values(&[&target]);
+            self.retire(&target, series, reason);
         }
+    }
+
+    /// Ends the alerts and gauges of a target's `series` with `reason`, and drops the
+    /// target's own gauges.
+    fn retire(&mut self, target: &str, series: Vec<(Slot, SeriesId)>, reason: Reason) {
+        let now = crate::util::now_ms();
+        let mut batch = Batch {
+            evaluations: vec![0; self.rules.rules.len()],
+            ..Batch::default()
+        };
+        for (s, id) in series {
+            self.end_series(s, id, now, &mut batch, reason);
+        }
+        self.apply(target, batch);
+        let m = &self.exporter.metrics;
+        for v in [&m.up, &m.scrape_samples, &m.series] {
+            let _ = v.remove_label_values(&[target]);
+        }
+        let _ = m.scrape_duration_seconds.remove_label_values(&[target]);
+        let _ = m.dropped_series_total.remove_label_values(&[target]);
     }
 
     fn add_target(&mut self, slot: usize, target: Target) {
@@ -90,25 +102,10 @@ impl Pipeline {
         }) else {
             return;
         };
-        let now = crate::util::now_ms();
-        let mut batch = Batch {
-            evaluations: vec![0; self.rules.rules.len()],
-            ..Batch::default()
-        };
-        for (s, id) in std::mem::take(&mut self.seen[slot]) {
-            self.end_series(s, id, now, &mut batch, Reason::TargetGone);
-        }
+        let series = std::mem::take(&mut self.seen[slot]);
         self.index[slot] = SeriesIndex::default();
         self.up[slot] = None;
-        self.apply(&target.name, batch);
-        let m = &self.exporter.metrics;
-        for v in [&m.up, &m.scrape_samples, &m.series] {
-            let _ = v.remove_label_values(&[&target.name]);
-        }
-        let _ = m
-            .scrape_duration_seconds
-            .remove_label_values(&[&target.name]);
-        let _ = m.dropped_series_total.remove_label_values(&[&target.name]);
+        self.retire(&target.name, series, Reason::TargetGone);
     }
 }
 

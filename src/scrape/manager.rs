@@ -115,18 +115,7 @@ impl TargetManager {
         let statics = std::mem::take(&mut self.statics);
         for (slot, (target, client)) in statics.iter().enumerate() {
             tracing::info!(target = %target.name, url = %target.display_url(), "Scraping target");
-            let loop_ = self.spawn(slot, target.clone(), client.clone(), &shutdown);
-            let (name, epoch) = (target.name.clone(), target.epoch);
-            let labels = Vec::new();
-            self.running.insert(
-                name,
-                Running {
-                    slot,
-                    epoch,
-                    labels,
-                    loop_,
-                },
-            );
+            self.start(slot, target.clone(), client.clone(), &shutdown);
         }
         let static_names: HashSet<String> = statics.iter().map(|(t, _)| t.name.clone()).collect();
         self.set_active_gauge();
@@ -144,6 +133,10 @@ impl TargetManager {
                 u = updates.recv() => match u {
                     Some(u) => {
                         if let Some(set) = self.sets.get_mut(u.provider) {
+                            self.metrics
+                                .sd_discovered_targets
+                                .with_label_values(&[&self.templates[u.provider].spec.config])
+                                .set(u.targets.len() as i64);
                             *set = u.targets;
                             heard[u.provider] = true;
                         }
@@ -171,21 +164,30 @@ impl TargetManager {
         let _ = self.changes.send(TargetChange::Settled(elsewhere));
     }
 
-    fn spawn(
-        &self,
+    /// Starts the scrape loop of `target` in `slot`.
+    fn start(
+        &mut self,
         slot: usize,
         target: Target,
         client: reqwest::Client,
         shutdown: &watch::Receiver<bool>,
-    ) -> JoinHandle<()> {
-        tokio::spawn(run_target(
+    ) {
+        let (name, epoch, labels) = (target.name.clone(), target.epoch, target.labels.clone());
+        let loop_ = tokio::spawn(run_target(
             slot,
             target,
             client,
             self.settings.clone(),
             self.results.clone(),
             shutdown.clone(),
-        ))
+        ));
+        let running = Running {
+            slot,
+            epoch,
+            labels,
+            loop_,
+        };
+        self.running.insert(name, running);
     }
 
     /// The discovered targets this replica owns now, in config order, first one of a name.
@@ -261,17 +263,7 @@ impl TargetManager {
                 .changes
                 .send(TargetChange::Added(slot, Box::new(target.clone())));
             let client = self.templates[p].client.clone();
-            let (name, epoch, labels) = (target.name.clone(), target.epoch, target.labels.clone());
-            let loop_ = self.spawn(slot, target, client, shutdown);
-            self.running.insert(
-                name,
-                Running {
-                    slot,
-                    epoch,
-                    labels,
-                    loop_,
-                },
-            );
+            self.start(slot, target, client, shutdown);
         }
         self.metrics
             .targets

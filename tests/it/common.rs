@@ -344,6 +344,25 @@ pub fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
+/// `run --rules RULES <args>` with a data dir under `dir`, which must fail before the store
+/// is opened; its stderr.
+pub fn refused(dir: &Path, rules: &Path, args: &[&str]) -> String {
+    let data = dir.join("data");
+    let mut all = vec!["run", "--rules", rules.to_str().unwrap()];
+    all.extend([
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    all.extend_from_slice(args);
+    let out = run(&all);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} started: {err}");
+    assert!(!data.exists(), "store opened before the check: {err}");
+    err
+}
+
 /// `anomaly-sidecar backtest --rules RULES --csv CSVS… --out OUT`, which must succeed.
 pub fn backtest(rules: &Path, csvs: &[&Path], out: &Path) -> Output {
     let mut args = vec!["backtest", "--rules", rules.to_str().unwrap(), "--csv"];

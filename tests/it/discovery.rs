@@ -353,45 +353,20 @@ fn dns_sd_mistakes_stop_the_start_with_file_and_line() {
         ),
     ] {
         let targets = write(dir.path(), "targets.yml", text);
-        let out = run(&[
-            "run",
-            "--rules",
-            rules.to_str().unwrap(),
-            "--targets-file",
-            targets.to_str().unwrap(),
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
-        assert!(err.contains(needle), "{err}");
-        assert!(
-            !dir.path().join("data").exists(),
-            "store opened before the check"
+        let err = refused(
+            dir.path(),
+            &rules,
+            &["--targets-file", targets.to_str().unwrap()],
         );
+        assert!(err.contains(needle), "{err}");
     }
     for (shard, needle) in [
         ("3/3", "does not exist"),
         ("auto/3", "ordinal"),
         ("1", "expected I/N"),
     ] {
-        let out = run(&[
-            "run",
-            "--rules",
-            rules.to_str().unwrap(),
-            "--target",
-            "http://127.0.0.1:1/metrics",
-            "--shard",
-            shard,
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "--shard {shard}");
+        let args = ["--target", "http://127.0.0.1:1/metrics", "--shard", shard];
+        let err = refused(dir.path(), &rules, &args);
         assert!(err.contains(needle), "--shard {shard}: {err}");
     }
 }

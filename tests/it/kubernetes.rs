@@ -301,23 +301,40 @@ fn watch(
     let _ = write!(stream, "0\r\n\r\n");
 }
 
-fn targets_file(dir: &Path, kubeconfig: &Path) -> PathBuf {
+/// The pods of namespace shop labelled app=api, on their port named metrics.
+const POD_ENTRY: &str =
+    "role: pod\n      namespaces: [shop]\n      selector: 'app=api'\n      port: metrics";
+
+/// A targets file of one `kubernetes_sd` entry (`fields`, indented as under it) reading
+/// the API through `kubeconfig`.
+fn targets_file(dir: &Path, kubeconfig: &Path, fields: &str) -> PathBuf {
     write(
         dir,
         "targets.yml",
         &format!(
-            "targets:\n  - kubernetes_sd:\n      role: pod\n      namespaces: [shop]\n      selector: 'app=api'\n      port: metrics\n      kubeconfig: {}\n",
+            "targets:\n  - kubernetes_sd:\n      {fields}\n      kubeconfig: {}\n",
             kubeconfig.display()
         ),
     )
 }
 
-/// A sidecar with `rules` watching the API's pods (namespace shop, app=api, port metrics),
-/// sending to a webhook receiver of its own.
+/// A sidecar with `rules` watching the API's pods (`POD_ENTRY`), sending to a webhook
+/// receiver of its own.
 fn watching(dir: &Path, api: &FakeApi, rules: &str, extra: &[&str]) -> (Sidecar, Webhook) {
+    watching_entry(dir, api, POD_ENTRY, rules, extra)
+}
+
+/// `watching` with the entry's fields given.
+fn watching_entry(
+    dir: &Path,
+    api: &FakeApi,
+    fields: &str,
+    rules: &str,
+    extra: &[&str],
+) -> (Sidecar, Webhook) {
     let rules = write(dir, "rules.yaml", rules);
     let kubeconfig = api.kubeconfig(dir);
-    let targets = targets_file(dir, &kubeconfig);
+    let targets = targets_file(dir, &kubeconfig, fields);
     let hook = Webhook::start_on(0, vec![]);
     let mut args = vec!["--targets-file", targets.to_str().unwrap(), "--webhook"];
     let url = hook.url();
@@ -471,37 +488,25 @@ fn a_kubeconfig_that_cannot_be_used_stops_the_start() {
     let missing = dir.path().join("no-such-kubeconfig");
     let garbage = write(dir.path(), "garbage", "clusters: [[[\n");
     for (kubeconfig, needle) in [(&missing, "no-such-kubeconfig"), (&garbage, "garbage")] {
-        let targets = targets_file(dir.path(), kubeconfig);
-        let out = run(&[
-            "run",
-            "--rules",
-            rules.to_str().unwrap(),
-            "--targets-file",
-            targets.to_str().unwrap(),
-            "--data-dir",
-            dir.path().join("data").to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{err}");
+        let targets = targets_file(dir.path(), kubeconfig, POD_ENTRY);
+        let err = refused(
+            dir.path(),
+            &rules,
+            &["--targets-file", targets.to_str().unwrap()],
+        );
         assert!(err.contains("targets.yml:2: kubeconfig"), "{err}");
         assert!(err.contains(needle), "{err}");
-        assert!(!dir.path().join("data").exists());
     }
     let targets = write(
         dir.path(),
         "targets.yml",
         "targets:\n  - kubernetes_sd:\n      role: pod\n      selector: 'app in prod'\n      port: metrics\n",
     );
-    let out = run(&[
-        "run",
-        "--rules",
-        rules.to_str().unwrap(),
-        "--targets-file",
-        targets.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(
+        dir.path(),
+        &rules,
+        &["--targets-file", targets.to_str().unwrap()],
+    );
     assert!(
         err.contains("targets.yml:2: kubernetes_sd: selector"),
         "{err}"
@@ -701,21 +706,8 @@ fn endpointslices_of_a_service_are_its_pods_with_their_workload() {
         port,
         &[("api-1", "127.0.0.2", false), ("api-2", "127.0.0.3", false)],
     ));
-    let targets = write(
-        dir.path(),
-        "targets.yml",
-        &format!(
-            "targets:\n  - kubernetes_sd:\n      role: endpointslice\n      namespaces: [shop]\n      selector: 'kubernetes.io/service-name=api'\n      port: metrics\n      kubeconfig: {}\n",
-            api.kubeconfig(dir.path()).display()
-        ),
-    );
-    let rules = write(dir.path(), "rules.yaml", TOO_HIGH);
-    let s = Sidecar::start(
-        dir.path(),
-        &rules,
-        &[],
-        &["--targets-file", targets.to_str().unwrap()],
-    );
+    let entry = "role: endpointslice\n      namespaces: [shop]\n      selector: 'kubernetes.io/service-name=api'\n      port: metrics";
+    let (s, _hook) = watching_entry(dir.path(), &api, entry, TOO_HIGH, &[]);
     wait_for("both endpoints scraped", T, || {
         (up_targets(&s) == BTreeSet::from([addr(2), addr(3)])).then_some(())
     });
@@ -769,21 +761,8 @@ fn prometheus_io_annotations_are_honoured_when_asked() {
     };
     api.put(annotated("api-1", "127.0.0.2", "true"));
     api.put(annotated("api-2", "127.0.0.3", "false"));
-    let targets = write(
-        dir.path(),
-        "targets.yml",
-        &format!(
-            "targets:\n  - kubernetes_sd:\n      role: pod\n      namespaces: [shop]\n      annotations: true\n      kubeconfig: {}\n",
-            api.kubeconfig(dir.path()).display()
-        ),
-    );
-    let rules = write(dir.path(), "rules.yaml", TOO_HIGH);
-    let s = Sidecar::start(
-        dir.path(),
-        &rules,
-        &[],
-        &["--targets-file", targets.to_str().unwrap()],
-    );
+    let entry = "role: pod\n      namespaces: [shop]\n      annotations: true";
+    let (s, _hook) = watching_entry(dir.path(), &api, entry, TOO_HIGH, &[]);
     // Only the pod that asks, on the port and path its annotations give (the fixture's
     // containers declare 9090; the path shows in the target's name).
     let want = BTreeSet::from([format!("127.0.0.2:{port}/stats")]);

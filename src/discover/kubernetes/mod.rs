@@ -261,14 +261,9 @@ pub async fn run(
         if !changed || !targets.all_listed() {
             continue;
         }
-        let found = targets.all();
-        metrics
-            .sd_discovered_targets
-            .with_label_values(&[&config])
-            .set(found.len() as i64);
         let update = Update {
             provider,
-            targets: found,
+            targets: targets.all(),
         };
         if updates.send(update).await.is_err() {
             return;
@@ -301,23 +296,22 @@ impl<'a> Targets<'a> {
     /// the API (a listing's end or a change) rather than the start of a relist.
     fn apply(&mut self, ns: usize, event: Watched) -> (bool, bool) {
         let sd = self.sd;
-        let news = |e: &dyn IsNews| e.is_news();
         match event {
             Watched::Pod(e) if sd.role == Role::Pod => {
-                let n = news(&*e);
+                let n = is_news(&e);
                 let keep = |p: &Pod| Some(pod_targets(p, sd)).filter(|t| !t.is_empty());
                 (self.pod_targets.apply(ns, *e, keep), n)
             }
             Watched::Pod(e) => {
-                let n = news(&*e);
+                let n = is_news(&e);
                 (self.pods.apply(ns, *e, |p| Some(PodInfo::of(p))), n)
             }
             Watched::Slice(e) => {
-                let n = news(&e);
+                let n = is_news(&e);
                 (self.slices.apply(ns, e, |s| Some(s.clone())), n)
             }
             Watched::Endpoints(e) => {
-                let n = news(&e);
+                let n = is_news(&e);
                 (self.endpoints.apply(ns, e, |s| Some(s.clone())), n)
             }
         }
@@ -365,14 +359,8 @@ impl<'a> Targets<'a> {
 }
 
 /// Whether a watch event is news from the API (its end of a listing, or a change).
-trait IsNews {
-    fn is_news(&self) -> bool;
-}
-
-impl<K> IsNews for Event<K> {
-    fn is_news(&self) -> bool {
-        matches!(self, Event::InitDone | Event::Apply(_) | Event::Delete(_))
-    }
+fn is_news<K>(e: &Event<K>) -> bool {
+    matches!(e, Event::InitDone | Event::Apply(_) | Event::Delete(_))
 }
 
 #[cfg(test)]
