@@ -67,6 +67,11 @@ pub struct App {
 /// an outage. They are re-sent meanwhile, so Alertmanager never resolves them first.
 const TARGET_DOWN_INTERVALS: u32 = 3;
 
+/// At least this long (else `TARGET_DOWN_INTERVALS` intervals) alerts restored for discovered
+/// targets wait for discovery's first answer before they end as `discovery_unavailable`: a
+/// large cluster's first pod list takes seconds.
+const SETTLE_GRACE_MIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Loads config, opens the store and binds the port (all before any task runs), then spawns.
 pub async fn start(args: &RunArgs) -> Result<App, StartError> {
     let file = match &args.targets_file {
@@ -77,8 +82,8 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
     if targets.is_empty() && file.discovery.is_empty() {
         return Err(StartError::NoTargets);
     }
-    let shard =
-        crate::discover::Shard::parse(&args.shard, &pod_name()).map_err(StartError::Shard)?;
+    let shard_spec =
+        crate::discover::ShardSpec::parse(&args.shard, &pod_name()).map_err(StartError::Shard)?;
     let client = scrape::client().map_err(|e| StartError::Setup(e.to_string()))?;
     // TLS files of targets are read here, before the store is opened or the port bound, so
     // a missing CA is what the error says (not a busy port).
@@ -112,6 +117,15 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
             .map_err(|e| StartError::Discovery(format!("{}: {e}", spec.config)))?;
         providers.push(p);
     }
+    let (shard, replicas) = match shard_spec {
+        crate::discover::ShardSpec::Fixed(shard) => (shard, None),
+        crate::discover::ShardSpec::Follow { index, set } => {
+            let (r, shard) = crate::discover::kubernetes::replicas::Replicas::start(index, &set)
+                .await
+                .map_err(|e| StartError::Shard(format!("--shard auto: {e}")))?;
+            (shard, Some(r))
+        }
+    };
     let rules = Arc::new(rules::load_file(&args.rules).map_err(StartError::Rules)?);
     crate::notify::check_urls(&args.webhooks, &args.alertmanagers)?;
     let web =
@@ -215,12 +229,22 @@ pub async fn start(args: &RunArgs) -> Result<App, StartError> {
         templates,
         shard,
         settings,
+        (TARGET_DOWN_INTERVALS * args.scrape_interval).max(SETTLE_GRACE_MIN),
         results_tx,
         changes_tx,
         exporter.metrics.clone(),
     );
     let initial = manager.initial();
-    let mut tasks = vec![tokio::spawn(manager.run(updates_rx, shutdown_rx.clone()))];
+    // Without a StatefulSet to follow the sender goes: N stays.
+    let (shards_tx, shards_rx) = watch::channel(shard);
+    let mut tasks = vec![tokio::spawn(manager.run(
+        updates_rx,
+        shards_rx,
+        shutdown_rx.clone(),
+    ))];
+    if let Some(r) = replicas {
+        tasks.push(tokio::spawn(r.follow(shards_tx, shutdown_rx.clone())));
+    }
     for (i, (spec, provider)) in file.discovery.into_iter().zip(providers).enumerate() {
         tasks.push(tokio::spawn(provider.run(
             i,
@@ -329,8 +353,7 @@ pub async fn termination() {
     }
 }
 
-/// The host's name for default URLs; Kubernetes sets it to the pod name.
-/// The pod's name, for `--shard auto/N`: `$POD_NAME` (the chart sets it from the downward
+/// The pod's name, for `--shard auto`: `$POD_NAME` (the chart sets it from the downward
 /// API; a pod on the host network has the node's hostname), else the hostname.
 fn pod_name() -> String {
     std::env::var("POD_NAME")
@@ -339,6 +362,7 @@ fn pod_name() -> String {
         .unwrap_or_else(hostname)
 }
 
+/// The host's name for default URLs; Kubernetes sets it to the pod name.
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()

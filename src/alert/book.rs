@@ -78,6 +78,9 @@ pub enum Reason {
     TargetGone,
     /// Another `--shard` scrapes the target now (the number of shards changed).
     TargetMoved,
+    /// Restored from before a restart for a target that discovery could not confirm within
+    /// the grace (its API or DNS did not answer): nothing evaluates it any more.
+    DiscoveryUnavailable,
 }
 
 impl Reason {
@@ -89,6 +92,7 @@ impl Reason {
             Reason::TargetDown => "target_down",
             Reason::TargetGone => "target_gone",
             Reason::TargetMoved => "target_moved",
+            Reason::DiscoveryUnavailable => "discovery_unavailable",
         }
     }
 }

@@ -109,6 +109,9 @@ impl AlertEvent {
         if !self.firing {
             let secs = (self.at_ms - self.fired_at_ms).max(0) / 1000;
             s.push_str(&format!(" fired_for={secs}s"));
+            if let Some(reason) = self.annotations.get("reason") {
+                s.push_str(&format!(" reason={reason}"));
+            }
         }
         for (k, v) in &self.rule_labels {
             s.push_str(&format!(" {k}={v:?}"));

@@ -142,7 +142,8 @@ pub struct RunArgs {
     pub targets_file: Option<PathBuf>,
     /// This replica's share of the targets, for a StatefulSet of N: `I/N` scrapes the
     /// targets whose address hashes (Prometheus' hashmod) to I; `auto/N` takes I from the pod
-    /// name's ordinal (`anomaly-sidecar-2`: `$POD_NAME`, else the hostname).
+    /// name's ordinal (`anomaly-sidecar-2`: `$POD_NAME`, else the hostname); `auto` takes N
+    /// from the StatefulSet's spec.replicas too, and follows it (`kubectl scale` reshards).
     #[arg(long, env = "ANOMALY_SIDECAR_SHARD", default_value = "0/1")]
     pub shard: String,
     /// Address to serve /metrics, /-/healthy, /-/ready and /-/reload on.

@@ -210,14 +210,11 @@ pub fn addresses(records: &[Record], port: Option<u16>) -> Vec<String> {
     out
 }
 
-/// Rounds the first set waits for a name to answer.
-const FIRST_ROUNDS: u32 = 3;
-
 /// Asks every name each `refresh_interval` and sends the whole set when it changes. A name
 /// that cannot be asked keeps its last addresses (a DNS blip does not retire targets); one that
-/// does not exist has none. The first set waits for a round in which some name answered, for
-/// at most `FIRST_ROUNDS` rounds: sent empty at once, it would resolve every alert restored
-/// from before a restart during a DNS outage.
+/// does not exist has none. The first set waits for a round in which some name answered: sent
+/// empty, it would resolve every alert restored from before a restart during a DNS outage as
+/// gone (the target manager's grace ends them as `discovery_unavailable` instead).
 pub async fn run(
     provider: usize,
     config: String,
@@ -235,7 +232,6 @@ pub async fn run(
     let mut per_name: Vec<Option<Vec<String>>> = vec![None; sd.names.len()];
     let mut failing = vec![false; sd.names.len()];
     let mut sent: Option<Vec<String>> = None;
-    let mut rounds = 0;
     let mut ticker = tokio::time::interval(sd.refresh_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -265,9 +261,7 @@ pub async fn run(
                 }
             }
         }
-        rounds += 1;
-        let none_answered = failing.iter().all(|&f| f);
-        if sent.is_none() && none_answered && rounds < FIRST_ROUNDS {
+        if sent.is_none() && failing.iter().all(|&f| f) {
             continue;
         }
         let mut all: Vec<String> = per_name.iter().flatten().flatten().cloned().collect();

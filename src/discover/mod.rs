@@ -7,7 +7,7 @@ pub mod dns_wire;
 pub mod kubernetes;
 pub mod shard;
 
-pub use shard::Shard;
+pub use shard::{Shard, ShardSpec};
 
 /// One address a discovery config found, with the target labels it gives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

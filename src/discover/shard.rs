@@ -1,4 +1,4 @@
-//! `--shard I/N`: which targets this replica scrapes. A target belongs to the replica whose
+//! `--shard I/N` (or `auto`): which targets this replica scrapes. A target belongs to the replica whose
 //! ordinal is the `hashmod` of its address, the same function (MD5, the last 8 bytes read
 //! big-endian, modulo N) as Prometheus' `hashmod` relabel action, so a Prometheus Operator
 //! user's `__address__` sharding puts a target on the same shard here. The ordinal and N are
@@ -26,17 +26,43 @@ impl fmt::Display for Shard {
     }
 }
 
-impl Shard {
-    /// `I/N` (0 ≤ I < N), or `auto/N`: I is the ordinal at the end of `pod_name`, as a
-    /// StatefulSet names its pods (`anomaly-sidecar-2`).
+/// What `--shard` says: a fixed share, or the ordinal of a StatefulSet pod whose N is the
+/// set's `spec.replicas`, followed while it runs (`kubectl scale` reshards live).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardSpec {
+    Fixed(Shard),
+    /// `--shard auto`: ordinal `index` of the StatefulSet `set`.
+    Follow {
+        index: u64,
+        set: String,
+    },
+}
+
+impl ShardSpec {
+    /// `I/N` (0 ≤ I < N); `auto/N`: I is the ordinal at the end of `pod_name`, as a
+    /// StatefulSet names its pods (`anomaly-sidecar-2`); `auto`: N is the StatefulSet's too.
     pub fn parse(text: &str, pod_name: &str) -> Result<Self, String> {
         let bad = |why: &str| format!("--shard {text:?}: {why}");
+        let ordinal = || {
+            pod_name
+                .rsplit_once('-')
+                .and_then(|(set, o)| Some((set, o.parse::<u64>().ok()?)))
+                .filter(|(set, _)| !set.is_empty())
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "auto needs a StatefulSet pod name ending in -<ordinal> (set $POD_NAME); this host is {pod_name:?}"
+                    ))
+                })
+        };
+        if text == "auto" {
+            let (set, index) = ordinal()?;
+            return Ok(Self::Follow {
+                index,
+                set: set.to_string(),
+            });
+        }
         let Some((i, n)) = text.split_once('/') else {
-            return Err(bad(if text == "auto" {
-                "give the number of shards too, as auto/N (the pod name has the ordinal, not N)"
-            } else {
-                "expected I/N (e.g. 0/3) or auto/N"
-            }));
+            return Err(bad("expected I/N (e.g. 0/3), auto/N or auto"));
         };
         let count: u64 = n
             .parse()
@@ -44,24 +70,22 @@ impl Shard {
             .filter(|&n| n > 0)
             .ok_or_else(|| bad("N must be a whole number of at least 1"))?;
         let index: u64 = if i == "auto" {
-            let ordinal = pod_name.rsplit_once('-').map_or("", |(_, o)| o);
-            ordinal.parse().map_err(|_| {
-                bad(&format!(
-                    "auto needs a StatefulSet pod name ending in -<ordinal>; this host is {pod_name:?}"
-                ))
-            })?
+            ordinal()?.1
         } else {
             i.parse().map_err(|_| bad("I must be a whole number"))?
         };
         if index >= count {
             return Err(bad(&format!("shard {index} does not exist among {count}")));
         }
-        Ok(Self { index, count })
+        Ok(Self::Fixed(Shard { index, count }))
     }
+}
 
-    /// Whether this replica scrapes the target at `address` (`host:port`).
+impl Shard {
+    /// Whether this replica scrapes the target at `address` (`host:port`). A replica whose
+    /// ordinal is past N (a StatefulSet scaled down, this pod not yet stopped) owns none.
     pub fn owns(&self, address: &str) -> bool {
-        self.count <= 1 || hashmod(address, self.count) == self.index
+        self.index < self.count && (self.count == 1 || hashmod(address, self.count) == self.index)
     }
 }
 
@@ -178,25 +202,42 @@ mod tests {
 
     #[test]
     fn shard_flag_forms_and_mistakes() {
+        let fixed = |index, count| ShardSpec::Fixed(Shard { index, count });
+        assert_eq!(ShardSpec::parse("1/3", "x").unwrap(), fixed(1, 3));
         assert_eq!(
-            Shard::parse("1/3", "x").unwrap(),
-            Shard { index: 1, count: 3 }
+            ShardSpec::parse("auto/4", "anomaly-sidecar-2").unwrap(),
+            fixed(2, 4)
         );
         assert_eq!(
-            Shard::parse("auto/4", "anomaly-sidecar-2").unwrap(),
-            Shard { index: 2, count: 4 }
+            ShardSpec::parse("auto", "my-release-anomaly-sidecar-12").unwrap(),
+            ShardSpec::Follow {
+                index: 12,
+                set: "my-release-anomaly-sidecar".into()
+            }
         );
         for (text, pod, needle) in [
             ("3/3", "x", "does not exist"),
             ("1/0", "x", "at least 1"),
-            ("auto", "s-1", "auto/N"),
+            ("auto", "laptop", "POD_NAME"),
+            ("auto", "-1", "ordinal"),
             ("auto/3", "laptop", "ordinal"),
             ("auto/2", "s-5", "does not exist"),
             ("one/3", "x", "whole number"),
             ("2", "x", "expected I/N"),
         ] {
-            let e = Shard::parse(text, pod).unwrap_err();
+            let e = ShardSpec::parse(text, pod).unwrap_err();
             assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_replica_past_n_owns_nothing() {
+        let past = Shard { index: 2, count: 2 };
+        let single = Shard { index: 1, count: 1 };
+        for p in 0..50 {
+            let addr = format!("10.0.0.{p}:8080");
+            assert!(!past.owns(&addr) && !single.owns(&addr), "{addr}");
+            assert!(Shard { index: 0, count: 1 }.owns(&addr));
         }
     }
 }

@@ -32,6 +32,7 @@ pub struct SelfMetrics {
     pub sd_lookups_total: IntCounterVec,
     pub sd_refresh_failures_total: IntCounterVec,
     pub targets: IntGaugeVec,
+    pub shards: IntGauge,
     pub seeded_series_total: IntCounter,
 }
 
@@ -185,6 +186,10 @@ impl SelfMetrics {
                 ),
                 &["state"],
             )?,
+            shards: IntGauge::with_opts(opts(
+                "shards",
+                "N of --shard: the replicas targets are split over (with --shard auto, the StatefulSet's spec.replicas now).",
+            ))?,
             seeded_series_total: IntCounter::with_opts(opts(
                 "seeded_series_total",
                 "New series of a discovered pod that started from another pod of its workload's history.",
@@ -215,6 +220,7 @@ impl SelfMetrics {
         registry.register(Box::new(m.sd_lookups_total.clone()))?;
         registry.register(Box::new(m.sd_refresh_failures_total.clone()))?;
         registry.register(Box::new(m.targets.clone()))?;
+        registry.register(Box::new(m.shards.clone()))?;
         registry.register(Box::new(m.seeded_series_total.clone()))?;
         let build_info = IntGaugeVec::new(
             opts(

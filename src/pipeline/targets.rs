@@ -1,6 +1,7 @@
-//! Targets that come and go (discovery): a new one gets a slot and fresh per-target state; one
-//! that goes retires its series (their alerts resolve with `reason=target_gone`, their gauges
-//! go, the store keeps their history until `--retention`).
+//! Targets that come and go (discovery, or a shard's share changing): a new one gets a slot
+//! and fresh per-target state; one that goes retires its series (their alerts resolve with
+//! `reason=target_gone`, or are handed off with `reason=target_moved` when another shard has
+//! it now; their gauges go, the store keeps their history until `--retention`).
 
 use super::{scan::SeriesIndex, Batch, Pipeline};
 use crate::alert::book::Reason;
@@ -21,14 +22,25 @@ impl Pipeline {
     pub(super) fn target_change(&mut self, change: TargetChange) {
         match change {
             TargetChange::Added(slot, target) => self.add_target(slot, *target),
-            TargetChange::Removed(slot, epoch) => self.remove_target(slot, epoch),
-            TargetChange::Settled(elsewhere) => self.retire_orphans(&elsewhere),
+            TargetChange::Removed { slot, epoch, moved } => {
+                let reason = if moved {
+                    Reason::TargetMoved
+                } else {
+                    Reason::TargetGone
+                };
+                self.remove_target(slot, epoch, reason)
+            }
+            TargetChange::Settled {
+                elsewhere,
+                complete,
+            } => self.retire_orphans(&elsewhere, complete),
         }
     }
 
-    /// Alerts restored for targets this replica no longer scrapes end: handed off to the
-    /// shard that has them now (`elsewhere`), or resolved if no one does.
-    fn retire_orphans(&mut self, elsewhere: &HashSet<String>) {
+    /// Alerts restored for targets this replica does not scrape now end: handed off to the
+    /// shard that has them (`elsewhere`), else resolved: as gone once every discovery config
+    /// has answered (`complete`), as unknowable when the grace for that ran out.
+    fn retire_orphans(&mut self, elsewhere: &HashSet<String>, complete: bool) {
         if self.orphans.is_empty() {
             return;
         }
@@ -36,9 +48,12 @@ impl Pipeline {
             let reason = if elsewhere.contains(&target) {
                 tracing::info!(target = %target, series = series.len(), "Target with alerts from before the restart is another shard's now: handed off (reason=target_moved; not resolved in Alertmanager)");
                 Reason::TargetMoved
-            } else {
+            } else if complete {
                 tracing::info!(target = %target, series = series.len(), "Target with alerts from before the restart is gone: they resolve (reason=target_gone)");
                 Reason::TargetGone
+            } else {
+                tracing::info!(target = %target, series = series.len(), "Target with alerts from before the restart not found while discovery is unavailable: they resolve (reason=discovery_unavailable)");
+                Reason::DiscoveryUnavailable
             };
             self.retire(&target, series, reason);
         }
@@ -92,7 +107,7 @@ impl Pipeline {
         self.targets[slot] = Some(target);
     }
 
-    fn remove_target(&mut self, slot: usize, epoch: u64) {
+    fn remove_target(&mut self, slot: usize, epoch: u64, reason: Reason) {
         let Some(target) = self.targets.get_mut(slot).and_then(|t| {
             if t.as_ref().is_some_and(|t| t.epoch == epoch) {
                 t.take()
@@ -105,7 +120,7 @@ impl Pipeline {
         let series = std::mem::take(&mut self.seen[slot]);
         self.index[slot] = SeriesIndex::default();
         self.up[slot] = None;
-        self.retire(&target.name, series, Reason::TargetGone);
+        self.retire(&target.name, series, reason);
     }
 }
 

@@ -410,16 +410,31 @@ fn discovery_renders_rbac_that_validates_and_the_binary_runs_its_args() {
         return;
     };
     let example = chart().join("examples/standalone-values.yaml");
-    let docs = documents(&render(
-        &helm,
-        &validate,
-        &chart(),
-        &["-f", example.to_str().unwrap()],
-    ));
+    // The example with `--set` values on top.
+    let example_with = |set: &[&str]| {
+        let mut args = vec!["-f", example.to_str().unwrap()];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        documents(&render(&helm, &validate, &chart(), &args))
+    };
+    let docs = example_with(&[]);
     // A ServiceAccount, and in each watched namespace only get/list/watch on pods.
     let sa = kind(&docs, "ServiceAccount").expect("ServiceAccount");
     let sa_name = sa["metadata"]["name"].as_str().unwrap();
-    let roles: Vec<&serde_json::Value> = docs.iter().filter(|d| d["kind"] == "Role").collect();
+    let sts = kind(&docs, "StatefulSet").unwrap();
+    let sts_name = sts["metadata"]["name"].as_str().unwrap();
+    let named = |kind: &str, suffix: &str| -> Vec<&serde_json::Value> {
+        docs.iter()
+            .filter(|d| {
+                d["kind"] == kind
+                    && d["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.ends_with(suffix))
+            })
+            .collect()
+    };
+    let roles = named("Role", "-discovery");
     let namespaces: Vec<&str> = roles
         .iter()
         .map(|r| r["metadata"]["namespace"].as_str().unwrap())
@@ -431,35 +446,49 @@ fn discovery_renders_rbac_that_validates_and_the_binary_runs_its_args() {
             serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
         );
     }
-    let bindings: Vec<&serde_json::Value> =
-        docs.iter().filter(|d| d["kind"] == "RoleBinding").collect();
+    let bindings = named("RoleBinding", "-discovery");
     assert_eq!(bindings.len(), 2);
     assert!(bindings.iter().all(|b| b["subjects"][0]["name"] == sa_name));
     assert!(kind(&docs, "ClusterRole").is_none());
-    let sts = kind(&docs, "StatefulSet").unwrap();
+    // --shard auto reads its own StatefulSet, and only that.
+    let shards = named("Role", "-shards");
+    assert_eq!(shards.len(), 1);
+    assert_eq!(
+        shards[0]["rules"],
+        serde_json::json!([{"apiGroups": ["apps"], "resources": ["statefulsets"],
+            "resourceNames": [sts_name], "verbs": ["get", "list", "watch"]}])
+    );
+    assert_eq!(
+        named("RoleBinding", "-shards")[0]["subjects"][0]["name"],
+        sa_name
+    );
     let pod = &sts["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], sa_name);
     assert_eq!(pod["automountServiceAccountToken"], true);
     let args = args_of(pod);
-    assert!(args.contains(&"--shard=auto/2".to_string()), "{args:?}");
+    assert!(args.contains(&"--shard=auto".to_string()), "{args:?}");
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    assert!(
+        env.iter().any(|e| e["name"] == "POD_NAMESPACE"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"),
+        "{env:?}"
+    );
+    // Without RBAC, N is fixed in the args.
+    let fixed = example_with(&["rbac.create=false"]);
+    let fixed_pod = &kind(&fixed, "StatefulSet").unwrap()["spec"]["template"]["spec"];
+    assert!(args_of(fixed_pod).contains(&"--shard=auto/2".to_string()));
+    assert!(fixed.iter().all(|d| d["kind"] != "Role"));
     let targets_cm = docs
         .iter()
         .find(|d| d["kind"] == "ConfigMap" && d["data"]["targets.yml"].is_string())
         .expect("the discovery ConfigMap");
 
     // Cluster-wide: one ClusterRole and its binding instead.
-    let wide = documents(&render(
-        &helm,
-        &validate,
-        &chart(),
-        &[
-            "-f",
-            example.to_str().unwrap(),
-            "--set",
-            "rbac.clusterWide=true",
-        ],
-    ));
-    assert!(wide.iter().all(|d| d["kind"] != "Role"));
+    let wide = example_with(&["rbac.clusterWide=true"]);
+    // (The StatefulSet's Role stays: one object in the release's namespace.)
+    let wide_roles: Vec<&serde_json::Value> = wide.iter().filter(|d| d["kind"] == "Role").collect();
+    assert_eq!(wide_roles.len(), 1);
+    assert_eq!(wide_roles[0]["rules"][0]["resources"][0], "statefulsets");
     assert_eq!(
         kind(&wide, "ClusterRole").unwrap()["rules"][0]["verbs"],
         serde_json::json!(["get", "list", "watch"])
@@ -489,6 +518,7 @@ fn discovery_renders_rbac_that_validates_and_the_binary_runs_its_args() {
     // an API served by the test through $KUBECONFIG (as outside a cluster), as replica 1.
     let work = tempfile::tempdir().unwrap();
     let api = crate::kubernetes::FakeApi::start();
+    api.put(crate::kubernetes::statefulset(sts_name, 2));
     let kubeconfig = api.kubeconfig(work.path());
     let targets = write(
         work.path(),
@@ -520,7 +550,8 @@ fn discovery_renders_rbac_that_validates_and_the_binary_runs_its_args() {
     let mut child = Command::new(BIN)
         .args(&args)
         .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAME", "t-anomaly-sidecar-1")
+        .env("POD_NAME", format!("{sts_name}-1"))
+        .env("POD_NAMESPACE", "shop")
         .env("ANOMALY_SIDECAR_WEBHOOK", "http://127.0.0.1:9/hook")
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -536,7 +567,12 @@ fn discovery_renders_rbac_that_validates_and_the_binary_runs_its_args() {
         let r = api.requests();
         (r.iter()
             .any(|q| q.contains("/namespaces/shop/pods") && q.contains("app%3Dapi"))
-            && r.iter().any(|q| q.contains("/namespaces/monitoring/pods")))
+            && r.iter().any(|q| q.contains("/namespaces/monitoring/pods"))
+            && r.iter().any(|q| {
+                q.contains("/namespaces/shop/statefulsets")
+                    && q.contains("watch=true")
+                    && q.contains(&format!("metadata.name%3D{sts_name}"))
+            }))
         .then_some(())
     });
     let _ = child.kill();

@@ -141,12 +141,12 @@ pub fn up_targets(s: &Sidecar) -> BTreeSet<String> {
 }
 
 /// Targets of the alerts `/api/v1/alerts` lists in `state`.
-fn alert_targets(s: &Sidecar, state: &str) -> BTreeSet<String> {
+pub fn alert_targets(s: &Sidecar, state: &str) -> BTreeSet<String> {
     alerts(s, state).into_keys().collect()
 }
 
 /// The alerts `/api/v1/alerts` lists in `state`: target → activeAt.
-fn alerts(s: &Sidecar, state: &str) -> BTreeMap<String, String> {
+pub fn alerts(s: &Sidecar, state: &str) -> BTreeMap<String, String> {
     let (_, b) = http("GET", &s.addr, "/api/v1/alerts").unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&b).unwrap_or_default();
     v["data"]["alerts"]
@@ -394,7 +394,7 @@ fn shard(dir: &Path, rules: &Path, urls: &[String], i: usize, n: usize, am: &Am)
 }
 
 /// Which sidecar fires each alert (by target), since when; panics if two fire the same one.
-fn owners(sidecars: &[Sidecar]) -> BTreeMap<String, (usize, String)> {
+pub fn owners(sidecars: &[Sidecar]) -> BTreeMap<String, (usize, String)> {
     let mut out = BTreeMap::new();
     for (i, s) in sidecars.iter().enumerate() {
         for (t, since) in alerts(s, "firing") {
@@ -406,6 +406,45 @@ fn owners(sidecars: &[Sidecar]) -> BTreeMap<String, (usize, String)> {
     out
 }
 
+/// 30 exporters of `g`, the first six above `TOO_HIGH`'s threshold: what sharding splits.
+pub struct Fleet {
+    pub exporters: Vec<Exporter>,
+    pub urls: Vec<String>,
+    pub names: BTreeSet<String>,
+    /// The six whose alert fires.
+    pub hot: BTreeSet<String>,
+}
+
+impl Fleet {
+    pub fn start() -> Self {
+        let exporters: Vec<Exporter> = (0..30)
+            .map(|i| Exporter::start(Reply::Body(format!("g {}\n", if i < 6 { 500 } else { 5 }))))
+            .collect();
+        Self {
+            urls: exporters.iter().map(Exporter::url).collect(),
+            names: exporters.iter().map(Exporter::name).collect(),
+            hot: exporters[..6].iter().map(Exporter::name).collect(),
+            exporters,
+        }
+    }
+
+    /// Waits until the six alerts fire, each on one of `sidecars`: which one, since when.
+    pub fn owned(&self, sidecars: &[Sidecar]) -> BTreeMap<String, (usize, String)> {
+        let what = format!("six alerts, each on one of {}", sidecars.len());
+        wait_for(&what, T, || {
+            let o = owners(sidecars);
+            (o.keys().cloned().collect::<BTreeSet<_>>() == self.hot).then_some(o)
+        })
+    }
+}
+
+/// Alerts a log says were handed off to another shard.
+pub fn handed_off_alerts(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("RESOLVED") && l.contains("reason=target_moved"))
+        .count()
+}
+
 #[test]
 fn shards_scrape_each_target_once_and_rebalance_without_losing_alerts() {
     let _heavy = heavy();
@@ -414,15 +453,11 @@ fn shards_scrape_each_target_once_and_rebalance_without_losing_alerts() {
         return;
     };
     let rules = write(dir.path(), "rules.yaml", TOO_HIGH);
-    let exporters: Vec<Exporter> = (0..30)
-        .map(|i| Exporter::start(Reply::Body(format!("g {}\n", if i < 6 { 500 } else { 5 }))))
-        .collect();
-    let urls: Vec<String> = exporters.iter().map(Exporter::url).collect();
-    let names: BTreeSet<String> = exporters.iter().map(Exporter::name).collect();
-    let hot: BTreeSet<String> = exporters[..6].iter().map(Exporter::name).collect();
+    let fleet = Fleet::start();
+    let (exporters, urls, names) = (&fleet.exporters, &fleet.urls, &fleet.names);
 
     let three: Vec<Sidecar> = (0..3)
-        .map(|i| shard(dir.path(), &rules, &urls, i, 3, &am))
+        .map(|i| shard(dir.path(), &rules, urls, i, 3, &am))
         .collect();
     // Between them the three scrape every exporter, and no exporter twice.
     let split = wait_for("30 targets split", T, || {
@@ -430,7 +465,7 @@ fn shards_scrape_each_target_once_and_rebalance_without_losing_alerts() {
         (sets.iter().map(BTreeSet::len).sum::<usize>() == 30).then_some(sets)
     });
     let union: BTreeSet<String> = split.iter().flatten().cloned().collect();
-    assert_eq!(union, names, "{split:?}");
+    assert_eq!(&union, names, "{split:?}");
     assert!(split.iter().all(|s| !s.is_empty()), "{split:?}");
     for (i, s) in three.iter().enumerate() {
         assert_eq!(
@@ -458,10 +493,7 @@ fn shards_scrape_each_target_once_and_rebalance_without_losing_alerts() {
         "an exporter scraped by two shards, or by none: {counts:?}"
     );
 
-    let before = wait_for("six alerts, each on one shard", T, || {
-        let o = owners(&three);
-        (o.keys().cloned().collect::<BTreeSet<_>>() == hot).then_some(o)
-    });
+    let before = fleet.owned(&three);
     wait_for("six alerts in alertmanager", T, || {
         (am.active("too_high")?.len() == 6).then_some(())
     });
@@ -471,18 +503,15 @@ fn shards_scrape_each_target_once_and_rebalance_without_losing_alerts() {
         assert!(s.stop().success());
     }
     let two: Vec<Sidecar> = (0..2)
-        .map(|i| shard(dir.path(), &rules, &urls, i, 2, &am))
+        .map(|i| shard(dir.path(), &rules, urls, i, 2, &am))
         .collect();
-    let after = wait_for("six alerts, each on one of two shards", T, || {
-        let o = owners(&two);
-        (o.keys().cloned().collect::<BTreeSet<_>>() == hot).then_some(o)
-    });
+    let after = fleet.owned(&two);
     let split: Vec<BTreeSet<String>> = wait_for("30 targets on two shards", T, || {
         let sets: Vec<BTreeSet<String>> = two.iter().map(up_targets).collect();
         (sets.iter().map(BTreeSet::len).sum::<usize>() == 30).then_some(sets)
     });
     assert_eq!(
-        split.iter().flatten().cloned().collect::<BTreeSet<_>>(),
+        &split.iter().flatten().cloned().collect::<BTreeSet<_>>(),
         names
     );
     // Held for a while: never two owners, and Alertmanager keeps all six active.
@@ -508,9 +537,6 @@ fn shards_scrape_each_target_once_and_rebalance_without_losing_alerts() {
     eprintln!(
         "moved from a running shard: {moved_from_running}; before {before:?}, after {after:?}"
     );
-    let resolved_there: usize = two
-        .iter()
-        .map(|s| s.log().matches("reason=target_moved").count())
-        .sum();
+    let resolved_there: usize = two.iter().map(|s| handed_off_alerts(&s.log())).sum();
     assert_eq!(resolved_there, moved_from_running, "{before:?} {after:?}");
 }

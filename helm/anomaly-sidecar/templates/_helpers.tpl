@@ -37,9 +37,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- range .Values.discovery }}{{ if .kubernetes_sd }}true{{ end }}{{ end }}
 {{- end }}
 
-{{/* "true" when the chart makes the ServiceAccount and RBAC kubernetes_sd needs. */}}
+{{/* "true" when the chart makes the ServiceAccount and RBAC that kubernetes_sd, or
+--shard auto following its StatefulSet, needs. */}}
 {{- define "anomaly-sidecar.rbac" -}}
-{{- if and .Values.standalone.enabled .Values.rbac.create (include "anomaly-sidecar.kubernetesSd" .) }}true{{ end }}
+{{- if and .Values.standalone.enabled .Values.rbac.create (or (include "anomaly-sidecar.kubernetesSd" .) (include "anomaly-sidecar.sharded" .)) }}true{{ end }}
 {{- end }}
 
 {{/* The namespaces kubernetes_sd entries watch, comma-separated (the release's for an entry
@@ -91,7 +92,7 @@ metadata:
 spec:
   {{- if include "anomaly-sidecar.rbac" . }}
   serviceAccountName: {{ include "anomaly-sidecar.fullname" . }}
-  # The token is what kubernetes_sd reads the API with.
+  # The token is what kubernetes_sd (and --shard auto) reads the API with.
   automountServiceAccountToken: true
   {{- else }}
   {{- with .Values.standalone.serviceAccountName }}
@@ -174,7 +175,13 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
     - --targets-file=/etc/anomaly-sidecar-targets/targets.yml
     {{- end }}
     {{- if include "anomaly-sidecar.sharded" . }}
+    {{- if .Values.rbac.create }}
+    # I from the pod name, N from the StatefulSet's replicas (followed: scaling reshards).
+    - --shard=auto
+    {{- else }}
+    # No RBAC to read the StatefulSet: N is fixed here, and changing it restarts the pods.
     - --shard=auto/{{ .Values.standalone.shards }}
+    {{- end }}
     {{- end }}
     {{- with .Values.notify.llmUrl }}
     - --llm-url={{ . }}
@@ -194,11 +201,18 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
   env:
     {{- if $podName }}
     # $(POD_NAME) in --warmup-selector: this pod's copy of each series in Prometheus; and
-    # the StatefulSet ordinal --shard auto/N reads.
+    # the StatefulSet ordinal --shard auto reads.
     - name: POD_NAME
       valueFrom:
         fieldRef:
           fieldPath: metadata.name
+    {{- end }}
+    {{- if include "anomaly-sidecar.sharded" . }}
+    # Where --shard auto finds its StatefulSet.
+    - name: POD_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
     {{- end }}
     {{- if $webhooks }}
     # Comma-separated webhook URLs, from a Secret (the chart's, or notify.webhooksSecret).

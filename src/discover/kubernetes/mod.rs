@@ -6,6 +6,7 @@
 
 mod endpoints;
 mod pods;
+pub mod replicas;
 
 pub use pods::pod_targets;
 
@@ -47,7 +48,12 @@ pub struct Connection {
 /// The entry's kubeconfig; else the in-cluster service account; else `$KUBECONFIG` (or
 /// `~/.kube/config`).
 pub async fn connect(sd: &KubernetesSd) -> Result<Connection, ConnectError> {
-    let config = match &sd.kubeconfig {
+    connect_to(sd.kubeconfig.as_deref()).await
+}
+
+/// A client from `kubeconfig`, else in-cluster, else `$KUBECONFIG`.
+async fn connect_to(kubeconfig: Option<&std::path::Path>) -> Result<Connection, ConnectError> {
+    let config = match kubeconfig {
         Some(path) => {
             let bad = |e: &dyn std::fmt::Display| ConnectError::Kubeconfig {
                 path: path.display().to_string(),
