@@ -586,7 +586,8 @@ def discovery(pods, per_pod, interval, warmup, duration, created):
     evaluated = (value(m1, ev) or 0) - (value(m0, ev) or 0)
     cores = (c1 - c0) / (w1 - w0)
     print(f"\nkubernetes_sd: {pods:,} pods x {per_pod} series = {pods * per_pod:,} series over one "
-          f"watch, scraped every {interval}s, one zscore rule (window 60)")
+          f"watch (and each pod's bench_pod_ready), scraped every {interval}s, one zscore rule "
+          f"(window 60) on every series")
     print(f"  all {pods:,} pods scraped {all_scraped:.1f} s after start")
     print(f"  {duration:.0f} s measured: {evaluated / (w1 - w0):,.0f} samples/s on {cores:.3f} cores "
           f"({evaluated / (w1 - w0) / max(cores, 1e-9):,.0f} samples per CPU-s), peak RSS {rss:.0f} MB")
