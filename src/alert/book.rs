@@ -369,6 +369,12 @@ impl AlertBook {
         }
     }
 
+    /// The event a firing alert fired with.
+    pub fn fired_event(&self, id: SeriesId, rule: &str) -> Option<&AlertEvent> {
+        let a = self.active.get(&(id, rule.to_string()))?;
+        a.event.as_ref().filter(|_| a.phase == Phase::Firing)
+    }
+
     /// Supplies the firing event of an alert restored without one (a record of the earlier
     /// layout), so it can be re-sent and resolved like any other.
     pub fn adopt(&mut self, id: SeriesId, ev: AlertEvent) {

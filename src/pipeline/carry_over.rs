@@ -9,15 +9,20 @@ use super::Pipeline;
 use crate::alert::book::{Phase, Reason};
 use crate::config::RuleSet;
 use crate::detect::Verdict;
+use crate::export::{AlertView, AnomalyRow, ExportChanges, RowUpdate, RowValues};
 use crate::store::SeriesId;
 use std::sync::Arc;
 
 impl Pipeline {
     /// Alerts that were pending or firing when the sidecar stopped come back as they were,
     /// and their series count as seen: if the first scrape lacks one, it still ends
-    /// properly. Alerts of rules that are gone resolve, with the event they fired with.
+    /// properly. Alerts of rules that are gone resolve, with the event they fired with. A
+    /// firing one is on /metrics and /api/v1/alerts at once, as the book re-sends it to
+    /// Alertmanager at once: waiting for its target's next scrape hid it for the whole grace
+    /// when the target was down, or not discovered yet.
     pub(super) fn restore_alerts(&mut self) {
         let now = crate::util::now_ms();
+        let mut shown = ExportChanges::default();
         let restored: Vec<(SeriesId, String, bool)> = self
             .book
             .iter()
@@ -61,7 +66,21 @@ impl Pipeline {
             }
             let profile = stored_profile(&rule, || self.store.profile(id, &rule.profile_key));
             let samples = entry.samples().iter();
-            let state = new_state(&rule, &identity, samples, alert, &profile);
+            let mut state = new_state(&rule, &identity, samples, alert, &profile);
+            let key = (self.ids[ri], id);
+            if let Some(fired) = self.book.fired_event(id, &name) {
+                let flags = (true, false);
+                let values = RowValues::new(flags, fired.value, &fired.verdict);
+                let row = AnomalyRow::new((self.heads[ri].clone(), identity.clone()), values);
+                shown.upserts.push((key, RowUpdate::New(row)));
+                let view = AlertView {
+                    firing: true,
+                    active_at_ms: alert.firing_since().unwrap_or(now),
+                    event: fired.clone(),
+                };
+                shown.alerts.push((key, view));
+                state.exported = true;
+            }
             let at = self
                 .targets
                 .iter()
@@ -88,6 +107,7 @@ impl Pipeline {
         if pending + firing > 0 {
             tracing::info!(pending, firing, "Alerts restored");
         }
+        self.exporter.apply(&mut shown);
     }
 
     /// Swaps in new rules. A rule keeps its alerts under the same name; its windows too

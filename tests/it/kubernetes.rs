@@ -1002,8 +1002,16 @@ fn a_restart_while_the_api_is_down_ends_restored_alerts_after_the_grace() {
     .map(String::from);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let s = Sidecar::start(dir.path(), &dir.path().join("rules.yaml"), &[], &args);
+    // Meanwhile it is what Alertmanager has (re-sent there): firing in /api/v1/alerts and
+    // on /metrics, with nothing scraped yet.
     std::thread::sleep(Duration::from_secs(5));
-    assert!(s.log().contains("Alerts restored"), "{}", s.log());
+    assert!(alerts(&s, "firing").contains_key(&target), "{}", s.log());
+    let active = |s: &Sidecar| {
+        s.metrics()
+            .lines()
+            .any(|l| l.starts_with("anomaly_active{") && l.contains(&target) && l.ends_with(" 1.0"))
+    };
+    assert!(active(&s), "{}", s.metrics());
     assert_eq!(hook.distinct().len(), 1, "{:?}", hook.distinct());
     // After the grace (10 s at this scrape interval) it resolves, saying why.
     let events = hook.wait_distinct(2);
@@ -1016,7 +1024,9 @@ fn a_restart_while_the_api_is_down_ends_restored_alerts_after_the_grace() {
         "{resolved}"
     );
     assert!(waited >= Duration::from_secs(10), "{waited:?}");
-    assert!(alerts(&s, "firing").is_empty());
+    wait_for("the alert gone from /api/v1/alerts and /metrics", T, || {
+        (alerts(&s, "firing").is_empty() && !active(&s)).then_some(())
+    });
     let log = s.log();
     assert!(log.contains("Discovery has not answered"), "{log}");
     assert!(!log.contains("reason=target_gone"), "{log}");
