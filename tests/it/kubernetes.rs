@@ -640,7 +640,10 @@ fn feed(
                 start + 10 * t
             ));
             t += 1;
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            // Not a divisor of the scrape interval: the scrapes see every value of the cycle
+            // (at 50 ms, five to a 250 ms scrape, each scrape saw the same phase until the
+            // scrapes' phase moved, and 104 stood out of a window of 100s).
+            std::thread::sleep(std::time::Duration::from_millis(37));
         }
     });
 }
