@@ -494,6 +494,21 @@ fn discovery_renders_rbac_that_validates_and_the_binary_runs_its_args() {
         serde_json::json!(["get", "list", "watch"])
     );
     assert!(kind(&wide, "ClusterRoleBinding").is_some());
+    // Each namespace's Role grants what the entries watching it read, not what others do.
+    let mixed = example_with(&["discovery[0].kubernetes_sd.role=endpointslice"]);
+    let rules_in = |ns: &str| {
+        mixed
+            .iter()
+            .find(|d| d["kind"] == "Role" && d["metadata"]["namespace"] == ns)
+            .map(|r| r["rules"].clone())
+            .unwrap()
+    };
+    assert_eq!(rules_in("shop").as_array().unwrap().len(), 2);
+    assert_eq!(rules_in("shop")[1]["resources"][0], "endpointslices");
+    assert_eq!(
+        rules_in("monitoring"),
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}])
+    );
     // The Service role reads EndpointSlices too (and pods, for their workload).
     let slices = documents(&render(
         &helm,

@@ -57,11 +57,18 @@ naming none, as the sidecar defaults to its own). */}}
 {{- keys $ns | sortAlpha | join "," }}
 {{- end }}
 
-{{/* What kubernetes_sd reads, and nothing else: pods (the pod role, and the Service roles'
-join), and the endpoints or EndpointSlices of the roles in use. */}}
+{{/* What kubernetes_sd reads in namespace .namespace (every namespace when empty), and
+nothing else: pods (the pod role, and the Service roles' join), and the endpoints or
+EndpointSlices of the roles that entries watching it use. Called with (dict "root" $
+"namespace" NS). */}}
 {{- define "anomaly-sidecar.discoveryRules" -}}
+{{- $ns := .namespace }}
 {{- $roles := list }}
-{{- range .Values.discovery }}{{- with .kubernetes_sd }}{{- $roles = append $roles .role }}{{- end }}{{- end -}}
+{{- range .root.Values.discovery }}{{- with .kubernetes_sd }}
+{{- if or (not $ns) (has $ns (.namespaces | default (list $.root.Release.Namespace))) }}
+{{- $roles = append $roles .role }}
+{{- end }}
+{{- end }}{{- end -}}
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
