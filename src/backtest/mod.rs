@@ -13,8 +13,8 @@ pub mod grade;
 pub mod input;
 
 use crate::config::{Rule, RuleSet};
-use crate::pipeline::{new_state, RuleSeries};
-use crate::store::{SampleRing, SeriesIdentity};
+use crate::pipeline::{new_state, PeerGroups, RuleSeries};
+use crate::store::{SampleRing, SeriesId, SeriesIdentity};
 use input::Recorded;
 use std::collections::HashSet;
 use std::io::Write;
@@ -73,52 +73,134 @@ pub struct SeriesSummary {
     pub grade: Option<grade::Grade>,
 }
 
-/// Replays `series` through every rule of `rules` that selects it.
+/// Replays `series` through every rule of `rules` that selects it (alone: a `peers` rule
+/// finds no peers).
 pub fn replay(rules: &RuleSet, series: &Recorded) -> Replay {
-    let target: Arc<str> = series.target.as_str().into();
-    let identity = SeriesIdentity::new(target, &series.metric, &series.labels, false);
-    let selected: Vec<&Rule> = rules
-        .rules
+    replay_together(rules, std::slice::from_ref(series))
+        .pop()
+        .unwrap_or_else(|| Replayer::new(rules, series).out)
+}
+
+/// Replays every input through the rules that select it, all of them on one clock: rows go
+/// in time order across inputs (each input's own order kept), so a `peers` rule judges a
+/// series against the same series of the other inputs at the same time, as the live
+/// pipeline does at the same scrape round.
+pub fn replay_together(rules: &RuleSet, inputs: &[Recorded]) -> Vec<Replay> {
+    use std::cmp::Reverse;
+    let mut replayers: Vec<Replayer> = inputs.iter().map(|s| Replayer::new(rules, s)).collect();
+    let mut peers = crate::pipeline::PeerGroups::default();
+    // The input whose next row comes first, by (timestamp, input); each input's rows in order
+    // even where its clock went back.
+    let mut next: std::collections::BinaryHeap<Reverse<(i64, usize)>> = inputs
         .iter()
-        .filter(|r| r.selects(&series.target, &series.metric, &series.labels))
-        .map(|r| &**r)
+        .enumerate()
+        .filter_map(|(s, r)| Some(Reverse((r.rows.first()?.ts_ms, s))))
         .collect();
-    // As the store does: one more raw sample than the longest window (a rate needs it).
-    let capacity = selected.iter().map(|r| r.window + 1).max().unwrap_or(1);
-    let mut ring = SampleRing::default();
-    let mut states: Vec<Option<RuleSeries>> = selected.iter().map(|_| None).collect();
-    let n = series.rows.len();
-    let mut out = Replay {
-        scores: Vec::with_capacity(n),
-        active: Vec::with_capacity(n),
-        firings: Vec::new(),
-        rules: selected.len(),
-    };
-    for (i, row) in series.rows.iter().enumerate() {
+    let mut cursor = vec![0usize; inputs.len()];
+    while let Some(Reverse((_, s))) = next.pop() {
+        let i = cursor[s];
+        replayers[s].row(s as SeriesId, &inputs[s].rows[i], i, &mut peers);
+        cursor[s] += 1;
+        if let Some(row) = inputs[s].rows.get(i + 1) {
+            next.push(Reverse((row.ts_ms, s)));
+        }
+    }
+    replayers.into_iter().map(|r| r.out).collect()
+}
+
+/// One input's replay in progress.
+struct Replayer<'r> {
+    identity: SeriesIdentity,
+    /// The rules that select it, with their index in the rule set (a peers group's key).
+    selected: Vec<(usize, &'r Rule)>,
+    /// As the store does: one more raw sample than the longest window (a rate needs it).
+    capacity: usize,
+    ring: SampleRing,
+    states: Vec<Option<RuleSeries>>,
+    /// Peers' values count for two of the input's usual steps (live: two scrape intervals).
+    fresh_ms: i64,
+    out: Replay,
+}
+
+impl<'r> Replayer<'r> {
+    fn new(rules: &'r RuleSet, series: &Recorded) -> Self {
+        let target: Arc<str> = series.target.as_str().into();
+        let identity = SeriesIdentity::new(target, &series.metric, &series.labels, false);
+        let selected: Vec<(usize, &Rule)> = rules
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.selects(&series.target, &series.metric, &series.labels))
+            .map(|(i, r)| (i, &**r))
+            .collect();
+        let mut steps: Vec<i64> = series
+            .rows
+            .windows(2)
+            .map(|w| w[1].ts_ms - w[0].ts_ms)
+            .filter(|d| *d > 0)
+            .collect();
+        steps.sort_unstable();
+        let n = series.rows.len();
+        Self {
+            capacity: selected
+                .iter()
+                .map(|(_, r)| r.window + 1)
+                .max()
+                .unwrap_or(1),
+            states: selected.iter().map(|_| None).collect(),
+            fresh_ms: 2 * steps.get(steps.len() / 2).copied().unwrap_or(60_000),
+            out: Replay {
+                scores: Vec::with_capacity(n),
+                active: Vec::with_capacity(n),
+                firings: Vec::new(),
+                rules: selected.len(),
+            },
+            ring: SampleRing::default(),
+            identity,
+            selected,
+        }
+    }
+
+    /// Row `i` of the input (`id` among the inputs replayed together).
+    fn row(&mut self, id: SeriesId, row: &input::Row, i: usize, peers: &mut PeerGroups) {
         let mut score = 0.0f64;
         let mut fired = false;
         // NaN and ±Inf are skipped, as a scrape's are: not stored, not judged.
-        if row.value.is_finite() && !selected.is_empty() {
-            ring.push(capacity, row.ts_ms, row.value);
-            for (rule, state) in selected.iter().zip(states.iter_mut()) {
+        if row.value.is_finite() && !self.selected.is_empty() {
+            self.ring.push(self.capacity, row.ts_ms, row.value);
+            for (&(ri, rule), state) in self.selected.iter().zip(self.states.iter_mut()) {
                 let state = state.get_or_insert_with(|| {
-                    new_state(rule, &identity, std::iter::empty(), Default::default(), &[])
+                    new_state(
+                        rule,
+                        &self.identity,
+                        std::iter::empty(),
+                        Default::default(),
+                        &[],
+                    )
                 });
+                let is_peers = matches!(rule.method, crate::detect::Method::Peers { .. });
+                let others = is_peers
+                    .then(|| peers.others(ri, rule, id, &self.identity, row.ts_ms, self.fresh_ms));
                 let mut verdict = crate::detect::Verdict::default();
-                if let Some(step) = state.step(rule, false, &ring, &mut verdict, None) {
+                if let Some(step) =
+                    state.step(rule, false, &self.ring, &mut verdict, others.as_deref())
+                {
                     score = score.max(squash(verdict.score));
                     fired |= step.transition == Some(crate::alert::Transition::Firing);
+                    if is_peers {
+                        peers.set(ri, id, step.x, row.ts_ms);
+                    }
                 }
             }
         }
         if fired {
-            out.firings.push(i);
+            self.out.firings.push(i);
         }
-        out.scores.push(score);
-        out.active
-            .push(states.iter().flatten().any(RuleSeries::is_firing));
+        self.out.scores.push(score);
+        self.out
+            .active
+            .push(self.states.iter().flatten().any(RuleSeries::is_firing));
     }
-    out
 }
 
 /// The series of `--query` over `--start`..`--end` from the Prometheus at `url`.
@@ -182,8 +264,7 @@ pub fn run(
         source,
     })?;
     let mut summary = Vec::new();
-    for series in inputs {
-        let replay = replay(rules, series);
+    for (series, replay) in inputs.iter().zip(replay_together(rules, inputs)) {
         write_series(out, series, &replay)?;
         summary.push(SeriesSummary {
             name: series.name.clone(),

@@ -183,3 +183,53 @@ fn a_pending_alert_needs_the_whole_condition_for_all_of_for() {
     let r = replay(&rules(&format!("{ZSCORE}    for: 2m\n")), &s);
     assert_eq!(r.firings, vec![55]);
 }
+
+/// Pod `pod`'s copy of one metric at 15 s steps: 100 + a little, or `drift` from row 40.
+fn pod_series(pod: &str, n: usize, offset_ms: i64, drift: Option<f64>) -> Recorded {
+    let rows = (0..n)
+        .map(|i| Row {
+            ts_ms: 1_000_000 + i as i64 * 15_000 + offset_ms,
+            text: format!("t{i}"),
+            value: match drift {
+                Some(v) if i >= 40 => v,
+                _ => 100.0 + ((i * 7 + pod.len() * 3) % 5) as f64,
+            },
+        })
+        .collect();
+    Recorded {
+        name: format!("latency_{pod}"),
+        metric: "latency".into(),
+        labels: vec![("pod".into(), pod.into())],
+        target: "prometheus".into(),
+        rows,
+        backwards: None,
+    }
+}
+
+#[test]
+fn peers_rules_judge_each_input_against_the_others_at_the_same_time() {
+    let rules = rules("rules:\n  - name: outlier\n    match: latency\n    method: peers\n");
+    // Five pods scraped at their own instants of each 15 s round; one drifts from row 40.
+    let inputs: Vec<Recorded> = ["a", "bb", "ccc", "dddd", "eeeee"]
+        .iter()
+        .enumerate()
+        .map(|(k, pod)| {
+            let drift = (*pod == "ccc").then_some(180.0);
+            pod_series(pod, 80, k as i64 * 2_000, drift)
+        })
+        .collect();
+    let replays = replay_together(&rules, &inputs);
+    for (input, r) in inputs.iter().zip(&replays) {
+        if input.name == "latency_ccc" {
+            // min_anomalous 8 of 10 rounds: it fires on the 8th drifted row, once.
+            assert_eq!(r.firings, [47], "{}", input.name);
+            assert!(r.active[79]);
+        } else {
+            assert!(r.firings.is_empty(), "{}: {:?}", input.name, r.firings);
+        }
+    }
+    // Alone, a peers rule has nobody to compare with: nothing fires.
+    let alone = replay(&rules, &inputs[2]);
+    assert!(alone.firings.is_empty());
+    assert!(alone.scores.iter().all(|&s| s == 0.0));
+}

@@ -24,6 +24,7 @@ use crate::export::{
 use crate::scrape::manager::TargetChange;
 use crate::scrape::{Sample, ScrapeResult, Target};
 use crate::store::{series_id, IdMap, SeriesEntry, SeriesId, SeriesIdentity, Slot, Store};
+pub(crate) use peers::PeerGroups;
 use rule_series::{event, rule_names, seeded_state, shares_store_window, stored_profile};
 pub(crate) use rule_series::{new_state, RuleSeries};
 use scan::{NewSample, SeriesIndex};

@@ -13,7 +13,7 @@ use std::hash::{Hash, Hasher};
 const POD_LABELS: [&str; 5] = ["container", "namespace", "node", "pod", "workload"];
 
 #[derive(Default)]
-pub(super) struct PeerGroups {
+pub(crate) struct PeerGroups {
     /// (rule index, group) → member series → (value, when).
     groups: HashMap<(usize, u64), HashMap<SeriesId, (f64, i64)>>,
     /// (rule index, series) → its group, computed once.
@@ -53,7 +53,7 @@ impl PeerGroups {
     }
 
     /// The values of the other members of the series' group no older than `fresh_ms`.
-    pub(super) fn others(
+    pub(crate) fn others(
         &mut self,
         ri: usize,
         rule: &Rule,
@@ -73,7 +73,7 @@ impl PeerGroups {
     }
 
     /// The series' value of this round, for its peers to be judged against.
-    pub(super) fn set(&mut self, ri: usize, id: SeriesId, x: f64, at: i64) {
+    pub(crate) fn set(&mut self, ri: usize, id: SeriesId, x: f64, at: i64) {
         if let Some(&g) = self.of.get(&(ri, id)) {
             self.groups.entry((ri, g)).or_default().insert(id, (x, at));
         }

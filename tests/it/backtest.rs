@@ -2,6 +2,7 @@
 //! input problem reported with file and line, nothing written.
 
 use crate::common::*;
+use std::path::Path;
 
 const RULES: &str =
     "rules:\n  - name: z\n    match: '{__name__=~\".+\"}'\n    method: zscore\n    for: 2m\n";
@@ -298,13 +299,45 @@ pub fn openmetrics(name: &str, labels: &str, end_s: u64, n: u64, spike: Option<u
     s
 }
 
-#[test]
-fn replays_a_range_read_from_prometheus() {
-    let end = std::time::SystemTime::now()
+/// A minute ago, in Unix seconds: where the backfilled histories end.
+fn a_minute_ago() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        - 60;
+        - 60
+}
+
+/// `backtest` of `query` on the Prometheus at `url`, from `start` to `end` at 1 s steps.
+fn backtest_query(
+    rules: &Path,
+    url: &str,
+    query: &str,
+    (start, end): (&str, &str),
+    out: &Path,
+) -> std::process::Output {
+    run(&[
+        "backtest",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--prometheus",
+        url,
+        "--query",
+        query,
+        "--start",
+        start,
+        "--end",
+        end,
+        "--step",
+        "1s",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn replays_a_range_read_from_prometheus() {
+    let end = a_minute_ago();
     let history = openmetrics(
         "bt_value",
         "instance=\"h:1\",job=\"bt\"",
@@ -324,25 +357,7 @@ fn replays_a_range_read_from_prometheus() {
     let out_dir = dir.path().join("out");
     let url = format!("http://{}", prom.addr);
     let (start, end) = ((end - 299).to_string(), end.to_string());
-    let args = |query: &str, out: &std::path::Path| {
-        run(&[
-            "backtest",
-            "--rules",
-            rules.to_str().unwrap(),
-            "--prometheus",
-            &url,
-            "--query",
-            query,
-            "--start",
-            &start,
-            "--end",
-            &end,
-            "--step",
-            "1s",
-            "--out",
-            out.to_str().unwrap(),
-        ])
-    };
+    let args = |query: &str, out: &Path| backtest_query(&rules, &url, query, (&start, &end), out);
     let out = args("bt_value", &out_dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -387,6 +402,61 @@ fn replays_a_range_read_from_prometheus() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("reading from Prometheus"));
     assert!(!bad.exists());
+}
+
+#[test]
+fn a_peers_rule_replays_each_pod_against_the_others_from_prometheus() {
+    let end = a_minute_ago();
+    // Five pods of one job, a second apart; p3 drifts to 30 for its last 100 s.
+    let mut history = String::from("# TYPE bt_latency gauge\n");
+    for i in 0..300u64 {
+        for k in 0..5u64 {
+            let v = if k == 3 && i >= 200 {
+                30
+            } else {
+                10 + (i + k) % 3
+            };
+            history.push_str(&format!(
+                "bt_latency{{job=\"bt\",pod=\"p{k}\"}} {v} {}\n",
+                end - 299 + i
+            ));
+        }
+    }
+    history.push_str("# EOF\n");
+    let Some(prom) = HistoryPrometheus::start(&history) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.yaml",
+        "rules:\n  - name: outlier\n    match: bt_latency\n    method: peers\n",
+    );
+    let out_dir = dir.path().join("out");
+    let (start, end_s) = ((end - 299).to_string(), end.to_string());
+    let url = format!("http://{}", prom.addr);
+    let range = (start.as_str(), end_s.as_str());
+    let out = backtest_query(&rules, &url, "bt_latency", range, &out_dir);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut fired = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(&out_dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(series) = name.strip_suffix(".events.csv") {
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            fired.insert(series.to_string(), text.lines().skip(1).count());
+        }
+    }
+    assert_eq!(fired.len(), 5, "{fired:?}");
+    for (series, n) in &fired {
+        // Only the pod that drifted, once (8 of 10 rounds out, then it stays out).
+        let want = usize::from(series.ends_with("p3"));
+        assert_eq!(*n, want, "{series}: {fired:?}");
+    }
 }
 
 /// `--labels` with NAB's own labels over the shared NAB series: the NAB score it prints is
