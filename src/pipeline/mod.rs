@@ -41,6 +41,10 @@ const PREFETCH_AHEAD: usize = 8;
 /// Rows handed to the exporter at a time while a scrape is evaluated.
 const EXPORT_SLICE: usize = 4096;
 
+/// Scrape results evaluated before one write of the store and the alert book covers them
+/// (those already waiting; one alone is written at once).
+const COALESCED_RESULTS: usize = 64;
+
 /// What the pipeline needs besides its inputs.
 pub struct PipelineSettings {
     pub max_series: usize,
@@ -206,11 +210,22 @@ impl Pipeline {
                     }
                 }
                 r = results.recv() => match r {
-                    Some(r) if self.live(&r).is_none() => {}
                     Some(r) => {
-                        if let Some(r) = self.warm_first_scrape(r) {
-                            self.handle(r).await;
+                        self.take(r);
+                        // Results already waiting are evaluated before one write covers
+                        // them all: a thousand pods scraped in the same instant were a
+                        // thousand journal writes and flushes. A target is still known
+                        // before its first result.
+                        for _ in 1..COALESCED_RESULTS {
+                            while let Ok(change) = changes.try_recv() {
+                                self.target_change(change);
+                            }
+                            match results.try_recv() {
+                                Ok(r) => self.take(r),
+                                Err(_) => break,
+                            }
                         }
+                        self.persist().await;
                     }
                     None => break,
                 },
@@ -220,8 +235,27 @@ impl Pipeline {
         tracing::info!("Pipeline stopped; store flushed");
     }
 
+    /// A scrape result off the channel: evaluated unless its target has gone (or it waits
+    /// for its warm start); not written yet.
+    fn take(&mut self, r: ScrapeResult) {
+        if self.live(&r).is_none() {
+            return;
+        }
+        if let Some(r) = self.warm_first_scrape(r) {
+            self.evaluate(r);
+        }
+    }
+
     /// One scrape result, evaluated and written.
     async fn handle(&mut self, r: ScrapeResult) {
+        self.evaluate(r);
+        // Alert states and their events reach the disk together, before any delivery
+        // attempt.
+        self.persist().await;
+    }
+
+    /// One scrape result, evaluated (its changes staged for the next write).
+    fn evaluate(&mut self, r: ScrapeResult) {
         let started_ms = r.at_ms;
         let (target, at_ms) = (r.target, r.at_ms);
         self.process(r);
@@ -231,9 +265,6 @@ impl Pipeline {
             .metrics
             .scrape_to_export_seconds
             .observe(took as f64 / 1000.0);
-        // Alert states and their events reach the disk together, before any delivery
-        // attempt.
-        self.persist().await;
     }
 
     /// Evaluates one scrape.

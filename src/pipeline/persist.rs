@@ -1,4 +1,5 @@
-//! Writing each scrape's changes to the store and the alert book, and getting the store back
+//! Writing the changes of the scrapes evaluated since the last write (one, or those that
+//! arrived together) to the store and the alert book, and getting the store back
 //! after a write failed (a full disk): detection goes on from memory meanwhile, and once the
 //! database reopens, memory is written back whole.
 //!
