@@ -176,6 +176,17 @@ where
     stream::select_all(streams).boxed()
 }
 
+/// The stream's next item; None at its end or at shutdown.
+async fn next_until<S: futures_util::Stream + Unpin>(
+    events: &mut S,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<S::Item> {
+    tokio::select! {
+        _ = shutdown.changed() => None,
+        e = events.next() => e,
+    }
+}
+
 /// One event of the watches an entry runs.
 enum Watched {
     // (a pod is large: boxed, so the other events do not carry its size)
@@ -234,12 +245,8 @@ pub async fn run(
     let mut targets = Targets::new(&sd, n);
     let mut failing = false;
     loop {
-        let (ns, event) = tokio::select! {
-            _ = shutdown.changed() => return,
-            e = events.next() => match e {
-                Some(e) => e,
-                None => return,
-            },
+        let Some((ns, event)) = next_until(&mut events, &mut shutdown).await else {
+            return;
         };
         let event = match event {
             Ok(e) => e,

@@ -76,12 +76,8 @@ impl Replicas {
             .boxed();
         let mut failing = false;
         loop {
-            let event = tokio::select! {
-                _ = shutdown.changed() => return,
-                e = events.next() => match e {
-                    Some(e) => e,
-                    None => return,
-                },
+            let Some(event) = super::next_until(&mut events, &mut shutdown).await else {
+                return;
             };
             let set = match event {
                 Ok(set) => set,
