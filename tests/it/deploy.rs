@@ -290,19 +290,8 @@ fn sidecar_example_renders_validates_and_its_args_run() {
 
     // The real binary accepts exactly what the chart renders (paths and port made local).
     let work = tempfile::tempdir().unwrap();
-    let rules = Path::new(ROOT).join("rules.yaml");
     let listen = format!("127.0.0.1:{}", free_port());
-    let args: Vec<String> = args
-        .into_iter()
-        .map(|a| {
-            a.replace("/etc/anomaly-sidecar/rules.yaml", rules.to_str().unwrap())
-                .replace(
-                    "/var/lib/anomaly-sidecar",
-                    work.path().join("data").to_str().unwrap(),
-                )
-                .replace("0.0.0.0:9477", &listen)
-        })
-        .collect();
+    let args = local_args(args, work.path(), &listen, &[]);
     let mut child = Command::new(BIN)
         .args(&args)
         .stderr(std::process::Stdio::null())
@@ -392,6 +381,31 @@ fn warm_start_values_set_the_flags_and_the_pod_name() {
     let docs = documents(&render(&helm, &validate, &chart(), &[]));
     let c = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0];
     assert!(c["env"].is_null());
+}
+
+/// The chart's args with its in-pod paths made local: this repo's rules, a data dir under
+/// `work`, `listen`, and `files` (in-pod path → local file).
+fn local_args(
+    args: Vec<String>,
+    work: &Path,
+    listen: &str,
+    files: &[(&str, &Path)],
+) -> Vec<String> {
+    let rules = Path::new(ROOT).join("rules.yaml");
+    let data = work.join("data");
+    let mut paths = vec![
+        ("/etc/anomaly-sidecar/rules.yaml", rules.as_path()),
+        ("/var/lib/anomaly-sidecar", data.as_path()),
+    ];
+    paths.extend_from_slice(files);
+    args.into_iter()
+        .map(|a| {
+            let a = paths
+                .iter()
+                .fold(a, |a, (from, to)| a.replace(from, to.to_str().unwrap()));
+            a.replace("0.0.0.0:9477", listen)
+        })
+        .collect()
 }
 
 /// The container args a manifest's first pod template renders.
@@ -541,27 +555,18 @@ fn discovery_renders_rbac_that_validates_and_the_binary_runs_its_args() {
         targets_cm["data"]["targets.yml"].as_str().unwrap(),
     );
     let secret = write(work.path(), "webhook-secret", "s3cret");
-    let rules = Path::new(ROOT).join("rules.yaml");
     let listen = format!("127.0.0.1:{}", free_port());
-    let args: Vec<String> = args
-        .into_iter()
-        .map(|a| {
-            a.replace("/etc/anomaly-sidecar/rules.yaml", rules.to_str().unwrap())
-                .replace(
-                    "/etc/anomaly-sidecar-targets/targets.yml",
-                    targets.to_str().unwrap(),
-                )
-                .replace(
-                    "/var/run/secrets/anomaly-sidecar/webhook-secret",
-                    secret.to_str().unwrap(),
-                )
-                .replace(
-                    "/var/lib/anomaly-sidecar",
-                    work.path().join("data").to_str().unwrap(),
-                )
-                .replace("0.0.0.0:9477", &listen)
-        })
-        .collect();
+    let files = [
+        (
+            "/etc/anomaly-sidecar-targets/targets.yml",
+            targets.as_path(),
+        ),
+        (
+            "/var/run/secrets/anomaly-sidecar/webhook-secret",
+            secret.as_path(),
+        ),
+    ];
+    let args = local_args(args, work.path(), &listen, &files);
     let mut child = Command::new(BIN)
         .args(&args)
         .env("KUBECONFIG", &kubeconfig)

@@ -58,13 +58,8 @@ fn target(
     if let Some(w) = info.and_then(|i| i.workload.clone()) {
         labels.push(("workload".to_string(), w));
     }
-    let host = if ip.contains(':') {
-        format!("[{ip}]")
-    } else {
-        ip.to_string()
-    };
     Discovered {
-        address: format!("{host}:{number}"),
+        address: super::address(ip, number),
         labels,
         ..Discovered::default()
     }
@@ -137,7 +132,7 @@ pub(super) fn endpoints_targets(
 
 #[cfg(test)]
 mod tests {
-    use super::super::pods::tests::pod;
+    use super::super::pods::tests::{labels, pod};
     use super::*;
     use crate::config::kube_sd::Role;
 
@@ -187,13 +182,8 @@ mod tests {
         let addresses: Vec<&str> = t.iter().map(|d| d.address.as_str()).collect();
         // The terminating endpoint is left out; a not-ready one is still scraped.
         assert_eq!(addresses, ["10.1.0.5:9090", "10.1.0.7:9090"]);
-        let labels: Vec<(&str, &str)> = t[0]
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         assert_eq!(
-            labels,
+            labels(&t[0]),
             [
                 ("container", "api"),
                 ("namespace", "shop"),

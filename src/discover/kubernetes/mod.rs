@@ -145,6 +145,15 @@ impl<V: Clone + PartialEq> Listed<V> {
     }
 }
 
+/// `ip:port`, an IPv6 address in brackets (as Prometheus' `__address__`).
+fn address(ip: &str, port: impl std::fmt::Display) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
 /// Every target, sorted by address.
 fn sorted(mut targets: Vec<Discovered>) -> Vec<Discovered> {
     targets.sort_by(|a, b| a.address.cmp(&b.address));

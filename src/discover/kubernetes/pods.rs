@@ -72,11 +72,6 @@ pub fn pod_targets(pod: &Pod, sd: &KubernetesSd) -> Vec<Discovered> {
             PortRef::Name(_) => return Vec::new(),
         }
     }
-    let host = if ip.contains(':') {
-        format!("[{ip}]")
-    } else {
-        ip.to_string()
-    };
     let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
     found
         .into_iter()
@@ -99,7 +94,7 @@ pub fn pod_targets(pod: &Pod, sd: &KubernetesSd) -> Vec<Discovered> {
                 labels.push(("workload".to_string(), w));
             }
             Discovered {
-                address: format!("{host}:{number}"),
+                address: super::address(ip, number),
                 labels,
                 path: path.clone(),
                 scheme: scheme.clone(),
@@ -255,6 +250,14 @@ pub(super) mod tests {
         }
     }
 
+    /// A target's labels, as pairs of strs to compare with literals.
+    pub(in crate::discover::kubernetes) fn labels(d: &Discovered) -> Vec<(&str, &str)> {
+        d.labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+
     pub(in crate::discover::kubernetes) fn addresses(t: &[Discovered]) -> Vec<&str> {
         t.iter().map(|d| d.address.as_str()).collect()
     }
@@ -269,13 +272,8 @@ pub(super) mod tests {
         );
         let t = pod_targets(&p, &sd(Some(PortRef::Name("metrics".into())), false));
         assert_eq!(addresses(&t), ["10.1.2.3:9090"]);
-        let labels: Vec<(&str, &str)> = t[0]
-            .labels
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         assert_eq!(
-            labels,
+            labels(&t[0]),
             [
                 ("container", "api"),
                 ("namespace", "shop"),
