@@ -592,25 +592,22 @@ impl Pipeline {
                 }
             };
             let key = (self.ids[ri], id);
-            if !matches!(rule.method, crate::detect::Method::Peers { .. }) {
-                evaluate_rule(
-                    rule,
-                    ri,
-                    state,
-                    &self.heads[ri],
-                    key,
-                    appended.entry,
-                    b,
-                    None,
-                );
-                continue;
-            }
-            // Its peers' values of this round; then its own, for theirs.
+            // A peers rule: its peers' values of this round; then its own, for theirs.
+            let is_peers = matches!(rule.method, crate::detect::Method::Peers { .. });
             let fresh = 2 * self.settings.scrape_interval.as_millis() as i64;
-            let others = self.peers.others(ri, rule, id, identity, now, fresh);
+            let others = is_peers.then(|| self.peers.others(ri, rule, id, identity, now, fresh));
             let head = &self.heads[ri];
-            let x = evaluate_rule(rule, ri, state, head, key, appended.entry, b, Some(&others));
-            if let Some(x) = x {
+            let x = evaluate_rule(
+                rule,
+                ri,
+                state,
+                head,
+                key,
+                appended.entry,
+                b,
+                others.as_deref(),
+            );
+            if let (true, Some(x)) = (is_peers, x) {
                 self.peers.set(ri, id, x, now);
             }
         }

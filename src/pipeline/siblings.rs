@@ -67,7 +67,7 @@ impl Siblings {
         }
     }
 
-    /// Rule indices change with the rules; donors do not.
+    /// Series gone from the store (`gone`) are nobody's donor any more.
     pub(super) fn forget(&mut self, gone: &[(SeriesId, Slot)]) {
         if self.donors.is_empty() || gone.is_empty() {
             return;
