@@ -1,5 +1,6 @@
 //! Small helpers several stages share, in one place: the wall clock in milliseconds,
-//! timestamps as RFC 3339, floats for JSON and for people.
+//! timestamps as RFC 3339, floats for JSON and for people, a label pair as Prometheus
+//! writes it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -78,6 +79,23 @@ pub fn redact_url(text: &str) -> String {
         url.query_pairs_mut().clear().extend_pairs(pairs);
     }
     url.to_string()
+}
+
+/// Appends `prefix` + `name="value"`, the value escaped as the text format and PromQL
+/// both read it.
+pub fn push_label(out: &mut String, prefix: &str, name: &str, value: &str) {
+    out.push_str(prefix);
+    out.push_str(name);
+    out.push_str("=\"");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 #[cfg(test)]

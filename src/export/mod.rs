@@ -15,7 +15,7 @@ pub use self_metrics::SelfMetrics;
 use crate::alert::AlertEvent;
 use crate::detect::Verdict;
 use crate::store::{SeriesId, SeriesIdentity};
-use crate::util::{finite, rfc3339};
+use crate::util::{finite, push_label, rfc3339};
 use hyper::body::Bytes;
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -472,22 +472,6 @@ pub fn render_labels(pairs: &[(&str, &str)]) -> String {
         push_label(&mut out, "", k, v);
     }
     out
-}
-
-/// Appends `prefix` + `name="value"`, the value escaped per the text format.
-fn push_label(out: &mut String, prefix: &str, name: &str, value: &str) {
-    out.push_str(prefix);
-    out.push_str(name);
-    out.push_str("=\"");
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// Appends a row's label set (without braces): the rule's part, target, metric, then the

@@ -512,21 +512,15 @@ impl Pipeline {
                 let identity =
                     || SeriesIdentity::new(target.clone(), &s.name, &s.labels, s.counter_like);
                 match self.store.admit(id, identity, self.settings.max_series) {
-                    Ok(slot)
-                        if self.warm.is_some()
-                            && self.store.at(slot).is_some_and(|e| e.samples().is_empty()) =>
-                    {
-                        let window = rules
-                            .iter()
-                            .map(|&ri| self.rules.rules[ri].window)
-                            .max()
-                            .unwrap_or(0);
-                        self.admitted(slot, id, &s.name, &s.labels, window);
-                        slot
-                    }
                     Ok(slot) => {
-                        if self.store.at(slot).is_some_and(|e| e.samples().is_empty()) {
+                        // Nothing stored: Prometheus' history of the series itself first
+                        // (--warmup-from), else its workload's. One with a history
+                        // (restored, or Prometheus') is there for its workload's next pods.
+                        let empty = self.store.at(slot).is_some_and(|e| e.samples().is_empty());
+                        if empty && !self.admitted(slot, id, s, rules) {
                             seed = self.seed_from_sibling(slot, id, s, rules, now);
+                        } else {
+                            self.offer_as_donor(id, s);
                         }
                         slot
                     }

@@ -78,6 +78,16 @@ impl Siblings {
 }
 
 impl Pipeline {
+    /// A series seen for the first time since start, with a history of its own (restored
+    /// from the store, or read from Prometheus): its workload's donor if that has none, so
+    /// that a pod replaced after a restart starts from it too.
+    pub(super) fn offer_as_donor(&mut self, id: SeriesId, sample: &crate::scrape::Sample) {
+        let store = &self.store;
+        let _ = self
+            .siblings
+            .donor(&sample.name, &sample.labels, id, |d| store.get(d).is_some());
+    }
+
     /// A series just admitted in `slot`: seeded from a sibling pod's copy if it has one. A
     /// gauge's history goes into its own; the seed is returned for its rules' states.
     pub(super) fn seed_from_sibling(

@@ -6,9 +6,10 @@
 //! rule states are rebuilt from the history when it arrives (from their next scrape on).
 //! An unreachable Prometheus is a warning: the series start from scratch.
 
+use super::targets::with_target_labels;
 use super::Pipeline;
 use crate::scrape::warmup::{Fetched, Wanted, Warmup};
-use crate::scrape::{ScrapeBody, ScrapeResult};
+use crate::scrape::{Sample, ScrapeBody, ScrapeResult};
 use crate::store::{series_id, IdMap, SeriesId, Slot};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -96,9 +97,10 @@ impl Pipeline {
             return Some(result);
         }
         let (warmup, firsts) = (warm.warmup.clone(), warm.firsts.clone());
+        let labels = self.target_labels(t);
         // The scrape holds its target's one body in flight: the target waits, nothing else.
         tokio::spawn(async move {
-            let fetched = warmup.fetch(&wanted, result.at_ms).await;
+            let fetched = warmup.fetch(&wanted, &labels, result.at_ms).await;
             let _ = firsts.send((result, wanted.len(), fetched));
         });
         None
@@ -116,7 +118,17 @@ impl Pipeline {
         Some(result)
     }
 
-    /// The series of `body` that a rule selects and whose stored window is short.
+    /// The labels target `t` adds to its series (discovery's), none once it has gone.
+    fn target_labels(&self, t: usize) -> Vec<(String, String)> {
+        self.targets
+            .get(t)
+            .and_then(|t| t.as_ref())
+            .map(|t| t.labels.clone())
+            .unwrap_or_default()
+    }
+
+    /// The series of `body` that a rule selects and whose stored window is short, with
+    /// their target's labels as they are stored and judged.
     fn wanted_in(&mut self, t: usize, body: &ScrapeBody) -> Vec<Wanted> {
         let Some(target) = self.targets[t].as_ref().map(|t| t.name.clone()) else {
             return Vec::new();
@@ -124,8 +136,10 @@ impl Pipeline {
         let Some(step) = self.warm.as_ref().map(|w| w.warmup.step_ms()) else {
             return Vec::new();
         };
+        let labels = self.target_labels(t);
         let mut wanted = Vec::new();
         for sample in crate::scrape::parse::samples(&body.text).flatten() {
+            let sample = with_target_labels(sample, &labels);
             let id = series_id(&target, &sample.name, &sample.labels);
             let rules = self.rules_for(id, &target, &sample);
             let needed = rules
@@ -194,33 +208,40 @@ impl Pipeline {
         }
     }
 
-    /// A series just admitted: the history fetched for it, if any; else, after its target's
-    /// first scrape, ask for it in the background.
+    /// A series just admitted with nothing stored: the history fetched for it, if any; else,
+    /// after its target's first scrape, ask for it in the background. False when warm start
+    /// has nothing for it (off, or asked already at the first scrape and Prometheus had
+    /// nothing: a new pod's name), so that its workload's history may seed it.
     pub(super) fn admitted(
         &mut self,
         slot: Slot,
         id: SeriesId,
-        name: &str,
-        labels: &[(String, String)],
-        window: usize,
-    ) {
+        sample: &Sample,
+        rules: &[usize],
+    ) -> bool {
+        let window = rules
+            .iter()
+            .map(|&ri| self.rules.rules[ri].window)
+            .max()
+            .unwrap_or(0);
         let Some(w) = &mut self.warm else {
-            return;
+            return false;
         };
         if let Some(history) = w.pending.remove(&id) {
             self.store.backfill(slot, &history);
-            return;
+            return true;
         }
         if w.first_scrape {
-            return; // asked already, and Prometheus had nothing
+            return false;
         }
         let span_ms = (window as i64 + 1) * w.warmup.step_ms();
         w.late.push(Wanted {
             id,
-            name: name.to_string(),
-            labels: labels.to_vec(),
+            name: sample.name.clone(),
+            labels: sample.labels.clone(),
             span_ms,
         });
+        true
     }
 
     /// After a scrape: ask for the late series' history in the background, and drop the
@@ -243,8 +264,9 @@ impl Pipeline {
             .and_then(|t| t.as_ref())
             .map(|t| t.name.clone())
             .unwrap_or_default();
+        let labels = self.target_labels(target);
         tokio::spawn(async move {
-            let fetched = warmup.fetch(&wanted, now_ms).await;
+            let fetched = warmup.fetch(&wanted, &labels, now_ms).await;
             let _ = replies.send((name, wanted.len(), fetched));
         });
     }

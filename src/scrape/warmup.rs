@@ -5,9 +5,12 @@
 //! Prometheus labels the same series with its own target labels (`job`, `instance`, and with
 //! Kubernetes service discovery `namespace`, `pod`…). A series of ours matches a Prometheus
 //! series whose labels include all of ours with equal values and whose other labels are
-//! target labels (present on every series of the answer). `--warmup-selector` (e.g.
-//! `pod="$(POD_NAME)"`) pins the query to this pod's copy; a series that still matches
-//! several (replicas) is skipped and counted, never mixed.
+//! target labels (present on every series of the answer). Our own target labels (a
+//! discovered pod's `namespace`, `pod`, `workload`…) need only be equal where Prometheus has
+//! them too (no relabelling gives it `workload`), and `namespace` and `pod` pin the query to
+//! that pod's copy, as the usual Kubernetes relabelling names them. `--warmup-selector`
+//! (e.g. `pod="$(POD_NAME)"`) pins every query; a series that still matches several
+//! (replicas) is skipped and counted, never mixed.
 
 use crate::promapi::{self, PromApiError};
 use crate::store::SeriesId;
@@ -16,6 +19,9 @@ use std::time::Duration;
 
 /// Names asked per request (`{__name__=~"a|b|…"}`): few requests without an overlong query.
 const NAMES_PER_QUERY: usize = 64;
+
+/// Target labels of ours that pin a query to one pod's copy, where the target has them.
+const PINS: [&str; 2] = ["namespace", "pod"];
 
 /// A series whose window the store cannot fill.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,10 +85,16 @@ impl Warmup {
         self.step_ms
     }
 
-    /// The history before `now_ms` of every `wanted` series, by metric name in few queries,
-    /// within the timeout.
-    pub async fn fetch(&self, wanted: &[Wanted], now_ms: i64) -> Fetched {
-        tokio::time::timeout(self.timeout, self.fetch_unbounded(wanted, now_ms))
+    /// The history before `now_ms` of every `wanted` series of one target whose own labels
+    /// are `target` (none for a `url` target), by metric name in few queries, within the
+    /// timeout.
+    pub async fn fetch(
+        &self,
+        wanted: &[Wanted],
+        target: &[(String, String)],
+        now_ms: i64,
+    ) -> Fetched {
+        tokio::time::timeout(self.timeout, self.fetch_unbounded(wanted, target, now_ms))
             .await
             .unwrap_or_else(|_| Fetched {
                 missing: wanted.len(),
@@ -91,8 +103,17 @@ impl Warmup {
             })
     }
 
-    async fn fetch_unbounded(&self, wanted: &[Wanted], now_ms: i64) -> Fetched {
+    async fn fetch_unbounded(
+        &self,
+        wanted: &[Wanted],
+        target: &[(String, String)],
+        now_ms: i64,
+    ) -> Fetched {
         let mut out = Fetched::default();
+        let mut pins = String::new();
+        for (k, v) in target.iter().filter(|(k, _)| PINS.contains(&k.as_str())) {
+            crate::util::push_label(&mut pins, ",", k, v);
+        }
         let mut by_name: BTreeMap<&str, Vec<&Wanted>> = BTreeMap::new();
         for w in wanted {
             by_name.entry(w.name.as_str()).or_default().push(w);
@@ -113,6 +134,7 @@ impl Warmup {
                 query.push(',');
                 query.push_str(&self.matchers);
             }
+            query.push_str(&pins);
             query.push('}');
             // Strictly before now: the scrape at `now_ms` is the sample to judge.
             let (start, end) = (now_ms - span, now_ms - 1);
@@ -141,7 +163,7 @@ impl Warmup {
             for name in chunk {
                 let got = answered.remove(*name).unwrap_or_default();
                 for w in &by_name[name] {
-                    match matching(w, &got) {
+                    match matching(w, target, &got) {
                         Match::One(s) => {
                             let since = now_ms - w.span_ms;
                             let samples: Vec<(i64, f64)> = s
@@ -172,9 +194,15 @@ enum Match<'a> {
     Several,
 }
 
-/// The Prometheus series of `got` (all of one metric name) that is `w` plus target labels.
-fn matching<'a>(w: &Wanted, got: &'a [promapi::RangeSeries]) -> Match<'a> {
-    // Target labels: on every series of the answer (a metric's own labels vary).
+/// The Prometheus series of `got` (all of one metric name) that is `w` plus target labels:
+/// its labels but `target`'s (a discovered pod's, which Prometheus may lack) all there and
+/// equal, `target`'s equal where Prometheus has them, and no other label of the metric's own.
+fn matching<'a>(
+    w: &Wanted,
+    target: &[(String, String)],
+    got: &'a [promapi::RangeSeries],
+) -> Match<'a> {
+    // Prometheus' target labels: on every series of the answer (a metric's own labels vary).
     let mut common: Option<BTreeSet<&str>> = None;
     for s in got {
         let names: BTreeSet<&str> = s.labels.keys().map(String::as_str).collect();
@@ -189,12 +217,14 @@ fn matching<'a>(w: &Wanted, got: &'a [promapi::RangeSeries]) -> Match<'a> {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    let optional = |k: &str| target.iter().any(|(t, _)| t == k);
     let mut found = got.iter().filter(|s| {
-        ours.iter()
-            .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            && s.labels.keys().all(|k| {
-                k == "__name__" || ours.contains_key(k.as_str()) || common.contains(k.as_str())
-            })
+        ours.iter().all(|(k, v)| match s.labels.get(*k) {
+            Some(theirs) => theirs == v,
+            None => optional(k),
+        }) && s.labels.keys().all(|k| {
+            k == "__name__" || ours.contains_key(k.as_str()) || common.contains(k.as_str())
+        })
     });
     match (found.next(), found.next()) {
         (Some(s), None) => Match::One(s),
@@ -254,10 +284,10 @@ mod tests {
         ];
         // {code="200"} is the first: the second has `method`, a label of the metric's own.
         assert!(
-            matches!(matching(&wanted(&[("code", "200")]), &got), Match::One(s) if s.labels.len() == 4)
+            matches!(matching(&wanted(&[("code", "200")]), &[], &got), Match::One(s) if s.labels.len() == 4)
         );
         assert!(matches!(
-            matching(&wanted(&[("code", "404")]), &got),
+            matching(&wanted(&[("code", "404")]), &[], &got),
             Match::None
         ));
         let replicas = vec![
@@ -275,7 +305,56 @@ mod tests {
             ]),
         ];
         assert!(matches!(
-            matching(&wanted(&[("code", "200")]), &replicas),
+            matching(&wanted(&[("code", "200")]), &[], &replicas),
+            Match::Several
+        ));
+    }
+
+    #[test]
+    fn a_discovered_pods_labels_match_where_prometheus_has_them() {
+        // Ours: the exporter's `code` plus discovery's target labels; Prometheus relabels
+        // `namespace`, `pod` and `container` but has no `workload` or `node`.
+        let w = wanted(&[
+            ("code", "200"),
+            ("container", "api"),
+            ("namespace", "shop"),
+            ("node", "node-a"),
+            ("pod", "api-1"),
+            ("workload", "api"),
+        ]);
+        let target: Vec<(String, String)> = w.labels[1..].to_vec();
+        let copy = |pod: &str| {
+            series(&[
+                ("__name__", "m"),
+                ("code", "200"),
+                ("container", "api"),
+                ("instance", "10.0.0.1:8080"),
+                ("job", "pods"),
+                ("namespace", "shop"),
+                ("pod", pod),
+            ])
+        };
+        let got = vec![copy("api-1"), copy("api-2")];
+        assert!(matches!(matching(&w, &target, &got), Match::One(s) if s.labels["pod"] == "api-1"));
+        // Without them as target labels, `workload` and `node` must be in Prometheus' copy.
+        assert!(matches!(matching(&w, &[], &got), Match::None));
+        // The exporter's own labels are never optional.
+        let other_code = vec![series(&[
+            ("__name__", "m"),
+            ("code", "500"),
+            ("pod", "api-1"),
+        ])];
+        assert!(matches!(matching(&w, &target, &other_code), Match::None));
+        // Where Prometheus names the pod otherwise, every pod's copy matches: skipped.
+        let renamed = |pod: &str| {
+            series(&[
+                ("__name__", "m"),
+                ("code", "200"),
+                ("kubernetes_pod_name", pod),
+            ])
+        };
+        assert!(matches!(
+            matching(&w, &target, &[renamed("api-1"), renamed("api-2")]),
             Match::Several
         ));
     }

@@ -257,16 +257,8 @@ fn sidecar_example_renders_validates_and_its_args_run() {
     let (Some(helm), Some(validate)) = (tool("helm"), tool("kubernetes-validate")) else {
         return;
     };
-    // Work on a copy: `helm dependency build` writes charts/ next to the example.
-    let dir = tempfile::tempdir().unwrap();
-    ok(Command::new("cp")
-        .arg("-r")
-        .arg(Path::new(ROOT).join("helm"))
-        .arg(dir.path()));
+    let dir = sidecar_example(&helm);
     let example = dir.path().join("helm/anomaly-sidecar/examples/sidecar");
-    ok(Command::new(&helm)
-        .args(["dependency", "build"])
-        .arg(&example));
     let docs = documents(&render(&helm, &validate, &example, &[]));
     let pod = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"];
     let containers = pod["containers"].as_array().unwrap();
@@ -277,12 +269,7 @@ fn sidecar_example_renders_validates_and_its_args_run() {
     );
     let sidecar = &containers[1];
     assert_eq!(sidecar["name"], "anomaly-sidecar");
-    let args: Vec<String> = sidecar["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
+    let args = args_of_container(sidecar);
     assert!(
         args.contains(&"--target=http://127.0.0.1:8080/metrics".to_string()),
         "{args:?}"
@@ -348,28 +335,22 @@ fn warm_start_values_set_the_flags_and_the_pod_name() {
     let (Some(helm), Some(validate)) = (tool("helm"), tool("kubernetes-validate")) else {
         return;
     };
+    let from = "warmup.from=http://prometheus-operated.monitoring.svc:9090";
+    let flag = "--warmup-from=http://prometheus-operated.monitoring.svc:9090";
+    // In a service's pod: this pod's copy of its neighbour's series, by its own name.
+    let example = sidecar_example(&helm);
     let docs = documents(&render(
         &helm,
         &validate,
-        &chart(),
-        &[
-            "--set",
-            "warmup.from=http://prometheus-operated.monitoring.svc:9090",
-        ],
+        &example.path().join("helm/anomaly-sidecar/examples/sidecar"),
+        &["--set", &format!("anomaly-sidecar.{from}")],
     ));
-    let c = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0];
-    let args: Vec<&str> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|a| a.as_str())
-        .collect();
+    let c = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][1];
+    let args = args_of_container(c);
+    assert!(args.iter().any(|a| a == flag), "{args:?}");
     assert!(
-        args.contains(&"--warmup-from=http://prometheus-operated.monitoring.svc:9090"),
-        "{args:?}"
-    );
-    assert!(
-        args.contains(&"--warmup-selector=pod=\"$(POD_NAME)\""),
+        args.iter()
+            .any(|a| a == "--warmup-selector=pod=\"$(POD_NAME)\""),
         "{args:?}"
     );
     assert_eq!(c["env"][0]["name"], "POD_NAME");
@@ -377,9 +358,23 @@ fn warm_start_values_set_the_flags_and_the_pod_name() {
         c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.name"
     );
+    // Standalone, the sidecar's own pod name would match nothing it scrapes: no selector,
+    // each discovered pod's namespace and pod pin its queries.
+    let docs = documents(&render(&helm, &validate, &chart(), &["--set", from]));
+    let c = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0];
+    let args = args_of_container(c);
+    assert!(args.iter().any(|a| a == flag), "{args:?}");
+    assert!(
+        !args.iter().any(|a| a.starts_with("--warmup-selector")),
+        "{args:?}"
+    );
+    assert!(c["env"].is_null(), "{c}");
     // Off by default: no flag, no env.
     let docs = documents(&render(&helm, &validate, &chart(), &[]));
     let c = &kind(&docs, "Deployment").unwrap()["spec"]["template"]["spec"]["containers"][0];
+    assert!(!args_of_container(c)
+        .iter()
+        .any(|a| a.starts_with("--warmup")));
     assert!(c["env"].is_null());
 }
 
@@ -410,12 +405,31 @@ fn local_args(
 
 /// The container args a manifest's first pod template renders.
 fn args_of(pod: &serde_json::Value) -> Vec<String> {
-    pod["containers"][0]["args"]
+    args_of_container(&pod["containers"][0])
+}
+
+fn args_of_container(c: &serde_json::Value) -> Vec<String> {
+    c["args"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect()
+}
+
+/// A copy of the repo's charts with the sidecar example's dependency built (`helm
+/// dependency build` writes charts/ next to the example): the example is under
+/// `helm/anomaly-sidecar/examples/sidecar` in it.
+fn sidecar_example(helm: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    ok(Command::new("cp")
+        .arg("-r")
+        .arg(Path::new(ROOT).join("helm"))
+        .arg(dir.path()));
+    ok(Command::new(helm)
+        .args(["dependency", "build"])
+        .arg(dir.path().join("helm/anomaly-sidecar/examples/sidecar")));
+    dir
 }
 
 #[test]

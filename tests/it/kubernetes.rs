@@ -678,13 +678,22 @@ fn a_pod_that_replaces_another_starts_from_its_workloads_history() {
     api.put(with_port(pod(old, "Running", Some("127.0.0.2")), port));
     // A zscore rule blind for its first 20 samples, on the gauge and on the counter's rate.
     let rules = "defaults: {window: 40, min_samples: 20}\nrules:\n  - name: g_z\n    match: g\n    method: zscore\n    z_threshold: 4\n  - name: c_rate\n    match: c_total\n    method: zscore\n    z_threshold: 1000\n";
-    let (s, hook) = watching(dir.path(), &api, rules, &["--scrape-interval", "250ms"]);
-    wait_for("the old pod's baseline ready", T, || {
-        let m = s.metrics();
-        (has_row(&m, "anomaly_upper_bound", "g_z", old)
-            && has_row(&m, "anomaly_upper_bound", "c_rate", old))
-        .then_some(())
-    });
+    let args = ["--scrape-interval", "250ms"];
+    let (s, _) = watching(dir.path(), &api, rules, &args);
+    let ready = |s: &Sidecar| {
+        wait_for("the old pod's baseline ready", T, || {
+            let m = s.metrics();
+            (has_row(&m, "anomaly_upper_bound", "g_z", old)
+                && has_row(&m, "anomaly_upper_bound", "c_rate", old))
+            .then_some(())
+        })
+    };
+    ready(&s);
+    // The sidecar restarts first: the old pod's history, restored from the store, is what
+    // its replacement starts from.
+    s.stop();
+    let (s, hook) = watching(dir.path(), &api, rules, &args);
+    ready(&s);
 
     // A rolling restart: the old pod goes, its replacement comes with a new name and IP.
     api.delete(old, true);
@@ -1033,4 +1042,106 @@ fn a_restart_while_the_api_is_down_ends_restored_alerts_after_the_grace() {
     let log = s.log();
     assert!(log.contains("Discovery has not answered"), "{log}");
     assert!(!log.contains("reason=target_gone"), "{log}");
+}
+
+#[test]
+fn a_pod_moved_to_this_shard_is_warm_started_from_its_own_history_in_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = FakeApi::start();
+    // Both pods say 100 from their first scrape: constant, so without history nothing fires
+    // (the window's spread stays 0).
+    let (port, _exporters) = pods(2, 3, &Reply::Body("warm_value{a=\"1\"} 100\n".into()));
+    let names = ["api-7d4b9c8f6d-aaaaa", "api-7d4b9c8f6d-bbbbb"];
+    for (i, name) in names.iter().enumerate() {
+        let ip = format!("127.0.0.{}", i + 2);
+        api.put(with_port(pod(name, "Running", Some(&ip)), port));
+    }
+    // Prometheus' copies, labelled as the usual relabelling does (namespace, pod, container;
+    // no workload, no node): the first pod around 11, the second around 51.
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 2;
+    let mut history = String::from("# TYPE warm_value gauge\n");
+    for (i, name) in names.iter().enumerate() {
+        let labels = format!(
+            "a=\"1\",container=\"api\",instance=\"127.0.0.{}:{port}\",job=\"pods\",namespace=\"shop\",pod=\"{name}\"",
+            i + 2
+        );
+        for j in 0..300u64 {
+            let v = 10 + 40 * i as u64 + j % 3;
+            history.push_str(&format!("warm_value{{{labels}}} {v} {}\n", end - 299 + j));
+        }
+    }
+    history.push_str("# EOF\n");
+    let Some(prom) = crate::backtest::HistoryPrometheus::start(&history) else {
+        return;
+    };
+    let url = format!("http://{}", prom.addr);
+    let rules = "rules:\n  - name: z\n    match: warm_value\n    method: zscore\n    window: 60\n";
+    let moved = format!("127.0.0.3:{port}");
+    let home = anomaly_sidecar::discover::shard::hashmod(&moved, 2);
+    let warm = ["--scrape-interval", "1s", "--warmup-from", &url];
+
+    // The replica that does not own the second pod with two shards...
+    let other = format!("{}/2", 1 - home);
+    let args = [&warm[..], &["--shard", &other]].concat();
+    let (s, _hook) = watching(dir.path(), &api, rules, &args);
+    wait_for("the pods discovered", T, || {
+        (s.number("anomaly_sidecar_sd_discovered_targets") == 2).then_some(())
+    });
+    assert!(!up_targets(&s).contains(&moved), "{}", s.metrics());
+    s.stop();
+
+    // ...owns it once it is the only one: its first scrape is judged against that pod's own
+    // history, not the other pod's, and fires at once.
+    let (s, hook) = watching(
+        dir.path(),
+        &api,
+        rules,
+        &[&warm[..], &["--shard", "0/1"]].concat(),
+    );
+    let ev = wait_for("the moved pod fires", T, || {
+        hook.got()
+            .into_iter()
+            .map(|g| g.body)
+            .find(|b| b["alerts"][0]["labels"]["target"] == moved.as_str())
+    });
+    assert_eq!(ev["status"], "firing", "{ev}");
+    let alert = &ev["alerts"][0];
+    assert_eq!(alert["labels"]["pod"], names[1], "{ev}");
+    let mean: f64 = alert["annotations"]["baseline_mean"]
+        .as_str()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(f64::NAN);
+    assert!((50.0..53.0).contains(&mean), "its own baseline (~51): {ev}");
+    let log = s.log();
+    assert!(
+        log.lines().any(|l| l.contains(&moved)
+            && l.contains(
+                "Warm start: history for 1 of 1 series (0 missing, 0 matched several series)"
+            )),
+        "{log}"
+    );
+
+    // The first pod is replaced: Prometheus has nothing under the new name, so the new pod
+    // starts from its workload's history here (the pods warm-started or restored above)
+    // and fires at its first evaluation too.
+    api.delete(names[0], true);
+    let new = "api-7d4b9c8f6d-ccccc";
+    api.put(with_port(pod(new, "Running", Some("127.0.0.4")), port));
+    let ev = wait_for("the replacing pod fires", T, || {
+        hook.got()
+            .into_iter()
+            .map(|g| g.body)
+            .find(|b| b["alerts"][0]["labels"]["pod"] == new)
+    });
+    assert_eq!(ev["status"], "firing", "{ev}");
+    assert!(s.number("anomaly_sidecar_seeded_series_total") >= 1);
+    let log = s.log();
+    assert!(
+        log.contains("Warm start: history for 0 of 1 series (1 missing, 0 matched several series)"),
+        "{log}"
+    );
 }

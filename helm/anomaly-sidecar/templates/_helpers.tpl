@@ -32,6 +32,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.standalone.enabled (gt (int .Values.standalone.shards) 1) }}true{{ end }}
 {{- end }}
 
+{{/* The warm-start query's matchers: as set; else, in a service's pod, this pod's copy of
+its neighbour's series. Standalone, the sidecar's own pod name matches nothing it scrapes:
+each discovered pod's namespace and pod pin its queries instead. */}}
+{{- define "anomaly-sidecar.warmupSelector" -}}
+{{- if .Values.warmup.from }}
+{{- .Values.warmup.selector | default (ternary "" "pod=\"$(POD_NAME)\"" .Values.standalone.enabled) }}
+{{- end }}
+{{- end }}
+
 {{/* "true" when a discovery entry reads the Kubernetes API. */}}
 {{- define "anomaly-sidecar.kubernetesSd" -}}
 {{- range .Values.discovery }}{{ if .kubernetes_sd }}true{{ end }}{{ end }}
@@ -196,14 +205,17 @@ The anomaly-sidecar container. A service's own chart includes it in its pod spec
     {{- end }}
     {{- with .Values.warmup.from }}
     - --warmup-from={{ . }}
-    - --warmup-selector={{ $.Values.warmup.selector }}
+    {{- with include "anomaly-sidecar.warmupSelector" $ }}
+    - --warmup-selector={{ . }}
+    {{- end }}
     - --warmup-timeout={{ $.Values.warmup.timeout }}
     {{- end }}
     {{- range .Values.extraArgs }}
     - {{ . }}
     {{- end }}
   {{- $webhooks := or .Values.notify.webhooks .Values.notify.webhooksSecret.existingSecret }}
-  {{- $podName := or .Values.warmup.from (include "anomaly-sidecar.sharded" .) }}
+  {{- $selector := include "anomaly-sidecar.warmupSelector" . }}
+  {{- $podName := or (contains "$(POD_NAME)" $selector) (include "anomaly-sidecar.sharded" .) }}
   {{- if or $podName $webhooks }}
   env:
     {{- if $podName }}
