@@ -19,6 +19,9 @@ peak RSS, bytes on disk, and for the sidecar scrape-to-gauge latency p50/p99.
     python3 bench/load.py --discovery 1000 --pod-series 100 --interval 15
         # kubernetes_sd over one watch of a Kubernetes API served here: 1,000 pods of 100
         # series, CPU and RSS, then pods created one at a time: creation to first scrape
+    python3 bench/load.py --discovery 1000 --pod-series 100 --interval 15 --warm 20
+        # the same with --warmup-from a real Prometheus holding each pod's history: time and
+        # CPU until every pod's first scrape was judged against its own
 
 Needs a release build (target/release/anomaly-sidecar) and Debian's `prometheus`.
 """
@@ -28,6 +31,7 @@ import http.server
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -599,6 +603,110 @@ def discovery(pods, per_pod, interval, warmup, duration, created):
           f"max {evals[-1] * 1000:.0f} ms")
 
 
+def warm_history(path, body, pods, window, interval, end):
+    """OpenMetrics history of every pod's series for `window + 1` scrapes before `end`, under
+    the labels the usual relabelling gives Prometheus' copy (namespace, pod, container, job;
+    no workload or node), a family at a time as promtool reads it."""
+    families = {}
+    for line in body.decode().splitlines():
+        if line.startswith("#"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        name, labels = series[:-1].split("{", 1)
+        families.setdefault(name, []).append((labels, float(value)))
+    times = [end - interval * k for k in range(window, -1, -1)]
+    with open(path, "w") as f:
+        for name, rows in families.items():
+            f.write(f"# TYPE {name} gauge\n")
+            for i in range(pods):
+                own = f'container="api",job="pods",namespace="bench",pod="api-{i}"'
+                for labels, v in rows:
+                    head = f"{name}{{{labels},{own}}} "
+                    f.writelines(f"{head}{v + (k % 3 - 1) * 0.5:.4f} {t}\n"
+                                 for k, t in enumerate(times))
+        f.write("# EOF\n")
+
+
+def discovery_warm(pods, per_pod, interval, window, duration):
+    """kubernetes_sd over `pods` pods with --warmup-from: a real Prometheus holds `window + 1`
+    scrapes of every pod's series (backfilled with promtool) under its namespace and pod
+    labels. Time and CPU from the start until every pod's first scrape was judged against its
+    own history, the series found, then the steady CPU."""
+    prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
+    if not prometheus or not promtool:
+        sys.exit("--warm needs Debian's prometheus (prometheus and promtool)")
+    body = render_bodies(per_pod, variants=1)[0]
+    exporters = PodExporters(body)
+    api = FakeKubernetes()
+    for i, port in enumerate(exporters.add(pods)):
+        api.pods.append(api.pod(i, port))
+    with tempfile.TemporaryDirectory() as work:
+        om = os.path.join(work, "history.om")
+        warm_history(om, body, pods, window, interval, int(time.time()) - 1)
+        tsdb = os.path.join(work, "tsdb")
+        print(f"== promtool: {pods * per_pod * (window + 1):,} samples of history ...",
+              file=sys.stderr, flush=True)
+        subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", om, tsdb],
+                       check=True, stdout=subprocess.DEVNULL)
+        os.remove(om)
+        config = os.path.join(work, "prometheus.yml")
+        with open(config, "w") as f:
+            f.write("global: {}\n")
+        pport = free_port()
+        prom = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
+                                 f"--web.listen-address=127.0.0.1:{pport}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        targets = os.path.join(work, "targets.yml")
+        with open(targets, "w") as f:
+            f.write("targets:\n  - kubernetes_sd:\n      role: pod\n      namespaces: [bench]\n"
+                    f"      selector: app=api\n      port: metrics\n      kubeconfig: {api.kubeconfig(work)}\n")
+        rules = os.path.join(work, "rules.yaml")
+        with open(rules, "w") as f:
+            f.write(f"rules:\n  - name: z\n    match: '{{__name__=~\".+\"}}'\n    method: zscore\n"
+                    f"    window: {window}\n")
+        port = free_port()
+        log = os.path.join(work, "sidecar.log")
+        proc = None
+        try:
+            wait_port(pport)
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{pport}/-/ready")
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            t0 = time.time()
+            proc = subprocess.Popen(
+                [SIDECAR, "run", "--rules", rules, "--targets-file", targets, "--listen", f"127.0.0.1:{port}",
+                 "--data-dir", os.path.join(work, "data"), "--scrape-interval", f"{interval}s",
+                 "--max-series", str(per_pod * 2), "--warmup-from", f"http://127.0.0.1:{pport}",
+                 "--warmup-timeout", "120s"],
+                stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+            warmed = []
+            while time.time() - t0 < 300:
+                with open(log) as f:
+                    warmed = re.findall(r"history for (\d+) of (\d+) series \((\d+) missing, (\d+)", f.read())
+                if len(warmed) >= pods:
+                    break
+                time.sleep(0.05)
+            all_warmed, cpu_warm = time.time() - t0, cpu_seconds(proc.pid)
+            c0, w0 = cpu_seconds(proc.pid), time.time()
+            time.sleep(duration)
+            c1, w1 = cpu_seconds(proc.pid), time.time()
+            rss = peak_rss_mb(proc.pid)
+        finally:
+            if proc:
+                stop(proc)
+            stop(prom)
+    got, asked, missing, several = (sum(int(w[k]) for w in warmed) for k in range(4))
+    print(f"\nkubernetes_sd with --warmup-from: {pods:,} pods x {per_pod} series, each pod's history "
+          f"({window + 1} scrapes at {interval}s) in a real Prometheus under its namespace and pod")
+    print(f"  {len(warmed):,} pods' first scrapes judged against history {all_warmed:.1f} s after start, "
+          f"on {cpu_warm:.1f} CPU-s; history for {got:,} of {asked:,} series ({missing:,} missing, "
+          f"{several:,} matched several)")
+    print(f"  then {duration:.0f} s: {(c1 - c0) / (w1 - w0):.3f} cores, peak RSS {rss:.0f} MB")
+
+
 def fmt(v):
     if v is None:
         return "-"
@@ -634,6 +742,9 @@ def main():
     ap.add_argument("--pod-series", type=int, default=100, help="with --discovery")
     ap.add_argument("--created", type=int, default=20,
                     help="with --discovery: pods created one at a time after the measurement")
+    ap.add_argument("--warm", type=int, default=0, metavar="WINDOW",
+                    help="with --discovery: instead, a zscore rule of this window warm-started "
+                         "from a real Prometheus holding every pod's history (--warmup-from)")
     args = ap.parse_args()
     if args.bin:
         global SIDECAR
@@ -648,6 +759,9 @@ def main():
         return
     if args.discovery:
         interval = int(args.interval.split(",")[0])
+        if args.warm:
+            discovery_warm(args.discovery, args.pod_series, interval, args.warm, args.duration)
+            return
         warmup = args.warmup if args.warmup is not None else max(20, 2 * interval)
         discovery(args.discovery, args.pod_series, interval, warmup, args.duration, args.created)
         return

@@ -122,7 +122,7 @@ impl Pipeline {
             })
             .collect();
         if !sample.counter_like {
-            self.store.seed(slot, &samples);
+            self.store.backfill(slot, &samples);
         }
         self.exporter.metrics.seeded_series_total.inc();
         Some(Seed { samples, profiles })

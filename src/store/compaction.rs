@@ -15,7 +15,7 @@ impl Store {
         let snapshot = self.snapshot_bytes + self.snapshot_bytes / files::SEGMENTS as u64;
         let room = (raw * 3 / 2).saturating_sub(snapshot);
         let threshold = room.clamp(raw / 2, raw).max(MIN_COMPACTION_BYTES);
-        self.backfilled || self.journal_bytes >= threshold
+        self.journal_bytes >= threshold
     }
 
     /// Writes every identity and window into a new snapshot, segment by segment, streamed to
@@ -65,7 +65,6 @@ impl Store {
         written?;
         files.finish_compaction()?;
         self.journal_bytes = 0;
-        self.backfilled = false;
         // A new journal: series get new ordinals as they sample.
         self.journal.clear();
         for e in self.entries.iter_mut().flatten() {

@@ -236,8 +236,6 @@ pub struct Store {
     journal_bytes: u64,
     /// Samples in every window together (so the compaction check does not walk them all).
     held_samples: u64,
-    /// Windows got older samples (warm start) that only a compaction writes.
-    backfilled: bool,
     /// Compactions since open (spreads the XOR retries of noisy series over them).
     compactions: u64,
     /// Bytes of the snapshot files, as the last compaction (or the open) left them.
@@ -278,7 +276,6 @@ impl Store {
             next_seq: 0,
             journal_bytes: 0,
             held_samples: 0,
-            backfilled: false,
             compactions: 0,
             snapshot_bytes,
         };
