@@ -197,6 +197,14 @@ def du(path):
     return total
 
 
+def write(work, name, text):
+    """`text` in the file `name` under `work`; its path."""
+    path = os.path.join(work, name)
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
 def wait_port(port, timeout=60):
     end = time.time() + timeout
     while time.time() < end:
@@ -514,6 +522,12 @@ class FakeKubernetes:
                 q.put(line)
         return time.time()
 
+    def targets_file(self, work):
+        """A --targets-file of one kubernetes_sd entry over this API's pods."""
+        return write(work, "targets.yml",
+                     "targets:\n  - kubernetes_sd:\n      role: pod\n      namespaces: [bench]\n"
+                     f"      selector: app=api\n      port: metrics\n      kubeconfig: {self.kubeconfig(work)}\n")
+
     def kubeconfig(self, work):
         path = os.path.join(work, "kubeconfig")
         with open(path, "w") as f:
@@ -545,10 +559,7 @@ def discovery(pods, per_pod, interval, warmup, duration, created):
     for i, port in enumerate(exporters.add(pods)):
         api.pods.append(api.pod(i, port))
     with tempfile.TemporaryDirectory() as work:
-        targets = os.path.join(work, "targets.yml")
-        with open(targets, "w") as f:
-            f.write("targets:\n  - kubernetes_sd:\n      role: pod\n      namespaces: [bench]\n"
-                    f"      selector: app=api\n      port: metrics\n      kubeconfig: {api.kubeconfig(work)}\n")
+        targets = api.targets_file(work)
         rules = os.path.join(work, "rules.yaml")
         with open(rules, "w") as f:
             f.write("rules:\n  - name: z\n    match: '{__name__=~\".+\"}'\n    method: zscore\n    window: 60\n"
@@ -649,21 +660,14 @@ def discovery_warm(pods, per_pod, interval, window, duration):
         subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", om, tsdb],
                        check=True, stdout=subprocess.DEVNULL)
         os.remove(om)
-        config = os.path.join(work, "prometheus.yml")
-        with open(config, "w") as f:
-            f.write("global: {}\n")
+        config = write(work, "prometheus.yml", "global: {}\n")
         pport = free_port()
         prom = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
                                  f"--web.listen-address=127.0.0.1:{pport}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        targets = os.path.join(work, "targets.yml")
-        with open(targets, "w") as f:
-            f.write("targets:\n  - kubernetes_sd:\n      role: pod\n      namespaces: [bench]\n"
-                    f"      selector: app=api\n      port: metrics\n      kubeconfig: {api.kubeconfig(work)}\n")
-        rules = os.path.join(work, "rules.yaml")
-        with open(rules, "w") as f:
-            f.write(f"rules:\n  - name: z\n    match: '{{__name__=~\".+\"}}'\n    method: zscore\n"
-                    f"    window: {window}\n")
+        targets = api.targets_file(work)
+        rules = write(work, "rules.yaml", f"rules:\n  - name: z\n    match: '{{__name__=~\".+\"}}'\n"
+                      f"    method: zscore\n    window: {window}\n")
         port = free_port()
         log = os.path.join(work, "sidecar.log")
         proc = None
