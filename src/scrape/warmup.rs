@@ -196,7 +196,8 @@ enum Match<'a> {
 
 /// The Prometheus series of `got` (all of one metric name) that is `w` plus target labels:
 /// its labels but `target`'s (a discovered pod's, which Prometheus may lack) all there and
-/// equal, `target`'s equal where Prometheus has them, and no other label of the metric's own.
+/// equal (as `exported_<name>` where Prometheus renamed them), `target`'s equal where
+/// Prometheus has them, and no other label of the metric's own.
 fn matching<'a>(
     w: &Wanted,
     target: &[(String, String)],
@@ -218,12 +219,29 @@ fn matching<'a>(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let optional = |k: &str| target.iter().any(|(t, _)| t == k);
+    // An exporter's label that collided with one of Prometheus' target labels (`instance`,
+    // `job`) is the series' own as `exported_<name>` there (honor_labels false).
+    let own = |s: &'a promapi::RangeSeries, k: &str| {
+        if optional(k) {
+            return s.labels.get(k);
+        }
+        s.labels
+            .get(&format!("exported_{k}"))
+            .or_else(|| s.labels.get(k))
+    };
+    let renamed = |k: &str| {
+        k.strip_prefix("exported_")
+            .is_some_and(|o| ours.contains_key(o) && !optional(o))
+    };
     let mut found = got.iter().filter(|s| {
-        ours.iter().all(|(k, v)| match s.labels.get(*k) {
+        ours.iter().all(|(k, v)| match own(s, k) {
             Some(theirs) => theirs == v,
             None => optional(k),
         }) && s.labels.keys().all(|k| {
-            k == "__name__" || ours.contains_key(k.as_str()) || common.contains(k.as_str())
+            k == "__name__"
+                || ours.contains_key(k.as_str())
+                || common.contains(k.as_str())
+                || renamed(k)
         })
     });
     match (found.next(), found.next()) {
@@ -357,5 +375,45 @@ mod tests {
             matching(&w, &target, &[renamed("api-1"), renamed("api-2")]),
             Match::Several
         ));
+    }
+
+    #[test]
+    fn a_label_prometheus_renamed_exported_is_the_series_own() {
+        // The exporter says instance="10.0.0.9:9100"; Prometheus' own target label took the
+        // name and kept the exporter's as exported_instance.
+        let w = wanted(&[("instance", "10.0.0.9:9100"), ("mode", "idle")]);
+        let copy = |exported: &str, instance: &str| {
+            series(&[
+                ("__name__", "m"),
+                ("exported_instance", exported),
+                ("instance", instance),
+                ("job", "j"),
+                ("mode", "idle"),
+            ])
+        };
+        let got = vec![
+            copy("10.0.0.9:9100", "10.1.0.1:8080"),
+            copy("10.0.0.8:9100", "10.1.0.1:8080"),
+        ];
+        assert!(
+            matches!(matching(&w, &[], &got), Match::One(s) if s.labels["exported_instance"] == "10.0.0.9:9100")
+        );
+        // Without a collision the name is kept, as before.
+        let plain = vec![series(&[
+            ("__name__", "m"),
+            ("instance", "10.0.0.9:9100"),
+            ("job", "j"),
+            ("mode", "idle"),
+        ])];
+        assert!(matches!(matching(&w, &[], &plain), Match::One(_)));
+        // A target label of ours is never looked up under exported_: that is the exporter's.
+        let w = wanted(&[("exported_pod", "x"), ("pod", "api-1")]);
+        let target = vec![("pod".to_string(), "api-1".to_string())];
+        let both = vec![series(&[
+            ("__name__", "m"),
+            ("exported_pod", "x"),
+            ("pod", "api-1"),
+        ])];
+        assert!(matches!(matching(&w, &target, &both), Match::One(_)));
     }
 }

@@ -6,7 +6,7 @@ use crate::common::*;
 use std::time::Duration;
 
 const RULES: &str =
-    "rules:\n  - name: z\n    match: warm_value\n    method: zscore\n    window: 60\n";
+    "rules:\n  - name: z\n    match: '{__name__=~\"warm_.+\"}'\n    method: zscore\n    window: 60\n";
 
 fn now_s() -> u64 {
     std::time::SystemTime::now()
@@ -37,6 +37,15 @@ fn the_first_scrape_is_judged_against_history_from_prometheus() {
         )
         .replace("# TYPE warm_value gauge\n", ""),
     );
+    // And a series whose own `instance` label Prometheus kept as `exported_instance`.
+    history = history.replace("# EOF\n", "");
+    history.push_str(&openmetrics(
+        "warm_exported",
+        "exported_instance=\"10.0.0.9:9100\",instance=\"10.0.0.1:8080\",job=\"svc\",pod=\"web-0\"",
+        now_s() - 2,
+        300,
+        None,
+    ));
     let Some(prom) = HistoryPrometheus::start(&history) else {
         return;
     };
@@ -44,7 +53,9 @@ fn the_first_scrape_is_judged_against_history_from_prometheus() {
     let rules = write(dir.path(), "rules.yaml", RULES);
     // From its first scrape the exporter says 100: far off the history, and constant, so a
     // sidecar without history never fires (its window's std stays 0).
-    let exporter = Exporter::start(Reply::Body("warm_value{a=\"1\"} 100\n".into()));
+    let exporter = Exporter::start(Reply::Body(
+        "warm_value{a=\"1\"} 100\nwarm_exported{instance=\"10.0.0.9:9100\"} 100\n".into(),
+    ));
     let url = format!("http://{}", prom.addr);
     for d in ["warm", "replicas"] {
         std::fs::create_dir_all(dir.path().join(d)).unwrap();
@@ -69,7 +80,7 @@ fn the_first_scrape_is_judged_against_history_from_prometheus() {
     // Fired at the first evaluation: judged against the 60 samples from Prometheus.
     let log = warm.log();
     assert!(
-        log.contains("Warm start: history for 1 of 1 series (0 missing, 0 matched several series)"),
+        log.contains("Warm start: history for 2 of 2 series (0 missing, 0 matched several series)"),
         "{log}"
     );
     let first_firing = log
@@ -91,7 +102,7 @@ fn the_first_scrape_is_judged_against_history_from_prometheus() {
     wait_for("warm start logged", Duration::from_secs(20), || {
         replicas
             .log()
-            .contains("Warm start: history for 0 of 1 series (0 missing, 1 matched several series)")
+            .contains("Warm start: history for 1 of 2 series (0 missing, 1 matched several series)")
             .then_some(())
     });
 }
