@@ -219,11 +219,6 @@ impl Pipeline {
         sample: &Sample,
         rules: &[usize],
     ) -> bool {
-        let window = rules
-            .iter()
-            .map(|&ri| self.rules.rules[ri].window)
-            .max()
-            .unwrap_or(0);
         let Some(w) = &mut self.warm else {
             return false;
         };
@@ -234,6 +229,11 @@ impl Pipeline {
         if w.first_scrape {
             return false;
         }
+        let window = rules
+            .iter()
+            .map(|&ri| self.rules.rules[ri].window)
+            .max()
+            .unwrap_or(0);
         let span_ms = (window as i64 + 1) * w.warmup.step_ms();
         w.late.push(Wanted {
             id,

@@ -161,9 +161,9 @@ impl Warmup {
                 answered.entry(name).or_default().push(s);
             }
             for name in chunk {
-                let got = answered.remove(*name).unwrap_or_default();
+                let got = Answer::new(answered.remove(*name).unwrap_or_default());
                 for w in &by_name[name] {
-                    match matching(w, target, &got) {
+                    match got.matching(w, target) {
                         Match::One(s) => {
                             let since = now_ms - w.span_ms;
                             let samples: Vec<(i64, f64)> = s
@@ -194,60 +194,70 @@ enum Match<'a> {
     Several,
 }
 
-/// The Prometheus series of `got` (all of one metric name) that is `w` plus target labels:
-/// its labels but `target`'s (a discovered pod's, which Prometheus may lack) all there and
-/// equal (as `exported_<name>` where Prometheus renamed them), `target`'s equal where
-/// Prometheus has them, and no other label of the metric's own.
-fn matching<'a>(
-    w: &Wanted,
-    target: &[(String, String)],
-    got: &'a [promapi::RangeSeries],
-) -> Match<'a> {
-    // Prometheus' target labels: on every series of the answer (a metric's own labels vary).
-    let mut common: Option<BTreeSet<&str>> = None;
-    for s in got {
-        let names: BTreeSet<&str> = s.labels.keys().map(String::as_str).collect();
-        common = Some(match common {
-            None => names,
-            Some(c) => c.intersection(&names).copied().collect(),
-        });
+/// Label `k` of ours in Prometheus' copy `s`. An exporter's label that collided with one of
+/// Prometheus' target labels (`instance`, `job`) is the series' own as `exported_<name>`
+/// there (honor_labels false); a target label of ours (`target`) is looked up as it is.
+fn own_label<'s>(s: &'s promapi::RangeSeries, k: &str, target: bool) -> Option<&'s String> {
+    if target {
+        return s.labels.get(k);
     }
-    let common = common.unwrap_or_default();
-    let ours: BTreeMap<&str, &str> = w
-        .labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let optional = |k: &str| target.iter().any(|(t, _)| t == k);
-    // An exporter's label that collided with one of Prometheus' target labels (`instance`,
-    // `job`) is the series' own as `exported_<name>` there (honor_labels false).
-    let own = |s: &'a promapi::RangeSeries, k: &str| {
-        if optional(k) {
-            return s.labels.get(k);
+    s.labels
+        .get(&format!("exported_{k}"))
+        .or_else(|| s.labels.get(k))
+}
+
+/// Prometheus' series of one metric name, and its target labels: those on every series of
+/// the answer (a metric's own labels vary).
+struct Answer {
+    series: Vec<promapi::RangeSeries>,
+    common: BTreeSet<String>,
+}
+
+impl Answer {
+    fn new(series: Vec<promapi::RangeSeries>) -> Self {
+        let mut common: BTreeSet<String> = series
+            .first()
+            .map(|s| s.labels.keys().cloned().collect())
+            .unwrap_or_default();
+        for s in series.iter().skip(1) {
+            common.retain(|k| s.labels.contains_key(k));
         }
-        s.labels
-            .get(&format!("exported_{k}"))
-            .or_else(|| s.labels.get(k))
-    };
-    let renamed = |k: &str| {
-        k.strip_prefix("exported_")
-            .is_some_and(|o| ours.contains_key(o) && !optional(o))
-    };
-    let mut found = got.iter().filter(|s| {
-        ours.iter().all(|(k, v)| match own(s, k) {
-            Some(theirs) => theirs == v,
-            None => optional(k),
-        }) && s.labels.keys().all(|k| {
-            k == "__name__"
-                || ours.contains_key(k.as_str())
-                || common.contains(k.as_str())
-                || renamed(k)
-        })
-    });
-    match (found.next(), found.next()) {
-        (Some(s), None) => Match::One(s),
-        (None, _) => Match::None,
-        _ => Match::Several,
+        Self { series, common }
+    }
+
+    /// The series that is `w` plus target labels: its labels but `target`'s (a discovered
+    /// pod's, which Prometheus may lack) all there and equal (as `exported_<name>` where
+    /// Prometheus renamed them), `target`'s equal where Prometheus has them, and no other
+    /// label of the metric's own.
+    fn matching(&self, w: &Wanted, target: &[(String, String)]) -> Match<'_> {
+        let ours: BTreeMap<&str, &str> = w
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let optional = |k: &str| target.iter().any(|(t, _)| t == k);
+        let renamed = |k: &str| {
+            k.strip_prefix("exported_")
+                .is_some_and(|o| ours.contains_key(o) && !optional(o))
+        };
+        let mut found = self.series.iter().filter(|s| {
+            ours.iter()
+                .all(|(k, v)| match own_label(s, k, optional(k)) {
+                    Some(theirs) => theirs == v,
+                    None => optional(k),
+                })
+                && s.labels.keys().all(|k| {
+                    k == "__name__"
+                        || ours.contains_key(k.as_str())
+                        || self.common.contains(k)
+                        || renamed(k)
+                })
+        });
+        match (found.next(), found.next()) {
+            (Some(s), None) => Match::One(s),
+            (None, _) => Match::None,
+            _ => Match::Several,
+        }
     }
 }
 
@@ -301,11 +311,12 @@ mod tests {
             ]),
         ];
         // {code="200"} is the first: the second has `method`, a label of the metric's own.
+        let got = Answer::new(got);
         assert!(
-            matches!(matching(&wanted(&[("code", "200")]), &[], &got), Match::One(s) if s.labels.len() == 4)
+            matches!(got.matching(&wanted(&[("code", "200")]), &[]), Match::One(s) if s.labels.len() == 4)
         );
         assert!(matches!(
-            matching(&wanted(&[("code", "404")]), &[], &got),
+            got.matching(&wanted(&[("code", "404")]), &[]),
             Match::None
         ));
         let replicas = vec![
@@ -323,7 +334,7 @@ mod tests {
             ]),
         ];
         assert!(matches!(
-            matching(&wanted(&[("code", "200")]), &[], &replicas),
+            Answer::new(replicas).matching(&wanted(&[("code", "200")]), &[]),
             Match::Several
         ));
     }
@@ -352,17 +363,20 @@ mod tests {
                 ("pod", pod),
             ])
         };
-        let got = vec![copy("api-1"), copy("api-2")];
-        assert!(matches!(matching(&w, &target, &got), Match::One(s) if s.labels["pod"] == "api-1"));
+        let got = Answer::new(vec![copy("api-1"), copy("api-2")]);
+        assert!(matches!(got.matching(&w, &target), Match::One(s) if s.labels["pod"] == "api-1"));
         // Without them as target labels, `workload` and `node` must be in Prometheus' copy.
-        assert!(matches!(matching(&w, &[], &got), Match::None));
+        assert!(matches!(got.matching(&w, &[]), Match::None));
         // The exporter's own labels are never optional.
         let other_code = vec![series(&[
             ("__name__", "m"),
             ("code", "500"),
             ("pod", "api-1"),
         ])];
-        assert!(matches!(matching(&w, &target, &other_code), Match::None));
+        assert!(matches!(
+            Answer::new(other_code).matching(&w, &target),
+            Match::None
+        ));
         // Where Prometheus names the pod otherwise, every pod's copy matches: skipped.
         let renamed = |pod: &str| {
             series(&[
@@ -372,7 +386,7 @@ mod tests {
             ])
         };
         assert!(matches!(
-            matching(&w, &target, &[renamed("api-1"), renamed("api-2")]),
+            Answer::new(vec![renamed("api-1"), renamed("api-2")]).matching(&w, &target),
             Match::Several
         ));
     }
@@ -396,7 +410,7 @@ mod tests {
             copy("10.0.0.8:9100", "10.1.0.1:8080"),
         ];
         assert!(
-            matches!(matching(&w, &[], &got), Match::One(s) if s.labels["exported_instance"] == "10.0.0.9:9100")
+            matches!(Answer::new(got).matching(&w, &[]), Match::One(s) if s.labels["exported_instance"] == "10.0.0.9:9100")
         );
         // Without a collision the name is kept, as before.
         let plain = vec![series(&[
@@ -405,7 +419,10 @@ mod tests {
             ("job", "j"),
             ("mode", "idle"),
         ])];
-        assert!(matches!(matching(&w, &[], &plain), Match::One(_)));
+        assert!(matches!(
+            Answer::new(plain).matching(&w, &[]),
+            Match::One(_)
+        ));
         // A target label of ours is never looked up under exported_: that is the exporter's.
         let w = wanted(&[("exported_pod", "x"), ("pod", "api-1")]);
         let target = vec![("pod".to_string(), "api-1".to_string())];
@@ -414,6 +431,9 @@ mod tests {
             ("exported_pod", "x"),
             ("pod", "api-1"),
         ])];
-        assert!(matches!(matching(&w, &target, &both), Match::One(_)));
+        assert!(matches!(
+            Answer::new(both).matching(&w, &target),
+            Match::One(_)
+        ));
     }
 }

@@ -301,11 +301,7 @@ pub fn openmetrics(name: &str, labels: &str, end_s: u64, n: u64, spike: Option<u
 
 /// A minute ago, in Unix seconds: where the backfilled histories end.
 fn a_minute_ago() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 60
+    now_s() - 60
 }
 
 /// `backtest` of `query` on the Prometheus at `url`, from `start` to `end` at 1 s steps.

@@ -149,6 +149,14 @@ pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// A free port on 127.0.0.1 (bound and released; good enough for tests).
+/// Now, in Unix seconds.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -1058,11 +1058,7 @@ fn a_pod_moved_to_this_shard_is_warm_started_from_its_own_history_in_prometheus(
     }
     // Prometheus' copies, labelled as the usual relabelling does (namespace, pod, container;
     // no workload, no node): the first pod around 11, the second around 51.
-    let end = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 2;
+    let end = now_s() - 2;
     let mut history = String::from("# TYPE warm_value gauge\n");
     for (i, name) in names.iter().enumerate() {
         let labels = format!(
@@ -1102,12 +1098,16 @@ fn a_pod_moved_to_this_shard_is_warm_started_from_its_own_history_in_prometheus(
         rules,
         &[&warm[..], &["--shard", "0/1"]].concat(),
     );
-    let ev = wait_for("the moved pod fires", T, || {
-        hook.got()
-            .into_iter()
-            .map(|g| g.body)
-            .find(|b| b["alerts"][0]["labels"]["target"] == moved.as_str())
-    });
+    // The first event whose alert has `label` = `value`.
+    let event = |what: &str, label: &str, value: &str| {
+        wait_for(what, T, || {
+            hook.got()
+                .into_iter()
+                .map(|g| g.body)
+                .find(|b| b["alerts"][0]["labels"][label] == value)
+        })
+    };
+    let ev = event("the moved pod fires", "target", &moved);
     assert_eq!(ev["status"], "firing", "{ev}");
     let alert = &ev["alerts"][0];
     assert_eq!(alert["labels"]["pod"], names[1], "{ev}");
@@ -1131,12 +1131,7 @@ fn a_pod_moved_to_this_shard_is_warm_started_from_its_own_history_in_prometheus(
     api.delete(names[0], true);
     let new = "api-7d4b9c8f6d-ccccc";
     api.put(with_port(pod(new, "Running", Some("127.0.0.4")), port));
-    let ev = wait_for("the replacing pod fires", T, || {
-        hook.got()
-            .into_iter()
-            .map(|g| g.body)
-            .find(|b| b["alerts"][0]["labels"]["pod"] == new)
-    });
+    let ev = event("the replacing pod fires", "pod", new);
     assert_eq!(ev["status"], "firing", "{ev}");
     assert!(s.number("anomaly_sidecar_seeded_series_total") >= 1);
     let log = s.log();

@@ -8,13 +8,6 @@ use std::time::Duration;
 const RULES: &str =
     "rules:\n  - name: z\n    match: '{__name__=~\"warm_.+\"}'\n    method: zscore\n    window: 60\n";
 
-fn now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 #[test]
 fn the_first_scrape_is_judged_against_history_from_prometheus() {
     // Prometheus holds 5 minutes of warm_value{a="1"} around 11, under its own target labels,
